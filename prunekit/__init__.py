@@ -1,0 +1,9 @@
+"""prunekit: training-free structured pruning of Hugging Face causal LMs."""
+
+__version__ = "0.1.0"
+
+from prunekit.errors import PrunekitError
+from prunekit.evaluation import perplexity
+from prunekit.models import LoadedModel, from_model, load_model
+
+__all__ = ["LoadedModel", "PrunekitError", "__version__", "from_model", "load_model", "perplexity"]

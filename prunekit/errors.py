@@ -1,0 +1,38 @@
+"""The errors prunekit raises on purpose.
+
+Every message is meant to be read by a user: it says what is wrong and, where possible, what to do.
+The CLI prints the message alone (no traceback unless ``--debug``) and exits non-zero.
+"""
+
+
+class PrunekitError(Exception):
+    """Base class: something the user can fix (input, settings, environment)."""
+
+
+class ModelNotFoundError(PrunekitError):
+    """The model spec names nothing that can be loaded."""
+
+
+class UnsupportedArchitectureError(PrunekitError):
+    """The model family has no adapter, or a variant prunekit cannot prune correctly."""
+
+
+class DataError(PrunekitError):
+    """A dataset name, file or text that cannot be used."""
+
+
+class SettingsError(PrunekitError):
+    """An option value that is out of range or inconsistent with the model."""
+
+
+class PlanError(PrunekitError):
+    """A pruning plan that does not fit the model it is applied to, or is corrupt."""
+
+
+class MissingExtraError(PrunekitError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the optional package '{package}': pip install 'prunekit[{extra}]'"
+        )

@@ -1,0 +1,77 @@
+"""Perplexity exactly as PROTOCOL.md defines it."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from prunekit.data import check_seqlen, corpus_source, corpus_tokens, eval_windows
+from prunekit.evaluation.nll import nll_from_final_hidden
+from prunekit.models.loading import LoadedModel
+from prunekit.progress import progress
+
+
+@dataclass
+class PerplexityResult:
+    dataset: str
+    ppl: float
+    nll_sum: float
+    tokens: int
+    windows: int
+    seqlen: int
+    max_windows: int | None
+    bos_per_window: bool
+    source: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def windows_nll(
+    loaded: LoadedModel, windows: torch.Tensor, batch_size: int = 1, desc: str | None = None
+) -> tuple[float, int]:
+    """Total NLL and predicted-token count over ``windows`` with the model's own forward."""
+    model, adapter = loaded.model, loaded.adapter
+    decoder = adapter.decoder(model)
+    skip = 1 if adapter.bos_per_window else 0
+    total, count = 0.0, 0
+    starts = range(0, windows.shape[0], batch_size)
+    for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
+        batch = windows[start : start + batch_size].to(loaded.device)
+        hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state
+        total += nll_from_final_hidden(model, adapter, hidden, batch, skip_first=skip).sum().item()
+        count += batch.shape[0] * (batch.shape[1] - 1 - skip)
+    return total, count
+
+
+def perplexity(
+    loaded: LoadedModel,
+    dataset: str = "wikitext2",
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+) -> PerplexityResult:
+    """exp(mean NLL) over floor(n / seqlen) non-overlapping windows of the tokenized test text."""
+    check_seqlen(seqlen, loaded.model.config)
+    tokens = corpus_tokens(loaded.tokenizer, dataset)
+    bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
+    windows = eval_windows(tokens, seqlen, max_windows, bos_token_id=bos)
+    started = time.perf_counter()
+    nll, count = windows_nll(loaded, windows, batch_size, desc=f"ppl {dataset}")
+    return PerplexityResult(
+        dataset=dataset,
+        ppl=math.exp(nll / count),
+        nll_sum=nll,
+        tokens=count,
+        windows=windows.shape[0],
+        seqlen=seqlen,
+        max_windows=max_windows,
+        bos_per_window=bos is not None,
+        source=corpus_source(dataset),
+        seconds=time.perf_counter() - started,
+    )

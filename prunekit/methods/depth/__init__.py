@@ -1,0 +1,1 @@
+"""Depth methods (remove whole blocks or layers)."""

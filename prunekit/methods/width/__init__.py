@@ -1,0 +1,1 @@
+"""Width methods (remove coupled channels)."""

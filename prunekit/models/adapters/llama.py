@@ -1,0 +1,29 @@
+"""Llama family: Llama 2/3, Mistral, SmolLM2 and Qwen2 (same wiring; Qwen2 adds q/k/v biases)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.models.adapters.base import Adapter
+
+
+class LlamaAdapter(Adapter):
+    family = "llama"
+    model_types = ("llama", "mistral")
+    attn_module_names = ("input_layernorm", "self_attn")
+    mlp_module_names = ("post_attention_layernorm", "mlp")
+
+    def attn_branch(self, layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        out, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs)
+        return out
+
+    def mlp_branch(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+class Qwen2Adapter(LlamaAdapter):
+    """Qwen2: Llama wiring; q/k/v carry biases (v_proj's bias goes with its rows)."""
+
+    family = "qwen2"
+    model_types = ("qwen2",)

@@ -1,0 +1,57 @@
+"""OPT (pre-LayerNorm variants only): fc1/fc2 MLP with biases, learned positions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.models.adapters.base import Adapter, AttentionChannels, MLPChannels
+
+
+class OPTAdapter(Adapter):
+    family = "opt"
+    model_types = ("opt",)
+    attn_module_names = ("self_attn_layer_norm", "self_attn")
+    mlp_module_names = ("final_layer_norm", "fc1", "fc2")
+
+    def check_supported(self, config: Any) -> None:
+        # Post-LN OPT (opt-350m) normalises *after* the residual add, so a block is not a pure
+        # residual branch and removing or restoring it is not what the methods assume.
+        if not getattr(config, "do_layer_norm_before", True):
+            raise self.unsupported(
+                "post-LayerNorm OPT (do_layer_norm_before=False, e.g. facebook/opt-350m) is not "
+                "supported: its blocks are not residual branches"
+            )
+
+    def attn_branch(self, layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        out, _ = layer.self_attn(hidden_states=layer.self_attn_layer_norm(hidden), **kwargs)
+        return out
+
+    def mlp_branch(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
+
+    def final_hidden(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        decoder = self.decoder(model)
+        if decoder.final_layer_norm is not None:
+            hidden = decoder.final_layer_norm(hidden)
+        if decoder.project_out is not None:
+            hidden = decoder.project_out(hidden)
+        return hidden
+
+    def mlp_channels(self, layer: nn.Module) -> MLPChannels:
+        return MLPChannels(producers=[layer.fc1], consumer=layer.fc2)
+
+    def attention_channels(self, layer: nn.Module, config: Any) -> AttentionChannels:
+        attn = layer.self_attn
+        return AttentionChannels(
+            q_proj=attn.q_proj,
+            k_proj=attn.k_proj,
+            v_proj=attn.v_proj,
+            o_proj=attn.out_proj,
+            num_heads=attn.num_heads,
+            num_kv_heads=attn.num_heads,
+            head_dim=attn.head_dim,
+            v_head_dim=attn.v_proj.out_features // attn.num_heads,
+        )

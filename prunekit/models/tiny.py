@@ -1,0 +1,121 @@
+"""Tiny randomly initialised models of every supported family, built in milliseconds.
+
+Used by the unit tests and by anyone who wants to try a code path without a download. The
+shapes are small but keep what matters structurally: GQA (4 query heads over 2 kv heads), biases
+where the family has them, Gemma's sandwich norms and sliding-window layers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+TINY_VOCAB = 320
+TINY_FAMILIES = ("llama", "qwen2", "opt", "gemma3")
+
+_SAMPLE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. A pruned model keeps what matters and drops "
+    "the rest. Perplexity measures how surprised a language model is by text it has not seen. "
+    "Attention blocks mix information across positions; MLP blocks transform each position. "
+) * 8
+
+
+def tiny_config(family: str, **overrides: Any) -> Any:
+    """A transformers config for a tiny model of ``family`` (4 layers unless overridden)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, OPTConfig, Qwen2Config
+
+    common = dict(vocab_size=TINY_VOCAB, max_position_embeddings=256, tie_word_embeddings=False)
+    if family == "llama":
+        cfg = LlamaConfig(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **common,
+        )
+    elif family == "qwen2":
+        cfg = Qwen2Config(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **common,
+        )
+    elif family == "opt":
+        cfg = OPTConfig(
+            hidden_size=64,
+            ffn_dim=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            word_embed_proj_dim=64,
+            enable_bias=True,
+            do_layer_norm_before=True,
+            **common,
+        )
+    elif family == "gemma3":
+        cfg = Gemma3TextConfig(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+            **common,
+        )
+    else:
+        raise ValueError(f"no tiny config for family {family!r}; known: {TINY_FAMILIES}")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_model(family: str, seed: int = 0, **overrides: Any) -> Any:
+    """A randomly initialised causal LM; weights are scaled up so blocks matter (not ~identity)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.08)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.02)
+            elif "norm" in name and family == "gemma3":
+                param.normal_(0.0, 0.1)  # Gemma norms scale by (1 + w)
+    return model.eval()
+
+
+@functools.cache
+def tiny_tokenizer() -> Any:
+    """A byte-level BPE tokenizer with TINY_VOCAB entries, trained on a built-in text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_SAMPLE_TEXT], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+
+
+def save_tiny(family: str, directory: str, seed: int = 0, **overrides: Any) -> str:
+    """Save a tiny model and tokenizer as a normal HF directory (for CLI and reload tests)."""
+    model = tiny_model(family, seed=seed, **overrides)
+    model.save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory

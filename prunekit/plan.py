@@ -1,0 +1,85 @@
+"""A pruning plan: what to remove, as plain JSON-serialisable data (DESIGN.md principle 1).
+
+Scoring produces a plan; applying it is a separate deterministic step (``prunekit.surgery``).
+Depth plans list removed blocks in removal order with the trajectory of the search; width plans
+list kept channel indices per layer and group. A plan records the identity of the model it was
+made for, and refuses to be applied to another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunekit.errors import PlanError
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class PruningPlan:
+    method: str
+    model: dict  # LoadedModel.identity() of the base model
+    settings: dict = field(default_factory=dict)
+    # depth: ordered "layer.kind" strings (original layer indices), e.g. ["12.attn", "20.mlp"]
+    removed_blocks: list[str] = field(default_factory=list)
+    # depth: one entry per search step: {"block", "calib_ppl", "ratio_total", ...}
+    trajectory: list[dict] = field(default_factory=list)
+    # width: {"<layer>": {"mlp": [kept...], "attn_v": [[kept per kv head]...]}}
+    kept_channels: dict = field(default_factory=dict)
+    # method-specific extras (scores, statistics, file names of restored weights...)
+    extra: dict = field(default_factory=dict)
+    complete: bool = True
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PruningPlan:
+        if data.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {data.get('version')!r} is not {PLAN_VERSION}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PlanError(f"plan not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan {path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def check_model(self, identity: dict) -> None:
+        """Refuse a model whose structure differs from the one the plan was made for."""
+        keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "num_parameters")
+        diff = [k for k in keys if self.model.get(k) != identity.get(k)]
+        if diff:
+            detail = ", ".join(
+                f"{k}: plan {self.model.get(k)} vs model {identity.get(k)}" for k in diff
+            )
+            raise PlanError(f"the plan was made for another model ({detail})")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""Run directories: report.json, report.md, plots."""
