@@ -96,8 +96,9 @@ def _hub_text(corpus: Corpus) -> str:
         import datasets
     except ImportError:
         raise DataError(
-            f"dataset {corpus.name!r} is not available offline (set PRUNEKIT_DATA_DIR to the folder "
-            f"holding corpora/{corpus.offline_file}) and the 'datasets' package is not installed"
+            f"dataset {corpus.name!r} is not available offline (set PRUNEKIT_DATA_DIR to the "
+            f"folder holding corpora/{corpus.offline_file}) and the 'datasets' package is not "
+            "installed"
         ) from None
     path, config, split = corpus.hub
     try:

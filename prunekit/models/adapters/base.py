@@ -40,7 +40,7 @@ class BlockRef:
 
 @dataclass
 class MLPChannels:
-    """Intermediate channel j <-> row j of every producer (and its bias) <-> column j of consumer."""
+    """Intermediate channel j <-> row j of each producer (and its bias) <-> consumer column j."""
 
     producers: list[nn.Linear]
     consumer: nn.Linear
