@@ -80,11 +80,14 @@ def eval_command(
 ) -> None:
     """Perplexity of a model on WikiText-2 / PTB / C4 (non-overlapping windows, fp32 NLL)."""
     from prunekit.api import evaluate_ppl
+    from prunekit.data import check_dataset
     from prunekit.models.loading import load_model
 
     spec = target or model
     if not spec:
         raise SettingsError("name a model: prunekit eval MODEL (or --model MODEL)")
+    for dataset in _split(ppl):
+        check_dataset(dataset)
     loaded = load_model(spec, dtype=dtype, device=device)
     results = evaluate_ppl(loaded, _split(ppl), seqlen, max_windows, batch_size)
     console.print(_ppl_table(f"{spec} ({loaded.dtype_name}, {loaded.device})", results))

