@@ -1,0 +1,118 @@
+"""BlockPruner and its layer-level relatives (SLEB, layer-PPL): the same greedy ppl search.
+
+BlockPruner's units are single blocks; SLEB and layer-PPL remove whole layers (SLEB protects the
+first and last layer unless told otherwise). All share ``greedy_search`` and the same surgery.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prunekit.methods.depth.calibration import BlockRunner, settings_windows
+from prunekit.methods.depth.common import (
+    block_units,
+    checkpointer,
+    finish,
+    layer_units,
+    make_target,
+    protected_layers,
+    resume_state,
+    search_settings,
+    unit_parameters,
+)
+from prunekit.methods.depth.search import greedy_search
+from prunekit.methods.registry import Method, PruneSettings, register
+from prunekit.models.loading import LoadedModel, count_parameters
+from prunekit.plan import PruningPlan
+
+SLEB_DEFAULT_PROTECT = [0, -1]
+
+
+def run_greedy(
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    method: str,
+    unit: str,
+    protect: list[int],
+    naive: bool = False,
+) -> PruningPlan:
+    """Greedy search over ``unit``s ("block" or "layer"), then surgery; returns the plan."""
+    total = count_parameters(loaded.model)
+    target = make_target(settings, total)
+    runner = BlockRunner(loaded, settings_windows(loaded, settings))
+    protected = protected_layers(protect, len(runner.layers))
+    if unit == "block":
+        units = block_units(runner, settings.candidates, protected)
+    else:
+        units = layer_units(runner, protected)
+    params = unit_parameters(runner, units)
+    target.check_feasible(list(params.values()), unit)
+    expected = search_settings(method, settings, unit=unit, protect_layers=protect)
+    state = resume_state(loaded, settings, method, expected)
+    started = time.perf_counter()
+    state = greedy_search(
+        runner,
+        units,
+        params,
+        target,
+        settings.criterion,
+        state=state,
+        exhaustive=settings.exhaustive,
+        naive=naive,
+        on_step=checkpointer(loaded, method, settings, expected),
+        desc=f"{method} search",
+    )
+    evals = sum(step.get("window_evals", 0) for step in state.trajectory)
+    naive_evals = sum(step.get("naive_window_evals", 0) for step in state.trajectory)
+    extra = {
+        "unit": unit,
+        "search": {
+            "seconds": time.perf_counter() - started,
+            "window_evals": evals,
+            "naive_window_evals": naive_evals,
+            "calib_tokens": runner.tokens,
+            "exhaustive": settings.exhaustive,
+            "naive": naive,
+        },
+    }
+    return finish(loaded, method, settings, expected, state, extra)
+
+
+def prune_blockpruner(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+    naive = bool(settings.options.get("naive", False))  # the oracle: benchmarks and tests
+    return run_greedy(loaded, settings, "blockpruner", "block", settings.protect_layers, naive)
+
+
+def prune_sleb(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+    protect = settings.protect_layers or SLEB_DEFAULT_PROTECT
+    return run_greedy(loaded, settings, "sleb", "layer", protect)
+
+
+def prune_layer_ppl(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+    return run_greedy(loaded, settings, "layer-ppl", "layer", settings.protect_layers)
+
+
+register(
+    Method(
+        "blockpruner",
+        "depth",
+        "BlockPruner: greedy removal of attention/MLP blocks by calibration ppl (exact, fast)",
+        prune_blockpruner,
+    )
+)
+register(
+    Method(
+        "sleb",
+        "depth",
+        "SLEB: greedy removal of whole layers by calibration ppl (first/last layer protected)",
+        prune_sleb,
+    )
+)
+register(
+    Method(
+        "layer-ppl",
+        "depth",
+        "layer-PPL: greedy removal of whole layers by calibration ppl (no protection)",
+        prune_layer_ppl,
+    )
+)

@@ -1,0 +1,127 @@
+"""Calibration windows and a block-by-block runner over them, shared by every depth method.
+
+Every depth score (BlockPruner's ppl after removal, ShortGPT's BI, RM) is a function of hidden
+states at block boundaries of the *unmodified* model with some blocks skipped. The runner embeds
+each window once, replays the layers' captured forward kwargs, and computes fp32 chunked NLL, so
+methods only decide which blocks to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
+from prunekit.engine.layerwise import LayerContext, capture_layer_context, embed, run_block
+from prunekit.evaluation.nll import nll_from_hidden
+from prunekit.methods.registry import PruneSettings
+from prunekit.models.adapters import BLOCK_KINDS, BlockRef
+from prunekit.models.loading import LoadedModel
+
+Candidate = tuple[BlockRef, ...]
+
+
+def settings_windows(loaded: LoadedModel, settings: PruneSettings) -> torch.Tensor:
+    """The seeded calibration windows the settings describe ([n_samples, seqlen] token ids)."""
+    check_seqlen(settings.seqlen, loaded.model.config)
+    tokens = corpus_tokens(loaded.tokenizer, settings.calib)
+    bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
+    return calibration_windows(tokens, settings.n_samples, settings.seqlen, settings.seed, bos)
+
+
+class BlockRunner:
+    """Runs the unmodified model over calibration windows, one block at a time.
+
+    Windows are processed one at a time (batch 1): the branch-and-bound search decides per
+    window which candidates still need it, and one window's activations stay small.
+    """
+
+    def __init__(self, loaded: LoadedModel, windows: torch.Tensor) -> None:
+        self.model = loaded.model
+        self.adapter = loaded.adapter
+        self.device = next(self.model.parameters()).device
+        self.windows = windows.to(self.device)
+        self.skip_first = 1 if self.adapter.bos_per_window else 0
+        self.context: LayerContext = capture_layer_context(self.model, self.adapter, windows[:1])
+        self._embedded: list[torch.Tensor] = [self.embed(w) for w in range(self.num_windows)]
+        self.layers = self.adapter.layers(self.model)
+
+    @property
+    def num_windows(self) -> int:
+        return self.windows.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        """Predicted tokens over all windows (the denominator of the calibration ppl)."""
+        return self.num_windows * (self.windows.shape[1] - 1 - self.skip_first)
+
+    def blocks(self) -> list[BlockRef]:
+        """Every block of the model in execution order."""
+        return [
+            BlockRef(index, kind)
+            for index, layer in enumerate(self.layers)
+            for kind in BLOCK_KINDS
+            if self.adapter.has_block(layer, kind)
+        ]
+
+    @torch.inference_mode()
+    def embed(self, window: int) -> torch.Tensor:
+        """Hidden state entering layer 0 for one window, computed afresh by the model."""
+        return embed(self.model, self.adapter, self.windows[window : window + 1])
+
+    def embedded(self, window: int) -> torch.Tensor:
+        """Like :meth:`embed`, computed once at construction."""
+        return self._embedded[window]
+
+    @torch.inference_mode()
+    def run_block(self, block: BlockRef, hidden: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[block.layer]
+        return run_block(self.adapter, layer, block.kind, hidden, self.context.kwargs[block.layer])
+
+    @torch.inference_mode()
+    def run(self, hidden: torch.Tensor, blocks: Sequence[BlockRef]) -> torch.Tensor:
+        for block in blocks:
+            hidden = self.run_block(block, hidden)
+        return hidden
+
+    @torch.inference_mode()
+    def window_nll(self, hidden: torch.Tensor, window: int) -> float:
+        """Summed NLL of one window from the hidden state after the last decoder layer."""
+        ids = self.windows[window : window + 1]
+        nll = nll_from_hidden(self.model, self.adapter, hidden, ids, skip_first=self.skip_first)
+        return float(nll.sum().item())
+
+    def model_nll(self, active: Sequence[BlockRef]) -> list[float]:
+        """Per-window NLL of the model that runs only ``active``."""
+        return [
+            self.window_nll(self.run(self.embedded(w), active), w) for w in range(self.num_windows)
+        ]
+
+    def window_pass(
+        self,
+        active: Sequence[BlockRef],
+        candidates: Sequence[Candidate],
+        window: int,
+        should_score: Callable[[Candidate], bool],
+        record: Callable[[Candidate, float], None],
+    ) -> int:
+        """Score each candidate (``active`` minus its blocks) on one window, with prefix reuse.
+
+        Candidates are visited in position order carrying one running state of the current
+        model, so each pays only for the blocks after it. ``should_score`` is asked right before
+        each candidate (the bound may have tightened meanwhile). Returns how many were scored.
+        """
+        position = {block: i for i, block in enumerate(active)}
+        ordered = sorted(candidates, key=lambda c: (min(position[b] for b in c), c))
+        hidden, at, scored = self.embedded(window), 0, 0
+        for candidate in ordered:
+            if not should_score(candidate):
+                continue
+            start = min(position[b] for b in candidate)
+            hidden = self.run(hidden, active[at:start])
+            at = start
+            rest = [b for b in active[start:] if b not in candidate]
+            record(candidate, self.window_nll(self.run(hidden, rest), window))
+            scored += 1
+        return scored

@@ -1,0 +1,188 @@
+"""What every depth method shares: candidate units, targets, checkpoints, the final plan.
+
+A *unit* is what one step removes: one block (BlockPruner, RM/BI at block level) or the blocks
+of one layer (ShortGPT, RM, SLEB, layer-PPL). Units are tuples of BlockRef in original indices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from prunekit.errors import PlanError, SettingsError
+from prunekit.methods.depth.calibration import BlockRunner, Candidate
+from prunekit.methods.depth.search import SearchState, Target, label
+from prunekit.methods.registry import PruneSettings
+from prunekit.models.adapters import BLOCK_KINDS, BlockRef
+from prunekit.models.loading import LoadedModel, count_parameters
+from prunekit.plan import PruningPlan
+from prunekit.report.run_dir import PARTIAL_PLAN_FILE
+from prunekit.surgery.depth import remove_blocks
+
+log = logging.getLogger(__name__)
+
+
+def protected_layers(requested: list[int], num_layers: int) -> set[int]:
+    """Layer indices never removed; negative indices count from the end (-1 = last)."""
+    protected = set()
+    for index in requested:
+        if not -num_layers <= index < num_layers:
+            raise SettingsError(f"--protect-layers {index} is out of range for {num_layers} layers")
+        protected.add(index % num_layers)
+    return protected
+
+
+def block_units(runner: BlockRunner, candidates: str, protected: set[int]) -> list[Candidate]:
+    """One unit per block of the ``candidates`` kinds (attn, mlp, both) in unprotected layers."""
+    kinds = BLOCK_KINDS if candidates == "both" else (candidates,)
+    return [(b,) for b in runner.blocks() if b.kind in kinds and b.layer not in protected]
+
+
+def layer_units(runner: BlockRunner, protected: set[int]) -> list[Candidate]:
+    """One unit per unprotected layer: all the blocks it has."""
+    by_layer: dict[int, list[BlockRef]] = {}
+    for block in runner.blocks():
+        by_layer.setdefault(block.layer, []).append(block)
+    return [tuple(blocks) for layer, blocks in sorted(by_layer.items()) if layer not in protected]
+
+
+def unit_parameters(runner: BlockRunner, units: list[Candidate]) -> dict[Candidate, int]:
+    adapter, layers = runner.adapter, runner.layers
+    return {
+        u: sum(adapter.block_parameter_count(layers[b.layer], b.kind) for b in u) for u in units
+    }
+
+
+def make_target(settings: PruneSettings, total_params: int) -> Target:
+    if (settings.ratio is None) == (settings.blocks is None):
+        raise SettingsError("give exactly one target: --ratio R or --blocks K")
+    return Target(settings.ratio, settings.blocks, total_params)
+
+
+def search_settings(method: str, settings: PruneSettings, **extra: object) -> dict:
+    """The settings that determine a search's result: a resumed search must match them."""
+    return {
+        "method": method,
+        "ratio": settings.ratio,
+        "blocks": settings.blocks,
+        "calib": settings.calib,
+        "n_samples": settings.n_samples,
+        "seqlen": settings.seqlen,
+        "seed": settings.seed,
+        "candidates": settings.candidates,
+        "protect_layers": list(settings.protect_layers),
+        "criterion": settings.criterion,
+        **extra,
+    }
+
+
+def partial_plan_path(settings: PruneSettings) -> Path | None:
+    return Path(settings.run_dir) / PARTIAL_PLAN_FILE if settings.run_dir else None
+
+
+def resume_state(
+    loaded: LoadedModel, settings: PruneSettings, method: str, expected: dict
+) -> SearchState | None:
+    """The state saved by an interrupted search, checked against this model and settings."""
+    if not settings.resume:
+        return None
+    path = partial_plan_path(settings)
+    if path is None:
+        raise PlanError("--resume needs --out: the run directory of the interrupted search")
+    if not path.is_file():
+        raise PlanError(f"nothing to resume: {path} does not exist")
+    plan = PruningPlan.load(path)
+    plan.check_model(loaded.identity())
+    if plan.method != method or plan.settings != json.loads(json.dumps(expected)):
+        diff = sorted(
+            k for k in set(plan.settings) | set(expected) if plan.settings.get(k) != expected.get(k)
+        )
+        raise PlanError(
+            f"cannot resume {path}: it was made by {plan.method} with other settings "
+            f"({', '.join(diff) or 'method'} differ)"
+        )
+    removed = [tuple(BlockRef.parse(b) for b in step["blocks"]) for step in plan.trajectory]
+    return SearchState(removed=removed, trajectory=list(plan.trajectory))
+
+
+def build_plan(
+    loaded: LoadedModel,
+    method: str,
+    settings: dict,
+    state: SearchState,
+    extra: dict,
+    complete: bool,
+) -> PruningPlan:
+    return PruningPlan(
+        method=method,
+        model=loaded.identity(),
+        settings=settings,
+        removed_blocks=[str(b) for unit in state.removed for b in unit],
+        trajectory=state.trajectory,
+        extra=extra,
+        complete=complete,
+    )
+
+
+def checkpointer(loaded: LoadedModel, method: str, settings: PruneSettings, expected: dict):
+    """A callback that saves the partial plan after every step (when there is a run dir)."""
+    path = partial_plan_path(settings)
+
+    def save(state: SearchState) -> None:
+        if path is not None:
+            build_plan(loaded, method, expected, state, {}, complete=False).save(path)
+
+    return save
+
+
+def one_shot_trajectory(
+    runner: BlockRunner, removed: list[Candidate], unit_params: dict[Candidate, int], total: int
+) -> list[dict]:
+    """Calibration ppl and ratio_total after each removal of a one-shot ranking (for plots)."""
+    trajectory, gone, removed_params = [], set(), 0
+    all_blocks = runner.blocks()
+    for step, unit in enumerate(removed, start=1):
+        gone.update(unit)
+        removed_params += unit_params[unit]
+        nll = sum(runner.model_nll([b for b in all_blocks if b not in gone]))
+        trajectory.append(
+            {
+                "step": step,
+                "removed": label(unit),
+                "blocks": [str(b) for b in unit],
+                "calib_ppl": math.exp(nll / runner.tokens),
+                "calib_nll": nll,
+                "ratio_total": removed_params / total,
+                "removed_params": removed_params,
+            }
+        )
+    return trajectory
+
+
+def finish(
+    loaded: LoadedModel,
+    method: str,
+    settings: PruneSettings,
+    expected: dict,
+    state: SearchState,
+    extra: dict,
+) -> PruningPlan:
+    """Prune ``loaded.model`` in place, write plots and the final plan checkpoint, return it."""
+    num_layers = loaded.adapter.num_layers(loaded.model)
+    params_before = count_parameters(loaded.model)
+    plan = build_plan(loaded, method, expected, state, extra, complete=True)
+    surgery = remove_blocks(loaded, [b for unit in state.removed for b in unit])
+    if count_parameters(loaded.model) != params_before - surgery.removed_parameters:
+        raise RuntimeError("depth surgery removed a different parameter count than planned")
+    plan.extra["kept_layers"] = surgery.kept_layers
+    plan.extra["layer_blocks"] = surgery.layer_blocks
+    plan.extra["num_layers_before"] = num_layers
+    path = partial_plan_path(settings)
+    if path is not None:
+        plan.save(path)
+        from prunekit.report.plots import write_depth_plots
+
+        write_depth_plots(path.parent, plan, num_layers)
+    return plan

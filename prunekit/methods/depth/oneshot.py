@@ -1,0 +1,163 @@
+"""One-shot depth baselines: score every unit once on the dense model, remove the lowest.
+
+- ShortGPT: block influence BI = 1 - mean_t cos(x_t, y_t) of a layer's input x and output y
+  (``--angular``: mean_t arccos(cos) / pi).
+- RM: relative magnitude mean_t ||f(x_t)|| / ||x_t + f(x_t)|| with f(x) = y - x.
+- rm-block / bi-block: the same scores per block (BlockPruner's ablations).
+All statistics come from one pass over the calibration windows through the runner.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from prunekit.methods.depth.calibration import BlockRunner, Candidate, settings_windows
+from prunekit.methods.depth.common import (
+    block_units,
+    finish,
+    layer_units,
+    make_target,
+    one_shot_trajectory,
+    protected_layers,
+    search_settings,
+    unit_parameters,
+)
+from prunekit.methods.depth.search import SearchState, Target, label
+from prunekit.methods.registry import Method, PruneSettings, register
+from prunekit.models.loading import LoadedModel, count_parameters
+from prunekit.plan import PruningPlan
+
+# (unit input, unit output) [T, d] fp32 -> per-token scores [T]
+TokenScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cosine_influence(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 1.0 - torch.nn.functional.cosine_similarity(x, y, dim=-1)
+
+
+def angular_influence(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    cos = torch.nn.functional.cosine_similarity(x, y, dim=-1).clamp(-1.0, 1.0)
+    return torch.arccos(cos) / math.pi
+
+
+def relative_magnitude(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (y - x).norm(dim=-1) / y.norm(dim=-1).clamp_min(1e-12)
+
+
+@dataclass
+class UnitStatistics:
+    """Token-mean of a per-token score for each unit, accumulated window by window."""
+
+    sums: dict[Candidate, float] = field(default_factory=dict)
+    count: int = 0
+
+    def means(self) -> dict[Candidate, float]:
+        return {u: s / self.count for u, s in self.sums.items()}
+
+
+@torch.inference_mode()
+def unit_scores(
+    runner: BlockRunner, units: list[Candidate], token_score: TokenScore
+) -> dict[Candidate, float]:
+    """Mean per-token score of every unit, from one pass of the dense model over the windows.
+
+    A unit's input is the state before its first block and its output the state after its last
+    (units are contiguous in the dense model: one block or one layer).
+    """
+    first = {u[0]: u for u in units}
+    last = {u[-1]: u for u in units}
+    stats = UnitStatistics(sums=dict.fromkeys(units, 0.0))
+    for w in range(runner.num_windows):
+        hidden = runner.embedded(w)
+        inputs: dict[Candidate, torch.Tensor] = {}
+        for block in runner.blocks():
+            if block in first:
+                inputs[first[block]] = hidden
+            hidden = runner.run_block(block, hidden)
+            if block in last:
+                unit = last[block]
+                scores = token_score(inputs.pop(unit)[0].float(), hidden[0].float())
+                stats.sums[unit] += float(scores.sum().item())
+        stats.count += runner.windows.shape[1]
+    return stats.means()
+
+
+def lowest_until(
+    scores: dict[Candidate, float], params: dict[Candidate, int], target: Target
+) -> list[Candidate]:
+    """Units in ascending score order (ties: lowest unit), as many as the target needs."""
+    chosen: list[Candidate] = []
+    removed_params = 0
+    for unit in sorted(scores, key=lambda u: (scores[u], u)):
+        if target.reached(len(chosen), removed_params):
+            break
+        chosen.append(unit)
+        removed_params += params[unit]
+    return chosen
+
+
+def run_one_shot(
+    loaded: LoadedModel, settings: PruneSettings, method: str, unit: str, token_score: TokenScore
+) -> PruningPlan:
+    total = count_parameters(loaded.model)
+    target = make_target(settings, total)
+    runner = BlockRunner(loaded, settings_windows(loaded, settings))
+    protected = protected_layers(settings.protect_layers, len(runner.layers))
+    if unit == "block":
+        units = block_units(runner, settings.candidates, protected)
+    else:
+        units = layer_units(runner, protected)
+    params = unit_parameters(runner, units)
+    target.check_feasible(list(params.values()), unit)
+    started = time.perf_counter()
+    scores = unit_scores(runner, units, token_score)
+    removed = lowest_until(scores, params, target)
+    seconds = time.perf_counter() - started
+    state = SearchState(removed, one_shot_trajectory(runner, removed, params, total))
+    extra = {
+        "unit": unit,
+        "scores": {label(u): scores[u] for u in sorted(scores, key=lambda u: (scores[u], u))},
+        "search": {"seconds": seconds, "calib_tokens": runner.tokens},
+    }
+    expected = search_settings(method, settings, unit=unit, angular=settings.angular)
+    return finish(loaded, method, settings, expected, state, extra)
+
+
+def prune_shortgpt(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+    score = angular_influence if settings.angular else cosine_influence
+    return run_one_shot(loaded, settings, "shortgpt", "layer", score)
+
+
+def prune_bi_block(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+    score = angular_influence if settings.angular else cosine_influence
+    return run_one_shot(loaded, settings, "bi-block", "block", score)
+
+
+def prune_rm(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+    return run_one_shot(loaded, settings, "rm", "layer", relative_magnitude)
+
+
+def prune_rm_block(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+    return run_one_shot(loaded, settings, "rm-block", "block", relative_magnitude)
+
+
+for _name, _summary, _fn in (
+    (
+        "shortgpt",
+        "ShortGPT: remove the layers with the lowest block influence (1-cos)",
+        prune_shortgpt,
+    ),
+    ("rm", "RM: remove the layers with the lowest relative magnitude", prune_rm),
+    (
+        "rm-block",
+        "RM per block: remove the blocks with the lowest relative magnitude",
+        prune_rm_block,
+    ),
+    ("bi-block", "BI per block: remove the blocks with the lowest block influence", prune_bi_block),
+):
+    register(Method(_name, "depth", _summary, _fn))
