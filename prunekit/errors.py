@@ -36,3 +36,7 @@ class MissingExtraError(PrunekitError):
         super().__init__(
             f"{purpose} needs the optional package '{package}': pip install 'prunekit[{extra}]'"
         )
+
+
+class ExportError(PrunekitError):
+    """An export that cannot be written, or a model directory that cannot be loaded as written."""

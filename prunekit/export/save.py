@@ -1,0 +1,156 @@
+"""Write a pruned model as a directory that loads anywhere (DESIGN.md principle 4).
+
+The directory holds safetensors weights (sharded above ``max_shard_size``), config.json,
+generation_config.json, the tokenizer, plan.json and report.json, and for heterogeneous models
+the shim modeling file. It is assembled in a hidden temp directory beside the target and renamed
+into place at the end, so a crash or a full disk never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ExportError
+from prunekit.export.formats import (
+    Format,
+    choose_format,
+    hf_config,
+    hf_fits,
+    shape_mismatches,
+    shim_config,
+    skeleton_shapes,
+    tensor_shapes,
+)
+from prunekit.export.per_layer import LayerShape, describe_for_report, describe_layers
+from prunekit.models.dtype import dtype_name, resolve_dtype
+from prunekit.models.loading import LoadedModel
+from prunekit.plan import PruningPlan, write_json_atomic
+
+DEFAULT_MAX_SHARD_SIZE = "2GB"
+EXPORT_KEY = "export"  # the section of report.json describing the export
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: Format
+    dtype: str
+    weight_bytes: int
+    layers: list[LayerShape] = field(default_factory=list)
+
+
+def weights_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors to save: tied duplicates dropped (the embedding stays), floats cast to dtype."""
+    keep = tensor_shapes(model)
+    state = model.state_dict()
+    return {
+        name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
+        for name, t in state.items()
+        if name in keep
+    }
+
+
+@contextmanager
+def staging_dir(target: Path, force: bool) -> Iterator[Path]:
+    """A temp directory that becomes ``target`` only if the block completes."""
+    if target.exists() and not force:
+        raise ExportError(f"{target} already exists; pass --force to replace it")
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"{target} exists and is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "model")
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _export_config(loaded: LoadedModel, shapes: list[LayerShape], requested: str) -> tuple:
+    """(format, config, shim or None), with the config checked against the weights."""
+    model, family = loaded.model, loaded.adapter.family
+    fmt = choose_format(requested, hf_fits(model, family, shapes))
+    if fmt == "hf":
+        config = hf_config(model, family, shapes)
+        config.architectures = [type(model).__name__]
+        return fmt, config, None
+    shim, config = shim_config(model, family, shapes)
+    problems = shape_mismatches(skeleton_shapes(shim.classes()[1], config), tensor_shapes(model))
+    if problems:  # a bug in the description, never a user error: refuse to write it
+        raise ExportError("the per-layer description does not fit the weights: " + problems[0])
+    return fmt, config, shim
+
+
+def export_model(
+    loaded: LoadedModel,
+    out: str | Path,
+    *,
+    fmt: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    plan: PruningPlan | None = None,
+    report: dict | None = None,
+    force: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> ExportResult:
+    """Save ``loaded`` (pruned in memory) to ``out``; see the module docstring for the layout.
+
+    ``fmt``: auto (hf whenever every layer has the same shape), hf or prunekit. ``dtype``: the
+    dtype of the saved weights; None keeps the model's.
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    target = Path(out)
+    torch_dtype = loaded.dtype if dtype in (None, "auto") else resolve_dtype(dtype)
+    shapes = describe_layers(loaded.model, loaded.adapter)
+    fmt_chosen, config, shim = _export_config(loaded, shapes, fmt)
+    config.dtype = torch_dtype
+    state = weights_state_dict(loaded.model, torch_dtype)
+    with staging_dir(target, force) as tmp:
+        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size, metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        generation = getattr(loaded.model, "generation_config", None)
+        if generation is not None:
+            generation.save_pretrained(tmp)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(tmp)
+        if shim is not None:
+            shutil.copyfile(shim.path, tmp / shim.path.name)
+        if plan is not None:
+            plan.save(tmp / "plan.json")
+        weight_bytes = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
+        section = {
+            "format": fmt_chosen,
+            "dtype": dtype_name(torch_dtype),
+            "weight_bytes": weight_bytes,
+            "parameters": sum(t.numel() for t in state.values()),
+            "base_model_type": loaded.model.config.model_type,
+            "layers": describe_for_report(shapes),
+        }
+        write_json_atomic(tmp / "report.json", {**(report or {}), EXPORT_KEY: section})
+    return ExportResult(target, fmt_chosen, dtype_name(torch_dtype), weight_bytes, shapes)
+
+
+def export_summary(result: ExportResult) -> dict[str, Any]:
+    return {
+        "path": str(result.path),
+        "format": result.format,
+        "dtype": result.dtype,
+        "weight_bytes": result.weight_bytes,
+    }

@@ -1,0 +1,287 @@
+"""Llama-style causal LM whose decoder layers differ from one another (written by prunekit).
+
+This file is copied next to the weights of a pruned model and reached through ``auto_map`` in
+config.json, so plain transformers loads the model with ``trust_remote_code=True`` even where
+prunekit is not installed. It depends on torch and transformers only.
+
+Every layer is built from its own config, ``config.per_layer_config[i]`` (transformers' sparse
+per-layer overrides). The attributes a layer may override:
+
+- ``skip``: the removed residual blocks of the layer, by module name: ``"self_attn"`` (the
+  attention block with its input norm) and/or ``"mlp"`` (the MLP block with its norm);
+- ``intermediate_size``: the MLP width (pruned gate/up rows and down columns);
+- ``v_head_dim``: the value head size, which may be smaller than the query/key ``head_dim``
+  (pruned v_proj rows and o_proj columns); queries and keys keep ``head_dim``;
+- ``num_key_value_heads``: kept key/value heads;
+- ``qkv_bias``, ``o_proj_bias``, ``gate_up_bias``, ``down_proj_bias``: which projections carry a
+  bias (restoration methods such as FLAP add biases to o_proj/down_proj).
+
+The KV cache holds one entry per *attention block*: a layer without attention takes no cache
+slot, so ``cache.get_seq_length()`` always reads a layer that has seen the tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, LlamaConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+
+ATTENTION_BLOCK = "self_attn"
+MLP_BLOCK = "mlp"
+
+
+class PrunekitLlamaConfig(LlamaConfig):
+    """A Llama config plus per-layer shapes; ``base_model_type`` names the family it came from."""
+
+    model_type = "prunekit_llama"
+
+
+def _layer_attr(config: LlamaConfig, name: str, default):
+    value = getattr(config, name, None)
+    return default if value is None else value
+
+
+class PrunedAttention(nn.Module):
+    """Grouped-query attention with its own head counts and a value head size of its own."""
+
+    def __init__(self, config: LlamaConfig, cache_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = cache_idx  # the KV-cache slot; attention-less layers take none
+        self.head_dim = _layer_attr(
+            config, "head_dim", config.hidden_size // config.num_attention_heads
+        )
+        self.v_head_dim = _layer_attr(config, "v_head_dim", self.head_dim)
+        num_heads = config.num_attention_heads
+        num_kv_heads = _layer_attr(config, "num_key_value_heads", num_heads)
+        self.num_key_value_groups = num_heads // num_kv_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        qkv_bias = _layer_attr(config, "qkv_bias", config.attention_bias)
+        o_bias = _layer_attr(config, "o_proj_bias", config.attention_bias)
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, num_kv_heads * self.v_head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * self.v_head_dim, hidden, bias=o_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(*input_shape, -1, self.v_head_dim).transpose(1, 2)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        out, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+
+
+class PrunedMLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        width = config.intermediate_size
+        gate_up_bias = _layer_attr(config, "gate_up_bias", config.mlp_bias)
+        down_bias = _layer_attr(config, "down_proj_bias", config.mlp_bias)
+        self.gate_proj = nn.Linear(config.hidden_size, width, bias=gate_up_bias)
+        self.up_proj = nn.Linear(config.hidden_size, width, bias=gate_up_bias)
+        self.down_proj = nn.Linear(width, config.hidden_size, bias=down_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class PrunedDecoderLayer(nn.Module):
+    """A decoder layer that holds only the blocks its config keeps (stock module names)."""
+
+    def __init__(self, config: LlamaConfig, cache_idx: int | None):
+        super().__init__()
+        skip = set(getattr(config, "skip", None) or ())
+        if ATTENTION_BLOCK not in skip:
+            self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.self_attn = PrunedAttention(config, cache_idx)
+        if MLP_BLOCK not in skip:
+            self.post_attention_layernorm = LlamaRMSNorm(
+                config.hidden_size, eps=config.rms_norm_eps
+            )
+            self.mlp = PrunedMLP(config)
+
+    @property
+    def has_attention(self) -> bool:
+        return hasattr(self, "self_attn")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if hasattr(self, "self_attn"):
+            attn_out, _ = self.self_attn(
+                self.input_layernorm(hidden_states),
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                cache=cache,
+                **kwargs,
+            )
+            hidden_states = hidden_states + attn_out
+        if hasattr(self, "mlp"):
+            hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states
+
+
+def attention_layer_count(config: LlamaConfig) -> int:
+    layers = config.per_layer_config
+    return sum(ATTENTION_BLOCK not in (getattr(lc, "skip", None) or ()) for lc in layers)
+
+
+class PrunekitLlamaPreTrainedModel(PreTrainedModel):
+    config_class = PrunekitLlamaConfig
+    config: PrunekitLlamaConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["PrunedDecoderLayer"]  # noqa: RUF012 (transformers convention)
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_attention_backend = True
+
+
+class PrunekitLlamaModel(PrunekitLlamaPreTrainedModel):
+    def __init__(self, config: PrunekitLlamaConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        layers, cache_idx = [], 0
+        for layer_config in config.per_layer_config:
+            has_attention = ATTENTION_BLOCK not in (getattr(layer_config, "skip", None) or ())
+            layers.append(PrunedDecoderLayer(layer_config, cache_idx if has_attention else None))
+            cache_idx += int(has_attention)
+        self.layers = nn.ModuleList(layers)
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        cache = cache if cache is not None else past_key_values
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past
+            position_ids = position_ids.unsqueeze(0)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+        hidden = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
+        for layer in self.layers:
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_embeddings=position_embeddings,
+                cache=cache if use_cache else None,
+                **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), cache=cache)
+
+
+class PrunekitLlamaForCausalLM(PrunekitLlamaPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # noqa: RUF012
+
+    def __init__(self, config: PrunekitLlamaConfig):
+        super().__init__(config)
+        self.model = PrunekitLlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:, :]
+        elif not isinstance(logits_to_keep, int):
+            hidden = hidden[:, logits_to_keep, :]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+
+__all__ = ["PrunekitLlamaConfig", "PrunekitLlamaForCausalLM", "PrunekitLlamaModel"]
