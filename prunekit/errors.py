@@ -38,5 +38,9 @@ class MissingExtraError(PrunekitError):
         )
 
 
+class NumericalError(PrunekitError):
+    """Statistics or a solve produced NaN/Inf or a matrix that is not positive definite."""
+
+
 class ExportError(PrunekitError):
     """An export that cannot be written, or a model directory that cannot be loaded as written."""

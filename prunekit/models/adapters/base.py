@@ -66,6 +66,8 @@ class AttentionChannels:
     num_kv_heads: int
     head_dim: int
     v_head_dim: int
+    # The attention module itself (width surgery swaps its forward for variable head sizes).
+    module: nn.Module | None = None
 
     @property
     def queries_per_kv(self) -> int:
@@ -154,7 +156,35 @@ class Adapter:
             num_kv_heads=num_kv_heads,
             head_dim=head_dim,
             v_head_dim=attn.v_proj.out_features // num_kv_heads,
+            module=attn,
         )
+
+    # ---- attention with pruned value channels or heads (prunekit.models.attention) ---------
+    def query_key_states(
+        self, attn: nn.Module, hidden: torch.Tensor, position_embeddings: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries [B, H, T, d] and keys [B, Hkv, T, d], positions applied, as the family does."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        batch, length = hidden.shape[:2]
+        query = attn.q_proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        key = attn.k_proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        query, key = self.normalize_query_key(attn, query, key)
+        cos, sin = position_embeddings
+        return apply_rotary_pos_emb(query, key, cos, sin)
+
+    def normalize_query_key(
+        self, attn: nn.Module, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head q/k norms (Gemma 3); identity for families without them."""
+        return query, key
+
+    def attention_call_kwargs(self, attn: nn.Module) -> dict:
+        """Keyword arguments the family passes to the attention interface besides the tensors."""
+        return {"scaling": attn.scaling, "sliding_window": getattr(attn, "sliding_window", None)}
+
+    def output_projection(self, attn: nn.Module) -> nn.Linear:
+        return attn.o_proj
 
     # ---- config bookkeeping after layers are deleted ----------------------------------------
     def config_after_layer_removal(self, config: Any, kept_layers: list[int]) -> None:

@@ -29,3 +29,8 @@ class Gemma3Adapter(Adapter):
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def normalize_query_key(
+        self, attn: nn.Module, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return attn.q_norm(query), attn.k_norm(key)

@@ -45,13 +45,31 @@ class OPTAdapter(Adapter):
 
     def attention_channels(self, layer: nn.Module, config: Any) -> AttentionChannels:
         attn = layer.self_attn
+        num_heads = attn.q_proj.out_features // attn.head_dim
         return AttentionChannels(
             q_proj=attn.q_proj,
             k_proj=attn.k_proj,
             v_proj=attn.v_proj,
             o_proj=attn.out_proj,
-            num_heads=attn.num_heads,
-            num_kv_heads=attn.num_heads,
+            # From the shapes, not attn.num_heads: whole-head pruning changes the count.
+            num_heads=num_heads,
+            num_kv_heads=num_heads,
             head_dim=attn.head_dim,
-            v_head_dim=attn.v_proj.out_features // attn.num_heads,
+            v_head_dim=attn.v_proj.out_features // num_heads,
+            module=attn,
         )
+
+    def query_key_states(
+        self, attn: nn.Module, hidden: torch.Tensor, position_embeddings: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # OPT scales the queries before the product and calls the interface with scaling 1.0.
+        batch, length = hidden.shape[:2]
+        query = (attn.q_proj(hidden) * attn.scaling).view(batch, length, -1, attn.head_dim)
+        key = attn.k_proj(hidden).view(batch, length, -1, attn.head_dim)
+        return query.transpose(1, 2), key.transpose(1, 2)
+
+    def attention_call_kwargs(self, attn: nn.Module) -> dict:
+        return {"scaling": 1.0}
+
+    def output_projection(self, attn: nn.Module) -> nn.Linear:
+        return attn.out_proj

@@ -1,0 +1,232 @@
+"""What every width method shares: settings resolution, the run's records, and the driver.
+
+A method is a ``SequentialMethod`` (its statistic and its decision); ``run_width_method`` loads
+the calibration windows, runs the sequential engine with it, saves rewritten consumers and
+turns the records into a ``PruningPlan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
+from prunekit.engine.sequential import SequentialMethod, prune_without_data, sequential_pass
+from prunekit.errors import SettingsError
+from prunekit.methods.registry import PruneSettings
+from prunekit.methods.width.selection import kept_count
+from prunekit.methods.width.structure import LayerUnits, layer_units
+from prunekit.models.loading import LoadedModel, count_parameters
+from prunekit.plan import PruningPlan
+from prunekit.surgery.width import RESTORED_FILE, save_rewritten_consumers
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("mlp", "attn")
+# Below this many calibration tokens per restored column the least squares overfits
+# (ALGORITHMS.md: 4×1024 tokens made restoration worse than none on SmolLM2).
+MIN_TOKENS_PER_COLUMN = 10.0
+
+
+class WidthRun:
+    """The records of one width run: kept indices, rewritten consumers, per-layer notes."""
+
+    def __init__(self, loaded: LoadedModel, settings: PruneSettings, sparsity: float | None):
+        self.loaded = loaded
+        self.settings = settings
+        self.sparsity = sparsity
+        self.kept: dict[str, dict] = {}
+        self.notes: dict[str, dict] = {}
+        self.rewritten: dict[str, nn.Linear] = {}
+        self.tokens = 0
+        self.identity = loaded.identity()  # of the base model, before any pruning
+        self._names = {id(m): n for n, m in loaded.model.named_modules()}
+
+    @property
+    def config(self):
+        return self.loaded.model.config
+
+    def targets(self, kind: str) -> bool:
+        return kind in self.settings.targets
+
+    def keep(self, index: int, group: str, kept: list) -> None:
+        self.kept.setdefault(str(index), {})[group] = kept
+
+    def note(self, index: int, group: str, **values) -> None:
+        self.notes.setdefault(str(index), {}).setdefault(group, {}).update(values)
+
+    def rewrote(self, linear: nn.Linear) -> None:
+        """Remember a consumer whose weights the method changed, to save beside the plan."""
+        self.rewritten[self._names[id(linear)]] = linear
+
+    def rewritten_tensors(self) -> dict[str, torch.Tensor]:
+        """Final (sliced) weights and biases of the rewritten consumers, by parameter name."""
+        tensors = {}
+        for name, linear in self.rewritten.items():
+            tensors[f"{name}.weight"] = linear.weight.detach().cpu()
+            if linear.bias is not None:
+                tensors[f"{name}.bias"] = linear.bias.detach().cpu()
+        return tensors
+
+
+def validate_width_settings(settings: PruneSettings) -> None:
+    unknown = [t for t in settings.targets if t not in TARGETS]
+    if unknown or not settings.targets:
+        raise SettingsError(f"--targets must be a subset of mlp,attn, got {settings.targets}")
+    if settings.sparsity is None and settings.ratio is None:
+        raise SettingsError("width pruning needs --sparsity (column ratio) or --ratio (of params)")
+    if settings.sparsity is not None and settings.ratio is not None:
+        raise SettingsError("give --sparsity or --ratio, not both")
+    if settings.damping < 0:
+        raise SettingsError(f"--damping must be >= 0, got {settings.damping}")
+
+
+def removed_uniform(
+    units: list[LayerUnits], sparsity: float, settings: PruneSettings, attn_unit: str
+) -> int:
+    """Parameters a uniform per-layer column ratio removes (the same rounding as the methods)."""
+    m, removed = settings.multiple_of, 0
+    for u in units:
+        if "mlp" in settings.targets:
+            removed += (u.mlp_width - kept_count(u.mlp_width, sparsity, m)) * u.mlp_unit_params
+        if "attn" in settings.targets and attn_unit == "value":
+            dropped = u.v_head_dim - kept_count(u.v_head_dim, sparsity, m)
+            removed += u.num_kv_heads * dropped * u.value_unit_params
+        elif "attn" in settings.targets:
+            dropped = u.num_kv_heads - kept_count(u.num_kv_heads, sparsity)
+            removed += dropped * u.group_unit_params
+    return removed
+
+
+def sparsity_for_ratio(loaded: LoadedModel, settings: PruneSettings, attn_unit: str) -> float:
+    """The smallest column ratio s whose achieved ratio_total reaches ``settings.ratio``."""
+    units, total = layer_units(loaded), count_parameters(loaded.model)
+    target = settings.ratio * total
+
+    def reaches(s: float) -> bool:
+        return removed_uniform(units, s, settings, attn_unit) >= target
+
+    low, high = 0.0, 0.999
+    if not reaches(high):
+        best = removed_uniform(units, high, settings, attn_unit) / total
+        raise SettingsError(
+            f"--ratio {settings.ratio} is out of reach: pruning every prunable group of "
+            f"{settings.targets} removes at most {best:.3f} of the parameters"
+        )
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (low, mid) if reaches(mid) else (mid, high)
+    return high
+
+
+def calibration_data(loaded: LoadedModel, settings: PruneSettings) -> torch.Tensor:
+    check_seqlen(settings.seqlen, loaded.model.config)
+    tokens = corpus_tokens(loaded.tokenizer, settings.calib)
+    bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
+    return calibration_windows(
+        tokens, settings.n_samples, settings.seqlen, settings.seed, bos_token_id=bos
+    )
+
+
+def run_width_method(
+    name: str,
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    make: Callable[[WidthRun], SequentialMethod],
+    attn_unit: str,
+    needs_data: bool = True,
+) -> PruningPlan:
+    """Resolve the sparsity, run the sequential engine with the method ``make`` builds, record."""
+    validate_width_settings(settings)
+    layer_units(loaded)  # structure check before any work
+    sparsity = settings.sparsity
+    if sparsity is None and attn_unit != "global":
+        sparsity = sparsity_for_ratio(loaded, settings, attn_unit)
+    run = WidthRun(loaded, settings, sparsity)
+    method = make(run)
+    started = time.perf_counter()
+    if needs_data:
+        run.tokens = sequential_pass(loaded, calibration_data(loaded, settings), method)
+    else:
+        prune_without_data(loaded, method)
+    finish = getattr(method, "finish", None)
+    if finish is not None:
+        finish()
+    seconds = time.perf_counter() - started
+    return build_plan(name, run, seconds)
+
+
+def build_plan(name: str, run: WidthRun, seconds: float) -> PruningPlan:
+    loaded, settings = run.loaded, run.settings
+    extra: dict = {
+        "sparsity": run.sparsity,
+        "calibration_tokens": run.tokens,
+        "seconds": seconds,
+        "shapes": layer_shapes(loaded),
+        "layers": run.notes,
+        "restored_weights": None,
+    }
+    if run.rewritten:
+        extra["restored_weights"] = RESTORED_FILE
+        if settings.run_dir:
+            save_rewritten_consumers(
+                run.rewritten_tensors(), Path(settings.run_dir) / RESTORED_FILE
+            )
+        else:
+            extra["restored_weights_note"] = "not saved: no run directory (pass out=...)"
+    extra.update(restoration_summary(run))
+    return PruningPlan(
+        method=name,
+        model=run.identity,
+        settings=dataclasses.asdict(settings),
+        kept_channels=run.kept,
+        extra=extra,
+    )
+
+
+def restoration_summary(run: WidthRun) -> dict:
+    """Tokens per restored column (min over consumers) and a warning when it is too few."""
+    ratios = [
+        group["tokens_per_column"]
+        for layer in run.notes.values()
+        for group in layer.values()
+        if "tokens_per_column" in group
+    ]
+    if not ratios:
+        return {}
+    low = min(ratios)
+    summary: dict = {"min_tokens_per_restored_column": low}
+    if low < MIN_TOKENS_PER_COLUMN:
+        message = (
+            f"only {low:.1f} calibration tokens per restored column (< {MIN_TOKENS_PER_COLUMN:g}):"
+            " the least-squares restoration may overfit; raise --n-samples or --seqlen"
+        )
+        warnings.warn(message, stacklevel=2)
+        summary["warnings"] = [message]
+    return summary
+
+
+def layer_shapes(loaded: LoadedModel) -> dict[str, dict]:
+    """Per-layer widths after pruning: what an export needs to rebuild the structure."""
+    model, adapter = loaded.model, loaded.adapter
+    shapes = {}
+    for index, layer in enumerate(adapter.layers(model)):
+        mlp = adapter.mlp_channels(layer)
+        attn = adapter.attention_channels(layer, model.config)
+        shapes[str(index)] = {
+            "intermediate_size": mlp.width,
+            "num_heads": attn.num_heads,
+            "num_kv_heads": attn.num_kv_heads,
+            "head_dim": attn.head_dim,
+            "v_head_dim": attn.v_head_dim,
+            "mlp_consumer_bias": mlp.consumer.bias is not None,
+            "attn_consumer_bias": attn.o_proj.bias is not None,
+        }
+    return shapes
