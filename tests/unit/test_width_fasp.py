@@ -75,6 +75,6 @@ def test_few_tokens_per_column_warn():
 
 
 def test_targets_mlp_only_leaves_attention_alone():
-    pruned, _, plan = prune_tiny("llama", "fasp", targets=["mlp"])
+    _pruned, _, plan = prune_tiny("llama", "fasp", targets=["mlp"])
     assert all(set(entry) == {"mlp"} for entry in plan.kept_channels.values())
     assert plan.extra["shapes"]["0"]["v_head_dim"] == 16

@@ -1,0 +1,140 @@
+"""Width-pruning benchmark on SmolLM2-135M: FASP (with and without restoration), Wanda-sp, FLAP,
+magnitude at column sparsities 10/20/30 %.
+
+For each run: achieved ratio_total, WikiText-2 perplexity at seqlen 512, the pruning wall time,
+and — measured right before every FASP run, on the same windows — the wall time of one plain
+calibration forward pass, so FASP's cost is read against it on a machine whose load varies.
+Writes docs/results/width.md (rewritten after every run, so a partial table survives) and prints it.
+
+    PRUNEKIT_DATA_DIR=../shared/data python bench/width.py [--eval-windows N] [--sparsities ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from prunekit import load_model
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.width.common import calibration_data
+from prunekit.models.loading import LoadedModel
+from prunekit.report.accounting import parameter_counts, pruning_ratios
+
+RUNS = (  # (label, method, restore)
+    ("FASP", "fasp", True),
+    ("FASP, no restoration", "fasp", False),
+    ("Wanda-sp", "wanda-sp", False),
+    ("FLAP", "flap", False),
+    ("magnitude", "magnitude", False),
+)
+
+
+def fresh_copy(dense: LoadedModel) -> LoadedModel:
+    return dataclasses.replace(dense, model=copy.deepcopy(dense.model))
+
+
+@torch.inference_mode()
+def calibration_forward_seconds(loaded: LoadedModel, windows: torch.Tensor) -> float:
+    """One plain forward of the whole model over the calibration windows (batch 1, no cache)."""
+    started = time.perf_counter()
+    for i in range(windows.shape[0]):
+        loaded.model(input_ids=windows[i : i + 1].to(loaded.device), use_cache=False)
+    return time.perf_counter() - started
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# Width pruning on SmolLM2-135M-Instruct",
+        "",
+        f"Calibration: {meta['n_samples']} × {meta['seqlen']} tokens of {meta['calib']} "
+        f"(seed {meta['seed']}). WikiText-2 test perplexity at seqlen 512 over "
+        f"{meta['eval_windows_label']}. dtype {meta['dtype']}, {meta['machine']}.",
+        f"Dense perplexity: **{meta['dense_ppl']:.2f}**. Sparsity = column ratio of the prunable "
+        "groups (FLAP: the same share of prunable parameters, spread by its global threshold).",
+        "",
+        "| sparsity | method | ratio_total | WikiText-2 ppl | prune time (s) "
+        "| calib. forward (s) | time / forward |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        forward = r.get("calibration_forward_s")
+        ratio = f"{r['prune_s'] / forward:.2f}×" if forward else ""
+        lines.append(
+            f"| {r['sparsity']:.0%} | {r['label']} | {r['ratio_total']:.3f} | {r['ppl']:.2f} "
+            f"| {r['prune_s']:.1f} | {forward:.1f} | {ratio} |"
+            if forward
+            else f"| {r['sparsity']:.0%} | {r['label']} | {r['ratio_total']:.3f} | {r['ppl']:.2f} "
+            f"| {r['prune_s']:.1f} | | |"
+        )
+    lines += [
+        "",
+        "`calib. forward` is one plain forward of the full model (LM head included) over the same "
+        "calibration windows, timed immediately before the FASP run of that row. The machine was "
+        "shared with other jobs, so absolute times vary; the ratio is the comparable number.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--eval-windows", type=int, default=None, help="default: full test set")
+    parser.add_argument("--n-samples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=1024)
+    parser.add_argument("--calib", default="c4")
+    parser.add_argument("--out", default="docs/results/width.md")
+    args = parser.parse_args()
+
+    dense = load_model(args.model, dtype=args.dtype)
+    base = dict(calib=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=0)
+    windows = calibration_data(dense, PruneSettings(**base))
+    before = parameter_counts(dense.model, dense.adapter)
+    dense_ppl = perplexity(dense, "wikitext2", 512, args.eval_windows)
+    meta = {
+        **base,
+        "dtype": dense.dtype_name,
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "dense_ppl": dense_ppl.ppl,
+        "eval_windows_label": (
+            f"the full test set ({dense_ppl.windows} windows)"
+            if args.eval_windows is None
+            else f"the first {dense_ppl.windows} windows"
+        ),
+    }
+    rows: list[dict] = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for sparsity in args.sparsities:
+        for label, method, restore in RUNS:
+            loaded = fresh_copy(dense)
+            row: dict = {"sparsity": sparsity, "label": label, "method": method}
+            if method == "fasp" and restore:
+                row["calibration_forward_s"] = calibration_forward_seconds(loaded, windows)
+            settings = PruneSettings(sparsity=sparsity, restore=restore, **base)
+            started = time.perf_counter()
+            get_method(method).prune(loaded, settings)
+            row["prune_s"] = time.perf_counter() - started
+            after = parameter_counts(loaded.model, loaded.adapter)
+            row["ratio_total"] = pruning_ratios(before, after)["ratio_total"]
+            row["ppl"] = perplexity(loaded, "wikitext2", 512, args.eval_windows).ppl
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            out.write_text(render(rows, meta))
+            out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+            del loaded
+    print(render(rows, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""FASP on the real SmolLM2-135M (fp32): slicing == masking, restoration helps, ppl sane."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.methods.registry import PruneSettings, get_method
+from tests.unit.width_helpers import masked_reference
+
+pytestmark = [pytest.mark.real, pytest.mark.usefixtures("data_dir")]
+
+SETTINGS = dict(sparsity=0.2, n_samples=4, seqlen=256, calib="c4", seed=0)
+
+
+def _pruned(smollm2_fp32, **overrides):
+    loaded = dataclasses.replace(smollm2_fp32, model=copy.deepcopy(smollm2_fp32.model))
+    plan = get_method("fasp").prune(loaded, PruneSettings(**{**SETTINGS, **overrides}))
+    return loaded, plan
+
+
+def test_fasp_on_smollm2(smollm2_fp32):
+    sliced, plan = _pruned(smollm2_fp32, restore=False)
+    shapes = plan.extra["shapes"]["0"]
+    assert shapes["intermediate_size"] == round(0.8 * 1536)
+    assert (shapes["num_kv_heads"], shapes["v_head_dim"], shapes["head_dim"]) == (3, 51, 64)
+    ids = torch.randint(0, 49152, (1, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = sliced.model(input_ids=ids).logits
+        theirs = masked_reference(smollm2_fp32, plan)(input_ids=ids).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+
+    restored, plan = _pruned(smollm2_fp32)
+    for layer in plan.extra["layers"].values():
+        for group in layer.values():
+            assert group["error_restored"] < group["error_sliced"]
+    ppl_sliced = perplexity(sliced, "wikitext2", 256, 8).ppl
+    ppl_restored = perplexity(restored, "wikitext2", 256, 8).ppl
+    assert ppl_restored < ppl_sliced < 200
