@@ -13,8 +13,8 @@ from prunekit.methods.registry import PruneSettings, get_method
 from prunekit.models.loading import LoadedModel, load_model
 from prunekit.plan import PruningPlan
 from prunekit.report.accounting import parameter_counts, pruning_ratios
-from prunekit.report.markdown import render_report_md
 from prunekit.report.run_dir import write_run_dir
+from prunekit.report.schema import build_report
 from prunekit.report.versions import library_versions
 
 
@@ -44,6 +44,37 @@ def evaluate_ppl(
     }
 
 
+def evaluate(
+    loaded: LoadedModel,
+    *,
+    ppl: list[str] | None = None,
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    ppl_batch_size: int = 1,
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    task_data: str | Path | None = None,
+) -> dict:
+    """{"ppl": {dataset: ...}, "zeroshot": {...}} of one model: the report's ``eval`` entry.
+
+    Zero-shot tasks are resolved (and their offline files checked) before any perplexity runs, so
+    a typo in a task name fails in a second, not after a long perplexity pass.
+    """
+    from prunekit.evaluation.zeroshot import check_tasks, zeroshot
+
+    if tasks:
+        check_tasks(tasks, task_data)
+    result: dict = {}
+    if ppl:
+        result["ppl"] = evaluate_ppl(loaded, ppl, seqlen, max_windows, ppl_batch_size)
+    if tasks:
+        result["zeroshot"] = zeroshot(
+            loaded, tasks, limit=limit, batch_size=batch_size, task_data=task_data
+        ).to_dict()
+    return result
+
+
 def prune(
     model: str | LoadedModel,
     method: str,
@@ -52,6 +83,10 @@ def prune(
     eval_datasets: list[str] | None = None,
     eval_seqlen: int = 2048,
     eval_max_windows: int | None = None,
+    eval_tasks: list[str] | None = None,
+    eval_limit: int | None = None,
+    eval_batch_size: int = 16,
+    task_data: str | Path | None = None,
     dtype: str = "auto",
     device: str | None = None,
     **settings: Any,
@@ -60,7 +95,8 @@ def prune(
 
     ``settings`` are the fields of ``PruneSettings`` (ratio, blocks, sparsity, calib, n_samples,
     seqlen, seed, ...). With ``out`` the run directory is written (plan.json, report.json,
-    report.md); with ``eval_datasets`` the dense and the pruned model are both evaluated.
+    report.md); with ``eval_datasets`` (perplexity) and/or ``eval_tasks`` (zero-shot, lm-eval)
+    the dense and the pruned model are both evaluated in this run and both recorded.
     """
     loaded = (
         model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
@@ -74,37 +110,45 @@ def prune(
     before = parameter_counts(loaded.model, loaded.adapter)
     identity = loaded.identity()
     evals: dict[str, dict] = {}
-    if eval_datasets:
-        started = time.perf_counter()
-        evals["dense"] = {"ppl": evaluate_ppl(loaded, eval_datasets, eval_seqlen, eval_max_windows)}
-        timings["eval_dense"] = time.perf_counter() - started
+    wants_eval = bool(eval_datasets or eval_tasks)
 
+    def run_eval(side: str) -> None:
+        started = time.perf_counter()
+        evals[side] = evaluate(
+            loaded,
+            ppl=eval_datasets,
+            seqlen=eval_seqlen,
+            max_windows=eval_max_windows,
+            tasks=eval_tasks,
+            limit=eval_limit,
+            batch_size=eval_batch_size,
+            task_data=task_data,
+        )
+        timings[f"eval_{side}"] = time.perf_counter() - started
+
+    if wants_eval:
+        run_eval("dense")
     started = time.perf_counter()
     plan = chosen.prune(loaded, options)
     timings["prune"] = time.perf_counter() - started
     after = parameter_counts(loaded.model, loaded.adapter)
+    if wants_eval:
+        run_eval("pruned")
 
-    if eval_datasets:
-        started = time.perf_counter()
-        evals["pruned"] = {
-            "ppl": evaluate_ppl(loaded, eval_datasets, eval_seqlen, eval_max_windows)
-        }
-        timings["eval_pruned"] = time.perf_counter() - started
-
-    report = {
-        "method": chosen.name,
-        "family": chosen.family,
-        "model": {
+    report = build_report(
+        method=chosen.name,
+        family=chosen.family,
+        model={
             **identity,
             "source": loaded.source,
             "dtype": loaded.dtype_name,
             "device": loaded.device,
         },
-        "settings": dataclasses.asdict(options),
-        "params": pruning_ratios(before, after),
-        "eval": evals,
-        "timings": timings,
-        "versions": library_versions(),
-    }
-    run_dir = write_run_dir(out, plan, report, render_report_md(report)) if out else None
+        settings=dataclasses.asdict(options),
+        params=pruning_ratios(before, after),
+        evals=evals,
+        timings=timings,
+        versions=library_versions(),
+    )
+    run_dir = write_run_dir(out, plan, report) if out else None
     return PruneResult(loaded, plan, report, run_dir)

@@ -58,41 +58,124 @@ DtypeOpt = typer.Option(
 DeviceOpt = typer.Option(None, help="cpu or cuda[:N]; default cuda when available.")
 
 
+def _zeroshot_table(title: str, result: dict) -> Table:
+    table = Table(title=title)
+    for col in ("task", "items", "acc", "acc_norm", "seconds"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+
+    def pct(value: float | None, err: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f} ± {100 * (err or 0):.1f}"
+
+    for name, t in result["tasks"].items():
+        table.add_row(
+            name,
+            str(t["samples"]),
+            pct(t["acc"], t["acc_stderr"]),
+            pct(t["acc_norm"], t["acc_norm_stderr"]),
+            f"{t['seconds']:.0f}",
+        )
+    table.add_row("average", "", "", f"{100 * result['average']:.1f}", "")
+    table.caption = (
+        f"lm-eval {result['lm_eval_version']}, {result['source']}, limit {result['limit']}; "
+        "average: acc_norm where the task has it, else acc"
+    )
+    return table
+
+
+def _print_eval(title: str, result: dict) -> None:
+    if result.get("ppl"):
+        console.print(_ppl_table(f"perplexity: {title}", result["ppl"]))
+    if result.get("zeroshot"):
+        console.print(_zeroshot_table(f"zero-shot: {title}", result["zeroshot"]))
+
+
+TasksOpt = typer.Option(
+    None,
+    help="Zero-shot tasks (lm-eval, 0-shot), comma-separated: piqa, winogrande, hellaswag, "
+    "arc_easy, arc_challenge, boolq. Needs the 'eval' extra.",
+)
+LimitOpt = typer.Option(None, help="Zero-shot: only the first N items of each task (recorded).")
+TaskDataOpt = typer.Option(
+    None,
+    help="Offline task files (the tasks/ folder, or a data folder holding it); "
+    "default $PRUNEKIT_DATA_DIR/tasks, else lm-eval's hub tasks.",
+)
+
+
 @app.command("eval")
 def eval_command(
     target: str = typer.Argument(
-        None, metavar="[MODEL]", help="Model to evaluate (same as --model)."
+        None,
+        metavar="[MODEL_OR_RUN_DIR]",
+        help="A model (as --model), a run directory (its plan is replayed on the base model) or "
+        "an exported model directory.",
     ),
-    model: str = ModelOpt,
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model: smollm2-135m, a hub id, a local directory or a .gguf file. With a run "
+        "directory: the base model to replay the plan on (default: the one the plan names).",
+    ),
     ppl: str = typer.Option(
-        "wikitext2",
-        help="Comma-separated datasets: wikitext2, ptb, c4, or "
-        "paths to .txt/.jsonl/.parquet files.",
+        None,
+        help="Comma-separated datasets: wikitext2, ptb, c4, or paths to .txt/.jsonl/.parquet "
+        "files. Default wikitext2 unless --tasks is given.",
     ),
     seqlen: int = typer.Option(2048, help="Window length in tokens (PROTOCOL.md)."),
     max_windows: int = typer.Option(
         None, help="Use only the first N windows (quick checks; recorded in the output)."
     ),
-    batch_size: int = typer.Option(1, help="Windows per forward pass."),
+    ppl_batch_size: int = typer.Option(1, help="Perplexity: windows per forward pass."),
+    tasks: str = TasksOpt,
+    limit: int = LimitOpt,
+    batch_size: int = typer.Option(16, help="Zero-shot: requests per forward pass."),
+    task_data: Path = TaskDataOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ) -> None:
-    """Perplexity of a model on WikiText-2 / PTB / C4 (non-overlapping windows, fp32 NLL)."""
-    from prunekit.api import evaluate_ppl
-    from prunekit.data import check_dataset
-    from prunekit.models.loading import load_model
+    """Perplexity and zero-shot accuracy of a model, a run directory or an exported model."""
+    import time
+
+    from prunekit.api import evaluate
+    from prunekit.runs import load_for_eval
 
     spec = target or model
     if not spec:
-        raise SettingsError("name a model: prunekit eval MODEL (or --model MODEL)")
-    for dataset in _split(ppl):
-        check_dataset(dataset)
-    loaded = load_model(spec, dtype=dtype, device=device)
-    results = evaluate_ppl(loaded, _split(ppl), seqlen, max_windows, batch_size)
-    console.print(_ppl_table(f"{spec} ({loaded.dtype_name}, {loaded.device})", results))
+        raise SettingsError("name a model or run directory: prunekit eval MODEL_OR_RUN_DIR")
+    task_list = _split(tasks)
+    datasets = _split(ppl) if ppl is not None else ([] if task_list else ["wikitext2"])
+    if task_list:  # fail on a bad task name or missing data before loading anything
+        from prunekit.evaluation.zeroshot import check_tasks
+
+        check_tasks(task_list, task_data)
+    started = time.perf_counter()
+    loaded_target = load_for_eval(spec, base=model if target else None, dtype=dtype, device=device)
+    loaded = loaded_target.loaded
+    result = evaluate(
+        loaded,
+        ppl=datasets,
+        seqlen=seqlen,
+        max_windows=max_windows,
+        ppl_batch_size=ppl_batch_size,
+        tasks=task_list,
+        limit=limit,
+        batch_size=batch_size,
+        task_data=task_data,
+    )
+    _print_eval(f"{loaded.spec} ({loaded.dtype_name}, {loaded.device})", result)
     if json_out:
-        json_out.write_text(json.dumps({"model": loaded.identity(), "ppl": results}, indent=2))
+        from prunekit.report.versions import library_versions
+
+        record = {
+            "model": {**loaded_target.describe(), "dtype": loaded.dtype_name},
+            **result,
+            "seconds": time.perf_counter() - started,
+            "versions": library_versions(),
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 @app.command("prune")
@@ -130,6 +213,10 @@ def prune_command(
     ),
     eval_seqlen: int = typer.Option(2048, help="Window length for --eval."),
     eval_max_windows: int = typer.Option(None, help="Windows limit for --eval."),
+    tasks: str = TasksOpt,
+    limit: int = LimitOpt,
+    eval_batch_size: int = typer.Option(16, help="Zero-shot: requests per forward pass."),
+    task_data: Path = TaskDataOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -146,6 +233,10 @@ def prune_command(
         eval_datasets=_split(eval_ppl),
         eval_seqlen=eval_seqlen,
         eval_max_windows=eval_max_windows,
+        eval_tasks=_split(tasks),
+        eval_limit=limit,
+        eval_batch_size=eval_batch_size,
+        task_data=task_data,
         dtype=dtype,
         device=device,
         ratio=ratio,
@@ -173,9 +264,23 @@ def prune_command(
     )
     for side in ("dense", "pruned"):
         if side in result.report["eval"]:
-            console.print(_ppl_table(side, result.report["eval"][side]["ppl"]))
+            _print_eval(side, result.report["eval"][side])
     if result.run_dir:
         console.print(f"run directory: {result.run_dir}")
+
+
+@app.command("report")
+def report_command(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Run directories."),
+    out: Path = typer.Option(
+        Path("."), help="Where comparison.md, comparison.csv and ppl_vs_ratio.png go."
+    ),
+) -> None:
+    """Compare runs: one table (markdown + CSV) and a WikiText-2 ppl vs ratio_total plot."""
+    from prunekit.report.compare import write_comparison
+
+    for kind, path in write_comparison(list(run_dirs), out).items():
+        console.print(f"{kind}: {path}")
 
 
 @app.command("methods")

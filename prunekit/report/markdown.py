@@ -1,57 +1,148 @@
-"""report.md: the run's report for a human reader."""
+"""report.md: one run's report for a human reader, rendered from report.json alone.
+
+Everything shown comes from the report dict (plus the names of the PNGs beside it), so a report.md
+can always be re-rendered from its report.json.
+"""
 
 from __future__ import annotations
 
-
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e6:.2f} M"
+NAN = float("nan")
 
 
-def render_report_md(report: dict) -> str:
-    model = report.get("model", {})
-    params = report.get("params", {})
-    lines = [
-        f"# prunekit run: {report.get('method')} on {model.get('spec')}",
-        "",
-        "## Parameters",
-        "",
-        "| | before | after | ratio |",
-        "|---|---:|---:|---:|",
-        f"| total | {_fmt_params(params.get('before', 0))} | {_fmt_params(params.get('after', 0))} "
-        f"| {params.get('ratio_total', 0):.4f} |",
-        f"| decoder layers | {_fmt_params(params.get('decoder_before', 0))} "
-        f"| {_fmt_params(params.get('decoder_after', 0))} | {params.get('ratio_decoder', 0):.4f} |",
+def fmt_params(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.2f} M"
+
+
+def fmt_float(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_acc(value: float | None, stderr: float | None = None) -> str:
+    """Accuracy in percent, with its standard error when known: ``45.2 ± 1.0``."""
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}" + (f" ± {100 * stderr:.1f}" if stderr is not None else "")
+
+
+def table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
+    """A markdown table; ``align`` is one character per column: l or r (default: l then r...)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---" if a == "l" else "---:" for a in align]
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(rule) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
         "",
     ]
-    evals = report.get("eval", {})
-    ppl_rows = []
-    for dataset in sorted({d for side in evals.values() for d in side.get("ppl", {})}):
+
+
+def _params_section(params: dict) -> list[str]:
+    rows = [
+        [
+            "total (embeddings included)",
+            fmt_params(params.get("before")),
+            fmt_params(params.get("after")),
+            fmt_float(params.get("ratio_total"), 4),
+        ],
+        [
+            "decoder layers",
+            fmt_params(params.get("decoder_before")),
+            fmt_params(params.get("decoder_after")),
+            fmt_float(params.get("ratio_decoder"), 4),
+        ],
+    ]
+    return ["## Parameters", "", *table(["", "before", "after", "ratio removed"], rows)]
+
+
+def _ppl_section(evals: dict) -> list[str]:
+    datasets = sorted({d for side in evals.values() for d in side.get("ppl", {})})
+    rows = []
+    for dataset in datasets:
         dense = evals.get("dense", {}).get("ppl", {}).get(dataset, {})
         pruned = evals.get("pruned", {}).get("ppl", {}).get(dataset, {})
         ref = pruned or dense
-        ppl_rows.append(
-            f"| {dataset} | {ref.get('seqlen')} | {ref.get('windows')} "
-            f"| {dense.get('ppl', float('nan')):.2f} | {pruned.get('ppl', float('nan')):.2f} |"
+        rows.append(
+            [
+                dataset,
+                str(ref.get("seqlen")),
+                str(ref.get("windows")),
+                fmt_float(dense.get("ppl")),
+                fmt_float(pruned.get("ppl")),
+            ]
         )
-    if ppl_rows:
-        lines += [
-            "## Perplexity",
-            "",
-            "| dataset | seqlen | windows | dense | pruned |",
-            "|---|---:|---:|---:|---:|",
-            *ppl_rows,
-            "",
-        ]
+    if not rows:
+        return []
+    header = ["dataset", "seqlen (tokens)", "windows", "dense ppl", "pruned ppl"]
+    return ["## Perplexity (lower is better)", "", *table(header, rows)]
+
+
+def _zeroshot_section(evals: dict) -> list[str]:
+    sides = {
+        s: evals[s]["zeroshot"] for s in ("dense", "pruned") if evals.get(s, {}).get("zeroshot")
+    }
+    if not sides:
+        return []
+    ref = sides.get("pruned") or sides["dense"]
+    tasks = list(dict.fromkeys(t for z in sides.values() for t in z["tasks"]))
+    header = ["task", "metric", "items"]
+    for side in sides:
+        header += [f"{side} acc (%)", f"{side} acc_norm (%)"]
+    rows = []
+    for task in tasks:
+        entry = next(z["tasks"][task] for z in sides.values() if task in z["tasks"])
+        row = [task, entry["average_metric"], str(entry["samples"])]
+        for z in sides.values():
+            t = z["tasks"].get(task, {})
+            row += [
+                fmt_acc(t.get("acc"), t.get("acc_stderr")),
+                fmt_acc(t.get("acc_norm"), t.get("acc_norm_stderr")),
+            ]
+        rows.append(row)
+    average = ["**average**", "acc_norm else acc", ""]
+    for z in sides.values():
+        average += [f"**{fmt_acc(z['average'])}**", ""]
+    rows.append(average)
+    limit = ref.get("limit")
+    note = (
+        f"0-shot, lm-eval {ref.get('lm_eval_version')}, tasks from {ref.get('source')}; "
+        + (f"first {limit} items per task" if limit else "full task sets")
+        + ". Average: acc_norm where the task has it, else acc (BlockPruner's convention)."
+    )
+    return ["## Zero-shot accuracy (higher is better)", "", note, "", *table(header, rows)]
+
+
+def render_report_md(report: dict, images: list[str] | None = None) -> str:
+    model = report.get("model", {})
     settings = report.get("settings", {})
-    if settings:
-        lines += ["## Settings", "", "| setting | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in settings.items()]
-        lines.append("")
+    evals = report.get("eval", {})
+    target = ", ".join(
+        f"{k} {settings[k]}" for k in ("ratio", "blocks", "sparsity") if settings.get(k) is not None
+    )
+    lines = [
+        f"# prunekit run: {report.get('method')} on {model.get('spec')}",
+        "",
+        f"- method: **{report.get('method')}** ({report.get('family')})",
+        f"- model: {model.get('spec')} ({model.get('model_type')}, "
+        f"{model.get('num_hidden_layers')} layers, {model.get('dtype', '?')} on "
+        f"{model.get('device', '?')})",
+        f"- target: {target or '–'}; calibration: {settings.get('calib')}, "
+        f"{settings.get('n_samples')} × {settings.get('seqlen')} tokens, "
+        f"seed {settings.get('seed')}",
+        "",
+        *_params_section(report.get("params", {})),
+        *_ppl_section(evals),
+        *_zeroshot_section(evals),
+    ]
+    if images:
+        lines += ["## Plots", ""]
+        lines += [f"![{name.removesuffix('.png')}]({name})\n" for name in images]
     timings = report.get("timings", {})
     if timings:
-        lines += ["## Timings (s)", "", "| phase | seconds |", "|---|---:|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-        lines.append("")
+        rows = [[k, f"{v:.1f}"] for k, v in timings.items()]
+        lines += ["## Timings", "", *table(["phase", "seconds"], rows)]
+    if settings:
+        rows = [[k, f"`{v}`"] for k, v in settings.items()]
+        lines += ["## All settings", "", *table(["setting", "value"], rows, "ll")]
     versions = report.get("versions", {})
     if versions:
         lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]

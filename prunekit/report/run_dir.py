@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunekit.plan import PruningPlan, write_json_atomic
+from prunekit.report.markdown import render_report_md
 
 PLAN_FILE = "plan.json"
 PARTIAL_PLAN_FILE = "plan.partial.json"
@@ -22,11 +23,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_run_dir(run_dir: str | Path, plan: PruningPlan, report: dict, markdown: str) -> Path:
+def run_images(run_dir: Path) -> list[str]:
+    """The PNG plots in a run directory (file names), embedded in report.md."""
+    return sorted(p.name for p in run_dir.glob("*.png"))
+
+
+def write_report_md(run_dir: str | Path, report: dict) -> Path:
+    """(Re)render report.md from the report and the plots present now (call after new plots)."""
+    run_dir = Path(run_dir)
+    path = run_dir / REPORT_MD_FILE
+    write_text_atomic(path, render_report_md(report, images=run_images(run_dir)))
+    return path
+
+
+def write_run_dir(run_dir: str | Path, plan: PruningPlan, report: dict) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan.save(run_dir / PLAN_FILE)
-    write_text_atomic(run_dir / REPORT_MD_FILE, markdown)
+    write_report_md(run_dir, report)
     write_json_atomic(run_dir / REPORT_FILE, report)
     (run_dir / PARTIAL_PLAN_FILE).unlink(missing_ok=True)
     return run_dir

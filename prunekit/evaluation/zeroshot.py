@@ -1,0 +1,192 @@
+"""Zero-shot accuracy through lm-evaluation-harness, on the model object already in memory.
+
+lm-eval is given the loaded ``nn.Module`` (``HFLM(pretrained=model)``), never a path: a pruned
+model with removed blocks or per-layer widths only exists in memory (or behind prunekit's own
+loader), so this is the one way every model prunekit makes can be evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunekit.errors import MissingExtraError
+from prunekit.evaluation.tasks import (
+    TaskSpec,
+    check_offline_files,
+    materialise_task_yamls,
+    offline_tasks_dir,
+    resolve_tasks,
+)
+from prunekit.models.loading import LoadedModel
+
+NUM_FEWSHOT = 0
+
+
+@dataclass
+class TaskResult:
+    """acc / acc_norm of one task; ``acc_norm`` is None where the task has none (winogrande)."""
+
+    task: str
+    lm_eval_task: str
+    acc: float
+    acc_stderr: float | None
+    acc_norm: float | None
+    acc_norm_stderr: float | None
+    samples: int
+    seconds: float
+
+    @property
+    def average_metric(self) -> str:
+        """BlockPruner's choice: acc_norm where the task has it, else acc."""
+        return "acc_norm" if self.acc_norm is not None else "acc"
+
+    @property
+    def score(self) -> float:
+        return self.acc_norm if self.acc_norm is not None else self.acc
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "average_metric": self.average_metric}
+
+
+@dataclass
+class ZeroShotResult:
+    tasks: dict[str, TaskResult]
+    limit: int | None
+    batch_size: int
+    source: str  # "local files: <dir>" or "hub"
+    lm_eval_version: str
+    num_fewshot: int = NUM_FEWSHOT
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def average(self) -> float:
+        """Mean over tasks of acc_norm (where the task has it) else acc, as BlockPruner reports."""
+        return sum(t.score for t in self.tasks.values()) / len(self.tasks)
+
+    def to_dict(self) -> dict:
+        return {
+            "tasks": {name: t.to_dict() for name, t in self.tasks.items()},
+            "average": self.average,
+            "limit": self.limit,
+            "num_fewshot": self.num_fewshot,
+            "batch_size": self.batch_size,
+            "source": self.source,
+            "lm_eval_version": self.lm_eval_version,
+            "seconds": self.seconds,
+        }
+
+
+def lm_eval_version() -> str | None:
+    try:
+        return importlib.metadata.version("lm_eval")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def require_lm_eval() -> None:
+    """Raise the one-line 'install the extra' error when lm-eval is absent."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("lm-eval", "eval", "zero-shot evaluation (--tasks)") from None
+
+
+def check_tasks(tasks: list[str], task_data: str | Path | None = None) -> list[TaskSpec]:
+    """Everything that can fail before a model runs: lm-eval present, names known, files there."""
+    require_lm_eval()
+    specs = resolve_tasks(tasks)
+    tasks_dir = offline_tasks_dir(task_data)
+    if tasks_dir is not None:
+        check_offline_files(tasks_dir, specs)
+    return specs
+
+
+def _metric(results: dict, name: str) -> float | None:
+    value = results.get(f"{name},none")
+    return None if value is None or value == "N/A" else float(value)
+
+
+def _task_result(spec: TaskSpec, task_name: str, out: dict, seconds: float) -> TaskResult:
+    metrics = out["results"][task_name]
+    acc = _metric(metrics, "acc")
+    if acc is None:
+        raise RuntimeError(f"lm-eval returned no acc for {task_name}: {sorted(metrics)}")
+    samples = out.get("n-samples", {}).get(task_name, {}).get("effective")
+    return TaskResult(
+        task=spec.name,
+        lm_eval_task=task_name,
+        acc=acc,
+        acc_stderr=_metric(metrics, "acc_stderr"),
+        acc_norm=_metric(metrics, "acc_norm"),
+        acc_norm_stderr=_metric(metrics, "acc_norm_stderr"),
+        samples=int(samples) if samples is not None else -1,
+        seconds=seconds,
+    )
+
+
+def zeroshot(
+    loaded: LoadedModel,
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    task_data: str | Path | None = None,
+) -> ZeroShotResult:
+    """0-shot acc / acc_norm of ``loaded`` on ``tasks`` (plain names: piqa, arc_easy, ...).
+
+    Offline when ``task_data`` or ``$PRUNEKIT_DATA_DIR`` is set (local JSONL + YAMLs), otherwise
+    lm-eval's hub tasks. ``limit`` keeps the first N items of each task (recorded).
+    """
+    specs = check_tasks(tasks, task_data)
+    tasks_dir = offline_tasks_dir(task_data)
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    include = materialise_task_yamls(tasks_dir) if tasks_dir is not None else None
+    try:
+        manager = (
+            TaskManager(include_path=str(include), include_defaults=False)
+            if include is not None
+            else TaskManager()
+        )
+        lm = HFLM(
+            pretrained=loaded.model,
+            tokenizer=loaded.tokenizer,
+            batch_size=batch_size,
+            device=loaded.device,
+        )
+        results: dict[str, TaskResult] = {}
+        total = time.perf_counter()
+        for spec in specs:
+            task_name = spec.local_task if include is not None else spec.name
+            started = time.perf_counter()
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[task_name],
+                num_fewshot=NUM_FEWSHOT,
+                limit=limit,
+                task_manager=manager,
+                log_samples=False,
+            )
+            results[spec.name] = _task_result(spec, task_name, out, time.perf_counter() - started)
+    finally:
+        if include is not None:
+            shutil.rmtree(include, ignore_errors=True)
+    return ZeroShotResult(
+        tasks=results,
+        limit=limit,
+        batch_size=batch_size,
+        source=f"local files: {tasks_dir}" if tasks_dir is not None else "hub (lm-eval tasks)",
+        lm_eval_version=lm_eval_version() or "unknown",
+        seconds=time.perf_counter() - total,
+    )
