@@ -219,12 +219,20 @@ def prune_command(
     task_data: Path = TaskDataOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
+    save: Path = typer.Option(
+        None, help="Also export the pruned model to this directory (as `prunekit export`)."
+    ),
+    save_format: str = typer.Option("auto", help="--save format: auto, hf or prunekit."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --save directory."),
 ) -> None:
     """Prune a model and write the run directory."""
     from prunekit.api import prune
+    from prunekit.export.save import check_target
 
     if not model:
         raise SettingsError("name a model with --model")
+    if save:
+        check_target(save, force)  # fail before the search, not after it
     protect = [int(v) for v in _split(protect_layers)]
     result = prune(
         model,
@@ -267,6 +275,18 @@ def prune_command(
             _print_eval(side, result.report["eval"][side])
     if result.run_dir:
         console.print(f"run directory: {result.run_dir}")
+    if save:
+        from prunekit.export.save import export_model
+
+        saved = export_model(
+            result.loaded,
+            save,
+            fmt=save_format,
+            plan=result.plan,
+            report=result.report,
+            force=force,
+        )
+        console.print(f"model saved: {saved.path} ({saved.format} format, {saved.dtype})")
 
 
 @app.command("report")
@@ -281,6 +301,76 @@ def report_command(
 
     for kind, path in write_comparison(list(run_dirs), out).items():
         console.print(f"{kind}: {path}")
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `prunekit prune --out`."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    fmt: str = typer.Option(
+        "auto", "--format", help="auto (hf when every layer has the same shape), hf or prunekit."
+    ),
+    save_dtype: str = typer.Option(
+        None, "--dtype", help="Dtype of the saved weights: bf16, fp16 or fp32 (default: the run's)."
+    ),
+    model: str = typer.Option(None, help="Base model, when the run's one has moved."),
+    device: str = DeviceOpt,
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+) -> None:
+    """Replay a run's plan on its base model and save the pruned model (safetensors + config)."""
+    from prunekit.export.from_run import export_run
+
+    saved = export_run(
+        run_dir, out, model=model, fmt=fmt, dtype=save_dtype, device=device, force=force
+    )
+    console.print(
+        f"model saved: {saved.path} ({saved.format} format, {saved.dtype}, "
+        f"{saved.weight_bytes / 2**20:.1f} MiB of weights)"
+    )
+
+
+@app.command("bench-speed")
+def bench_speed_command(
+    model_dir: str = typer.Argument(..., help="Pruned model directory (or any model spec)."),
+    baseline: str = typer.Option(
+        None, help="Dense model to compare with (default: the base model named in report.json)."
+    ),
+    prefill: str = typer.Option("1x2048,8x512", help="Prefill shapes, BATCHxTOKENS."),
+    decode_batches: str = typer.Option("1,16", help="Decode batch sizes."),
+    new_tokens: int = typer.Option(128, help="Decode: tokens generated per sequence."),
+    runs: int = typer.Option(5, help="Timed prefill runs per model (median reported)."),
+    decode_runs: int = typer.Option(5, help="Timed decode runs per model."),
+    dtype: str = typer.Option(None, help="Compute dtype (default: the pruned model's saved one)."),
+    device: str = DeviceOpt,
+    json_out: Path = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """Prefill and decode throughput of a pruned model and its dense baseline, interleaved."""
+    from prunekit.evaluation.speed import SPEED_COLUMNS, SpeedSettings, bench_speed, speed_rows
+
+    settings = SpeedSettings(
+        prefill_shapes=[_shape(v) for v in _split(prefill)],
+        decode_batches=[int(v) for v in _split(decode_batches)],
+        new_tokens=new_tokens,
+        runs=runs,
+        decode_runs=decode_runs,
+    )
+    report = bench_speed(model_dir, baseline, settings, dtype=dtype, device=device)
+    table = Table(title=f"speed ({report['environment']['threads']} threads)")
+    for col in SPEED_COLUMNS:
+        table.add_column(col, justify="left" if col in ("case", "model") else "right")
+    for row in speed_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        batch, tokens = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SettingsError(f"prefill shape {text!r} is not BATCHxTOKENS, e.g. 1x2048") from None
+    return batch, tokens
 
 
 @app.command("methods")

@@ -175,3 +175,26 @@ def load_pruned(
     return LoadedModel(
         model, tokenizer, base_adapter(config), str(path), str(path), torch_dtype, device
     )
+
+
+def base_spec_of(path: str | Path) -> str:
+    """The base model an export was pruned from (report.json), for dense-vs-pruned comparisons."""
+    report = Path(path) / "report.json"
+    try:
+        spec = json.loads(report.read_text()).get("model", {}).get("spec")
+    except (OSError, json.JSONDecodeError):
+        spec = None
+    if not spec:
+        raise ExportError(f"{path} does not name its base model (report.json); pass --baseline")
+    return spec
+
+
+def load_for_inference(
+    spec: str, *, dtype: str | torch.dtype | None = None, device: str | None = None
+) -> LoadedModel:
+    """An exported directory through ``load_pruned``, anything else through ``load_model``."""
+    from prunekit.models.loading import load_model
+
+    if Path(spec).is_dir() and is_export_dir(spec):
+        return load_pruned(spec, dtype=dtype, device=device)
+    return load_model(spec, dtype=dtype or "auto", device=device)

@@ -60,13 +60,19 @@ def weights_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.
     }
 
 
+def check_target(target: str | Path, force: bool) -> None:
+    """Refuse to overwrite an existing path unless forced (and never a file with a directory)."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"{target} exists and is not a directory")
+    if target.exists() and not force:
+        raise ExportError(f"{target} already exists; pass --force to replace it")
+
+
 @contextmanager
 def staging_dir(target: Path, force: bool) -> Iterator[Path]:
     """A temp directory that becomes ``target`` only if the block completes."""
-    if target.exists() and not force:
-        raise ExportError(f"{target} already exists; pass --force to replace it")
-    if target.exists() and not target.is_dir():
-        raise ExportError(f"{target} exists and is not a directory")
+    check_target(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:

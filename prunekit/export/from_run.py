@@ -1,0 +1,74 @@
+"""Export a finished run directory: reload its base model, replay the plan, save the result.
+
+A run directory stores the plan (and a width method's rewritten weights), not the pruned model,
+so exporting replays the plan on a fresh copy of the base model (DESIGN.md principle 1). The plan
+checks it is applied to the model it was made for.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from prunekit.errors import ExportError
+from prunekit.export.save import DEFAULT_MAX_SHARD_SIZE, ExportResult, export_model
+from prunekit.models.loading import load_model
+from prunekit.plan import PruningPlan
+from prunekit.report.run_dir import PLAN_FILE, REPORT_FILE
+from prunekit.surgery import apply_plan
+
+
+def read_run(run_dir: Path) -> tuple[PruningPlan, dict]:
+    """(plan, report) of a finished run; a clear error for anything else."""
+    if not run_dir.is_dir():
+        raise ExportError(f"run directory not found: {run_dir}")
+    if not (run_dir / PLAN_FILE).is_file():
+        raise ExportError(f"{run_dir} is not a run directory (no {PLAN_FILE})")
+    plan = PruningPlan.load(run_dir / PLAN_FILE)
+    if not plan.complete:
+        raise ExportError(f"the run in {run_dir} is unfinished; resume it before exporting")
+    report: dict = {}
+    if (run_dir / REPORT_FILE).is_file():
+        try:
+            report = json.loads((run_dir / REPORT_FILE).read_text())
+        except json.JSONDecodeError as exc:
+            raise ExportError(f"{run_dir / REPORT_FILE} is not valid JSON: {exc}") from None
+    return plan, report
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    fmt: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    force: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> ExportResult:
+    """Replay the run's plan on its base model (or ``model``) and export it to ``out``.
+
+    The base model is loaded in the dtype the run used, so the replayed weights are the ones the
+    run measured; ``dtype`` then sets the dtype written to disk.
+    """
+    run_dir = Path(run_dir)
+    plan, report = read_run(run_dir)
+    spec = model or plan.model.get("spec")
+    if not spec:
+        raise ExportError(f"{run_dir / PLAN_FILE} does not name its base model; pass --model")
+    run_dtype = report.get("model", {}).get("dtype", "auto")
+    loaded = load_model(spec, dtype=run_dtype, device=device)
+    apply_plan(loaded, plan, run_dir)
+    return export_model(
+        loaded,
+        out,
+        fmt=fmt,
+        dtype=dtype,
+        plan=plan,
+        report=report,
+        force=force,
+        max_shard_size=max_shard_size,
+    )
