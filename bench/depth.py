@@ -1,0 +1,189 @@
+"""Depth-pruning benchmark on SmolLM2-135M: every depth method at one target ratio_total.
+
+    PRUNEKIT_DATA_DIR=../shared/data python bench/depth.py [--ratio 0.2] [--n-samples 8] ...
+
+One table: dense, ShortGPT, RM, SLEB, layer-PPL, BlockPruner (ppl and ppl-per-param) with the
+achieved ratio_total, WikiText-2 perplexity (seqlen 512) and search wall time; then the wall time
+of the fast exact search against the naive one (same K, same calibration, same removal order).
+Writes docs/results/depth.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from prunekit.api import prune
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.models.loading import LoadedModel, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = [
+    ("ShortGPT", "shortgpt", {}),
+    ("RM", "rm", {}),
+    ("SLEB", "sleb", {}),
+    ("layer-PPL", "layer-ppl", {}),
+    ("BlockPruner (ppl)", "blockpruner", {"criterion": "ppl"}),
+    ("BlockPruner (ppl-per-param)", "blockpruner", {"criterion": "ppl-per-param"}),
+]
+
+
+def fresh(dense: LoadedModel) -> LoadedModel:
+    """An independent copy of the dense model (methods prune in place)."""
+    return dataclasses.replace(dense, model=copy.deepcopy(dense.model))
+
+
+def wikitext_ppl(loaded: LoadedModel, windows: int | None) -> dict:
+    return perplexity(loaded, "wikitext2", seqlen=512, max_windows=windows).to_dict()
+
+
+def run_methods(dense: LoadedModel, args: argparse.Namespace, runs: Path) -> list[dict]:
+    calib = {"calib": "c4", "n_samples": args.n_samples, "seqlen": args.seqlen, "seed": 0}
+    rows = [{"name": "dense", "ratio_total": 0.0, "blocks": "-", "seconds": 0.0}]
+    rows[0]["wikitext2"] = wikitext_ppl(dense, args.eval_windows)
+    print(f"dense: wikitext2 {rows[0]['wikitext2']['ppl']:.2f}", flush=True)
+    for name, method, extra in METHODS:
+        loaded = fresh(dense)
+        out = runs / name.replace(" ", "_").replace("(", "").replace(")", "")
+        started = time.perf_counter()
+        result = prune(loaded, method, out=out, ratio=args.ratio, **calib, **extra)
+        seconds = time.perf_counter() - started
+        search = result.plan.extra.get("search", {})
+        row = {
+            "name": name,
+            "method": method,
+            "ratio_total": result.report["params"]["ratio_total"],
+            "removed": result.plan.removed_blocks,
+            "steps": len(result.plan.trajectory),
+            "attn_removed": sum(b.endswith("attn") for b in result.plan.removed_blocks),
+            "mlp_removed": sum(b.endswith("mlp") for b in result.plan.removed_blocks),
+            "calib_ppl": result.plan.trajectory[-1]["calib_ppl"],
+            "seconds": seconds,
+            "window_evals": search.get("window_evals"),
+            "naive_window_evals": search.get("naive_window_evals"),
+            "run_dir": str(out),
+        }
+        row["wikitext2"] = wikitext_ppl(result.loaded, args.eval_windows)
+        print(
+            f"{name}: ratio {row['ratio_total']:.4f} ({row['attn_removed']} attn, "
+            f"{row['mlp_removed']} mlp) wikitext2 {row['wikitext2']['ppl']:.2f} "
+            f"in {seconds:.0f} s",
+            flush=True,
+        )
+        rows.append(row)
+        del result, loaded
+    return rows
+
+
+def speed_comparison(dense: LoadedModel, args: argparse.Namespace) -> dict:
+    """Fast exact search vs naive search: same K, same calibration; the orders must agree."""
+    settings = {
+        "blocks": args.speed_blocks,
+        "calib": "c4",
+        "n_samples": args.speed_samples,
+        "seqlen": args.speed_seqlen,
+        "seed": 0,
+    }
+    timings, orders, evals = {}, {}, {}
+    for mode in ("fast", "naive"):
+        options = {"naive": mode == "naive"}
+        started = time.perf_counter()
+        result = prune(fresh(dense), "blockpruner", options=options, **settings)
+        timings[mode] = time.perf_counter() - started
+        orders[mode] = result.plan.removed_blocks
+        evals[mode] = result.plan.extra["search"]["window_evals"]
+        print(f"speed {mode}: {timings[mode]:.1f} s, order {orders[mode]}", flush=True)
+    return {
+        "settings": settings,
+        "seconds": timings,
+        "speedup": timings["naive"] / timings["fast"],
+        "same_order": orders["fast"] == orders["naive"],
+        "order": orders["fast"],
+        "window_evals": evals,
+    }
+
+
+def render(rows: list[dict], speed: dict, args: argparse.Namespace, total_s: float) -> str:
+    dense = rows[0]["wikitext2"]
+    lines = [
+        "# Depth pruning on SmolLM2-135M-Instruct",
+        "",
+        f"Target ratio_total {args.ratio} (smallest number of removals reaching it). "
+        f"Calibration: C4 sample, {args.n_samples} windows x {args.seqlen} tokens, seed 0, "
+        f"fp32. WikiText-2 test, seqlen 512, {dense['windows']} windows "
+        f"({dense['tokens']} predicted tokens), fp32 NLL. CPU: {platform.processor() or 'cpu'}, "
+        f"{torch.get_num_threads()} threads (shared machine: wall times are indicative). "
+        f"Generated by `bench/depth.py` in {total_s / 60:.1f} min.",
+        "",
+        "| method | ratio_total | removed (attn / mlp blocks) | calib ppl | WikiText-2 ppl "
+        "| search + surgery (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| dense | 0 | - | - | {dense['ppl']:.2f} | - |",
+    ]
+    for row in rows[1:]:
+        lines.append(
+            f"| {row['name']} | {row['ratio_total']:.4f} | {row['attn_removed']} / "
+            f"{row['mlp_removed']} | {row['calib_ppl']:.2f} | {row['wikitext2']['ppl']:.2f} "
+            f"| {row['seconds']:.0f} |"
+        )
+    lines += ["", "Removed blocks (in removal order for the greedy methods):", ""]
+    for row in rows[1:]:
+        lines.append(f"- {row['name']}: {', '.join(row['removed'])}")
+    bp = [r for r in rows if r.get("method") == "blockpruner"]
+    lines += ["", "## Fast exact search vs naive search", ""]
+    s = speed["settings"]
+    lines.append(
+        f"BlockPruner, K={s['blocks']} blocks, calibration {s['n_samples']} x {s['seqlen']} "
+        f"tokens: naive {speed['seconds']['naive']:.1f} s, fast {speed['seconds']['fast']:.1f} s "
+        f"-> **{speed['speedup']:.2f}x**; same removal order: {speed['same_order']} "
+        f"({', '.join(speed['order'])}); window-evaluations {speed['window_evals']['fast']} "
+        f"vs {speed['window_evals']['naive']} (each fast evaluation also skips the prefix)."
+    )
+    for row in bp:
+        if row.get("naive_window_evals"):
+            saved = 1 - row["window_evals"] / row["naive_window_evals"]
+            lines.append(
+                f"- {row['name']} full search: {row['window_evals']} window-evaluations vs "
+                f"{row['naive_window_evals']} naive ({saved:.0%} fewer by branch and bound)."
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ratio", type=float, default=0.2)
+    parser.add_argument("--n-samples", type=int, default=8)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--eval-windows", type=int, default=64)
+    parser.add_argument("--speed-blocks", type=int, default=2)
+    parser.add_argument("--speed-samples", type=int, default=4)
+    parser.add_argument("--speed-seqlen", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "depth.md")
+    parser.add_argument("--runs", type=Path, default=None, help="Keep the run directories here.")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    dense = load_model("smollm2-135m", dtype="fp32", device="cpu")
+    runs = args.runs or Path(tempfile.mkdtemp(prefix="prunekit-depth-bench-"))
+    speed = speed_comparison(dense, args)
+    rows = run_methods(dense, args, runs)
+    text = render(rows, speed, args, time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"rows": rows, "speed": speed, "args": vars(args)}, indent=2, default=str)
+    )
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
