@@ -158,3 +158,14 @@ def test_cli_prune_and_one_line_errors(calib, tmp_path, monkeypatch, capsys) -> 
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err
+
+
+def test_plots_are_skipped_without_matplotlib(tmp_path, monkeypatch, capsys) -> None:
+    from prunekit.report.plots import write_depth_plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    plan = PruningPlan("blockpruner", {}, removed_blocks=["1.mlp"])
+    plan.trajectory = [{"step": 1, "removed": "1.mlp", "blocks": ["1.mlp"], "calib_ppl": 9.0}]
+    assert write_depth_plots(tmp_path, plan, num_layers=4) == []
+    err = capsys.readouterr().err
+    assert "plots skipped" in err and err.count("\n") == 1
