@@ -122,7 +122,7 @@ def shim_config(model: nn.Module, family: str, shapes: list[LayerShape]) -> tupl
     if head_dims:
         data["head_dim"] = head_dims.pop()
     data["num_hidden_layers"] = len(shapes)
-    data["base_model_type"] = base.model_type
+    data["base_model_type"] = getattr(base, "base_model_type", None) or base.model_type
     data["per_layer_config"] = per_layer_overrides(shapes, {**defaults, **data})
     config_class, _ = shim.classes()
     config = config_class(**data)

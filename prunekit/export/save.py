@@ -146,7 +146,7 @@ def export_model(
             "dtype": dtype_name(torch_dtype),
             "weight_bytes": weight_bytes,
             "parameters": sum(t.numel() for t in state.values()),
-            "base_model_type": loaded.model.config.model_type,
+            "base_model_type": getattr(config, "base_model_type", None) or config.model_type,
             "layers": describe_for_report(shapes),
         }
         write_json_atomic(tmp / "report.json", {**(report or {}), EXPORT_KEY: section})
