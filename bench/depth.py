@@ -18,6 +18,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,7 +47,9 @@ def wikitext_ppl(loaded: LoadedModel, windows: int | None) -> dict:
     return perplexity(loaded, "wikitext2", seqlen=512, max_windows=windows).to_dict()
 
 
-def run_methods(dense: LoadedModel, args: argparse.Namespace, runs: Path) -> list[dict]:
+def run_methods(
+    dense: LoadedModel, args: argparse.Namespace, runs: Path, write: Callable[[list[dict]], None]
+) -> list[dict]:
     calib = {"calib": "c4", "n_samples": args.n_samples, "seqlen": args.seqlen, "seed": 0}
     rows = [{"name": "dense", "ratio_total": 0.0, "blocks": "-", "seconds": 0.0}]
     rows[0]["wikitext2"] = wikitext_ppl(dense, args.eval_windows)
@@ -80,6 +83,7 @@ def run_methods(dense: LoadedModel, args: argparse.Namespace, runs: Path) -> lis
             flush=True,
         )
         rows.append(row)
+        write(rows)  # partial tables survive an interrupted benchmark
         del result, loaded
     return rows
 
@@ -112,7 +116,7 @@ def speed_comparison(dense: LoadedModel, args: argparse.Namespace) -> dict:
     }
 
 
-def render(rows: list[dict], speed: dict, args: argparse.Namespace, total_s: float) -> str:
+def render(rows: list[dict], speed: dict | None, args: argparse.Namespace, total_s: float) -> str:
     dense = rows[0]["wikitext2"]
     lines = [
         "# Depth pruning on SmolLM2-135M-Instruct",
@@ -140,6 +144,9 @@ def render(rows: list[dict], speed: dict, args: argparse.Namespace, total_s: flo
         lines.append(f"- {row['name']}: {', '.join(row['removed'])}")
     bp = [r for r in rows if r.get("method") == "blockpruner"]
     lines += ["", "## Fast exact search vs naive search", ""]
+    if speed is None:
+        lines.append("(not measured yet)")
+        return "\n".join([*lines, ""])
     s = speed["settings"]
     lines.append(
         f"BlockPruner, K={s['blocks']} blocks, calibration {s['n_samples']} x {s['seqlen']} "
@@ -163,26 +170,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ratio", type=float, default=0.2)
     parser.add_argument("--n-samples", type=int, default=8)
-    parser.add_argument("--seqlen", type=int, default=256)
-    parser.add_argument("--eval-windows", type=int, default=64)
+    parser.add_argument("--seqlen", type=int, default=128)
+    parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--speed-blocks", type=int, default=2)
     parser.add_argument("--speed-samples", type=int, default=4)
-    parser.add_argument("--speed-seqlen", type=int, default=256)
+    parser.add_argument("--speed-seqlen", type=int, default=128)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "depth.md")
     parser.add_argument("--runs", type=Path, default=None, help="Keep the run directories here.")
     args = parser.parse_args()
     started = time.perf_counter()
     dense = load_model("smollm2-135m", dtype="fp32", device="cpu")
     runs = args.runs or Path(tempfile.mkdtemp(prefix="prunekit-depth-bench-"))
-    speed = speed_comparison(dense, args)
-    rows = run_methods(dense, args, runs)
-    text = render(rows, speed, args, time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(
-        json.dumps({"rows": rows, "speed": speed, "args": vars(args)}, indent=2, default=str)
-    )
-    sys.stdout.write(text)
+
+    def write(rows: list[dict], speed: dict | None = None) -> str:
+        text = render(rows, speed, args, time.perf_counter() - started)
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"rows": rows, "speed": speed, "args": vars(args)}, indent=2, default=str)
+        )
+        return text
+
+    rows = run_methods(dense, args, runs, write)
+    speed = speed_comparison(dense, args)
+    sys.stdout.write(write(rows, speed))
 
 
 if __name__ == "__main__":
