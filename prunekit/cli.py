@@ -146,7 +146,12 @@ def eval_command(
         raise SettingsError("name a model or run directory: prunekit eval MODEL_OR_RUN_DIR")
     task_list = _split(tasks)
     datasets = _split(ppl) if ppl is not None else ([] if task_list else ["wikitext2"])
-    if task_list:  # fail on a bad task name or missing data before loading anything
+    # Fail on a bad dataset or task name, or missing task data, before loading anything.
+    from prunekit.data import check_dataset
+
+    for dataset in datasets:
+        check_dataset(dataset)
+    if task_list:
         from prunekit.evaluation.zeroshot import check_tasks
 
         check_tasks(task_list, task_data)
