@@ -108,7 +108,8 @@ def _zeroshot_section(evals: dict) -> list[str]:
         + (f"first {limit} items per task" if limit else "full task sets")
         + ". Average: acc_norm where the task has it, else acc (BlockPruner's convention)."
     )
-    return ["## Zero-shot accuracy (higher is better)", "", note, "", *table(header, rows)]
+    align = "llr" + "r" * (len(header) - 3)
+    return ["## Zero-shot accuracy (higher is better)", "", note, "", *table(header, rows, align)]
 
 
 def render_report_md(report: dict, images: list[str] | None = None) -> str:
