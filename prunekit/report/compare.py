@@ -116,6 +116,7 @@ def render_markdown(rows: list[Row], plot: str | None = None) -> str:
         "",
         f"Model: {', '.join(models)}. ratio_total = fraction of all parameters removed "
         "(embeddings and LM head included). Perplexity: lower is better.",
+        "",
     ]
     if tasks:
         limit_text = ", ".join("full sets" if v is None else f"first {v} items" for v in limits)
@@ -162,21 +163,38 @@ def write_plot(rows: list[Row], path: Path) -> Path | None:
     except ImportError:
         print("note: plot skipped (pip install 'prunekit[plot]' for matplotlib)", file=sys.stderr)
         return None
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     seqlen = points[0].ppl_seqlen[PLOT_DATASET]
+    dense = next((r for r in points if r.method == "dense"), None)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for r in points:
-        if r.method == "dense":
-            ax.axhline(r.ppl[PLOT_DATASET], color="gray", linestyle="--", linewidth=1)
-            ax.plot([0.0], [r.ppl[PLOT_DATASET]], "o", color="gray", label="dense")
+    if dense is not None:
+        ax.axhline(dense.ppl[PLOT_DATASET], color="gray", linestyle="--", linewidth=1)
+        ax.plot([0.0], [dense.ppl[PLOT_DATASET]], "o", color="gray", label="dense")
     for method in sorted({r.method for r in points} - {"dense"}):
         mine = sorted((r for r in points if r.method == method), key=lambda r: r.ratio_total)
-        ax.plot(
-            [r.ratio_total for r in mine],
-            [r.ppl[PLOT_DATASET] for r in mine],
+        # Each line starts at the dense model: a method with one run still reads as a trend.
+        line = ([dense] if dense is not None else []) + mine
+        (handle,) = ax.plot(
+            [r.ratio_total for r in line],
+            [r.ppl[PLOT_DATASET] for r in line],
             marker="o",
             label=method,
         )
+        for r in mine:
+            ax.annotate(
+                f"{r.ppl[PLOT_DATASET]:.1f}",
+                (r.ratio_total, r.ppl[PLOT_DATASET]),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize=8,
+                color=handle.get_color(),
+            )
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("ratio_total (fraction of all parameters removed)")
     ax.set_ylabel(f"WikiText-2 perplexity (seqlen {seqlen}, log scale)")
     ax.set_title(f"Perplexity vs pruning ratio — {', '.join(sorted({r.model for r in points}))}")
