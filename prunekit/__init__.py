@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from prunekit.api import evaluate, prune
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import perplexity
 from prunekit.export.load import load_pruned
@@ -11,8 +12,10 @@ __all__ = [
     "LoadedModel",
     "PrunekitError",
     "__version__",
+    "evaluate",
     "from_model",
     "load_model",
     "load_pruned",
     "perplexity",
+    "prune",
 ]
