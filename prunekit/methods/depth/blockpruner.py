@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import time
 
-from prunekit.methods.depth.calibration import BlockRunner, settings_windows
 from prunekit.methods.depth.common import (
-    block_units,
     checkpointer,
     finish,
-    layer_units,
-    make_target,
-    protected_layers,
+    prepare_units,
     resume_state,
     search_settings,
-    unit_parameters,
 )
 from prunekit.methods.depth.search import greedy_search
 from prunekit.methods.registry import Method, PruneSettings, register
-from prunekit.models.loading import LoadedModel, count_parameters
+from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
 SLEB_DEFAULT_PROTECT = [0, -1]
@@ -37,16 +32,8 @@ def run_greedy(
     naive: bool = False,
 ) -> PruningPlan:
     """Greedy search over ``unit``s ("block" or "layer"), then surgery; returns the plan."""
-    total = count_parameters(loaded.model)
-    target = make_target(settings, total)
-    runner = BlockRunner(loaded, settings_windows(loaded, settings))
-    protected = protected_layers(protect, len(runner.layers))
-    if unit == "block":
-        units = block_units(runner, settings.candidates, protected)
-    else:
-        units = layer_units(runner, protected)
-    params = unit_parameters(runner, units)
-    target.check_feasible(list(params.values()), unit)
+    setup = prepare_units(loaded, settings, unit, protect)
+    runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
     expected = search_settings(method, settings, unit=unit, protect_layers=protect)
     state = resume_state(loaded, settings, method, expected)
     started = time.perf_counter()

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from prunekit.errors import PlanError, SettingsError
-from prunekit.methods.depth.calibration import BlockRunner, Candidate
+from prunekit.methods.depth.calibration import BlockRunner, Candidate, settings_windows
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
@@ -59,6 +60,32 @@ def make_target(settings: PruneSettings, total_params: int) -> Target:
     if (settings.ratio is None) == (settings.blocks is None):
         raise SettingsError("give exactly one target: --ratio R or --blocks K")
     return Target(settings.ratio, settings.blocks, total_params)
+
+
+@dataclass
+class DepthSetup:
+    """What every depth method starts from: the calibration runner, its units and the target."""
+
+    runner: BlockRunner
+    units: list[Candidate]
+    params: dict[Candidate, int]
+    target: Target
+
+
+def prepare_units(
+    loaded: LoadedModel, settings: PruneSettings, unit: str, protect: list[int]
+) -> DepthSetup:
+    """Calibration windows, candidate units ("block" or "layer") and a feasible target."""
+    target = make_target(settings, count_parameters(loaded.model))
+    runner = BlockRunner(loaded, settings_windows(loaded, settings))
+    protected = protected_layers(protect, len(runner.layers))
+    if unit == "block":
+        units = block_units(runner, settings.candidates, protected)
+    else:
+        units = layer_units(runner, protected)
+    params = unit_parameters(runner, units)
+    target.check_feasible(list(params.values()), unit)
+    return DepthSetup(runner, units, params, target)
 
 
 def search_settings(method: str, settings: PruneSettings, **extra: object) -> dict:

@@ -16,20 +16,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prunekit.methods.depth.calibration import BlockRunner, Candidate, settings_windows
+from prunekit.methods.depth.calibration import BlockRunner, Candidate
 from prunekit.methods.depth.common import (
-    block_units,
     finish,
-    layer_units,
-    make_target,
     one_shot_trajectory,
-    protected_layers,
+    prepare_units,
     search_settings,
-    unit_parameters,
 )
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import Method, PruneSettings, register
-from prunekit.models.loading import LoadedModel, count_parameters
+from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
 # (unit input, unit output) [T, d] fp32 -> per-token scores [T]
@@ -104,16 +100,9 @@ def lowest_until(
 def run_one_shot(
     loaded: LoadedModel, settings: PruneSettings, method: str, unit: str, token_score: TokenScore
 ) -> PruningPlan:
-    total = count_parameters(loaded.model)
-    target = make_target(settings, total)
-    runner = BlockRunner(loaded, settings_windows(loaded, settings))
-    protected = protected_layers(settings.protect_layers, len(runner.layers))
-    if unit == "block":
-        units = block_units(runner, settings.candidates, protected)
-    else:
-        units = layer_units(runner, protected)
-    params = unit_parameters(runner, units)
-    target.check_feasible(list(params.values()), unit)
+    setup = prepare_units(loaded, settings, unit, settings.protect_layers)
+    runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
+    total = target.total_params
     started = time.perf_counter()
     scores = unit_scores(runner, units, token_score)
     removed = lowest_until(scores, params, target)
