@@ -56,6 +56,15 @@ class WidthRun:
     def targets(self, kind: str) -> bool:
         return kind in self.settings.targets
 
+    def watched_consumers(self, layer: nn.Module, kind: str) -> dict[str, nn.Module]:
+        """The consumer whose inputs a method scores in this block (none if not targeted)."""
+        if not self.targets(kind):
+            return {}
+        adapter = self.loaded.adapter
+        if kind == "mlp":
+            return {"mlp": adapter.mlp_channels(layer).consumer}
+        return {"attn": adapter.attention_channels(layer, self.config).o_proj}
+
     def keep(self, index: int, group: str, kept: list) -> None:
         self.kept.setdefault(str(index), {})[group] = kept
 

@@ -50,11 +50,7 @@ class UniformPruner:
         self.adapter = run.loaded.adapter
 
     def watched(self, layer: nn.Module, kind: BlockKind) -> dict[str, nn.Module]:
-        if not self.run.targets(kind):
-            return {}
-        if kind == "mlp":
-            return {"mlp": self.adapter.mlp_channels(layer).consumer}
-        return {"attn": self.adapter.attention_channels(layer, self.run.config).o_proj}
+        return self.run.watched_consumers(layer, kind)
 
     def decide(
         self, index: int, layer: nn.Module, kind: BlockKind, stats: dict[str, InputStatistics]
