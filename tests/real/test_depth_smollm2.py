@@ -20,11 +20,12 @@ pytestmark = pytest.mark.real
 
 
 def test_fast_search_equals_naive_search(smollm2_fp32, data_dir) -> None:
-    settings = PruneSettings(calib="c4", n_samples=2, seqlen=128, seed=0)
+    # Tiny calibration keeps the naive oracle (a full forward per candidate) affordable on CPU.
+    settings = PruneSettings(calib="c4", n_samples=2, seqlen=32, seed=0)
     runner = BlockRunner(smollm2_fp32, settings_windows(smollm2_fp32, settings))
     units = block_units(runner, "both", set())
     params = unit_parameters(runner, units)
-    target = Target(None, 3, count_parameters(smollm2_fp32.model))
+    target = Target(None, 2, count_parameters(smollm2_fp32.model))
     fast = greedy_search(runner, units, params, target, "ppl", desc=None)
     naive = greedy_search(runner, units, params, target, "ppl", naive=True, desc=None)
     assert [s["removed"] for s in fast.trajectory] == [s["removed"] for s in naive.trajectory]

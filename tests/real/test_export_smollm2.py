@@ -9,6 +9,8 @@ from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
 from prunekit.methods.registry import PruneSettings, get_method
 from prunekit.models.loading import load_model, smollm2_gguf_path
+from prunekit.plan import PruningPlan
+from prunekit.surgery import apply_plan
 
 pytestmark = [
     pytest.mark.real,
@@ -19,15 +21,27 @@ pytestmark = [
 SETTINGS = dict(n_samples=2, seqlen=128, calib="wikitext2", seed=0)
 
 
+# A fixed depth plan (what a BlockPruner search returns) keeps the test to the export itself;
+# the search is covered by tests/real/test_depth_smollm2.py.
+DEPTH_BLOCKS = ["0.attn", "7.attn", "12.mlp", "19.attn", "25.attn", "25.mlp"]
+
+
+def prune_for_export(method: str, options: dict, loaded) -> PruningPlan:
+    if method == "blockpruner":
+        plan = PruningPlan(method, loaded.identity(), removed_blocks=DEPTH_BLOCKS)
+        apply_plan(loaded, plan)
+        return plan
+    return get_method(method).prune(loaded, PruneSettings(**SETTINGS, **options))
+
+
 @pytest.mark.parametrize(
     ("method", "options", "fmt"),
-    [("blockpruner", {"blocks": 6}, "prunekit"), ("fasp", {"sparsity": 0.2}, "prunekit")],
+    [("blockpruner", {}, "prunekit"), ("fasp", {"sparsity": 0.2}, "prunekit")],
 )
 def test_smollm2_export_reload(method, options, fmt, tmp_path, data_dir):
     loaded = load_model("smollm2-135m", dtype="fp32", device="cpu")
     before = sum(p.numel() for p in loaded.model.parameters())
-    settings = PruneSettings(**SETTINGS, **options)
-    plan = get_method(method).prune(loaded, settings)
+    plan = prune_for_export(method, options, loaded)
     after = sum(p.numel() for p in loaded.model.parameters())
     ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
