@@ -10,6 +10,7 @@ consumer's bias: b += W[:, P]·mean(X_P) (a bias is added where the stock module
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -76,7 +77,19 @@ class FlapPruner:
         if self.run.sparsity is not None:
             prunable = sum(m.zscores.numel() * m.unit_params for m in self.modules)
             return int(self.run.sparsity * prunable)
-        return int(self.run.settings.ratio * count_parameters(self.run.loaded.model))
+        # A ratio_total target counts what the bias compensation adds back, so it is still met.
+        wanted = math.ceil(self.run.settings.ratio * count_parameters(self.run.loaded.model))
+        return wanted + self.added_bias_params()
+
+    def added_bias_params(self) -> int:
+        """Parameters the compensation adds: a bias on every scored consumer that has none."""
+        layers = self.adapter.layers(self.run.loaded.model)
+        added = 0
+        for module in self.modules:
+            consumer = self.run.watched_consumers(layers[module.index], module.kind)[module.kind]
+            if consumer.bias is None:
+                added += consumer.out_features
+        return added
 
     def apply(self, layer: nn.Module, module: ModuleScores, kept: list[int], dropped: list[int]):
         index = module.index
