@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pytest
 
@@ -58,54 +59,93 @@ def test_fast_search_equals_naive_layers_and_exhaustive(family: str) -> None:
     assert exhaustive == _orders(runner, blocks, "ppl", 2)
 
 
-class FakeRunner:
-    """Candidates with given per-window NLLs: tests the bound logic without a model."""
+@dataclass(frozen=True)
+class _Final:
+    """Stands in for a candidate's last-layer hidden state on one window."""
 
-    def __init__(self, table: dict[Candidate, list[float]]) -> None:
+    candidate: Candidate
+
+    def numel(self) -> int:
+        return 1
+
+    def element_size(self) -> int:
+        return 4
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_vocab_subset_bound_is_below_the_exact_nll(family: str) -> None:
+    runner = _runner(family)
+    blocks = runner.blocks()
+    for dropped in ([], blocks[:1], blocks[3:5], blocks[-1:]):
+        rest = [b for b in blocks if b not in dropped]
+        for w in range(runner.num_windows):
+            hidden = runner.run(runner.embedded(w), rest)
+            bound, exact = runner.window_bound(hidden, w), runner.window_nll(hidden, w)
+            assert 0.0 < bound <= exact
+
+
+class FakeRunner:
+    """Candidates with given per-window NLLs and lower bounds: tests the bound logic alone."""
+
+    def __init__(self, table: dict[Candidate, list[float]], lower: dict | None = None) -> None:
         self.table = table
+        self.lower = lower or {c: [0.0] * len(v) for c, v in table.items()}
         self.num_windows = len(next(iter(table.values())))
         self.tokens = 100 * self.num_windows
-        self.scored: list[tuple[Candidate, int]] = []
+        self.heads: list[tuple[Candidate, int]] = []
 
-    def window_pass(
-        self,
-        active: Sequence[BlockRef],
-        candidates: Sequence[Candidate],
-        window: int,
-        should_score: Callable[[Candidate], bool],
-        record: Callable[[Candidate, float], None],
-    ) -> int:
-        count = 0
+    def suffix_finals(self, active: Sequence[BlockRef], candidates: Sequence[Candidate]):
         for candidate in sorted(candidates):
-            if should_score(candidate):
-                self.scored.append((candidate, window))
-                record(candidate, self.table[candidate][window])
-                count += 1
-        return count
+            yield candidate, [_Final(candidate)] * self.num_windows
+
+    def window_nll(self, final: _Final, window: int) -> float:
+        self.heads.append((final.candidate, window))
+        return self.table[final.candidate][window]
+
+    def window_bound(self, final: _Final, window: int) -> float:
+        return self.lower[final.candidate][window]
 
 
 def _c(layer: int, kind: str = "attn") -> Candidate:
     return (BlockRef(layer, kind),)
 
 
-def test_branch_and_bound_drops_hopeless_candidates_and_keeps_ties() -> None:
-    table = {
-        _c(0): [50.0, 1.0, 1.0, 1.0],  # hopeless after one window
-        _c(1): [2.0, 2.0, 2.0, 2.0],  # total 8: ties with _c(3) and wins the tie-break
-        _c(2): [9.0, 0.0, 0.0, 0.0],  # partial 9 > 8 after window 0
-        _c(3): [1.0, 1.0, 1.0, 5.0],  # total 8, best on window 0 -> the seed
-    }
-    runner = FakeRunner(table)
+TABLE = {
+    _c(0): [50.0, 1.0, 1.0, 1.0],  # hopeless: its bound alone exceeds the best
+    _c(1): [2.0, 2.0, 2.0, 2.0],  # total 8: ties with _c(3) and wins the tie-break
+    _c(2): [1.0, 1.0, 4.0, 4.0],  # total 10: dropped part-way by exact-so-far + bounds
+    _c(3): [1.0, 1.0, 1.0, 5.0],  # total 8, the lowest bound -> settled first
+}
+LOWER = {
+    _c(0): [40.0, 0.5, 0.5, 0.5],
+    _c(1): [1.5, 1.5, 1.5, 1.5],
+    _c(2): [0.5, 0.5, 3.5, 3.5],
+    _c(3): [0.5, 0.5, 0.5, 4.5],
+}
+
+
+def test_bound_drops_hopeless_candidates_and_keeps_ties() -> None:
+    runner = FakeRunner(TABLE, LOWER)
     criterion = Criterion("ppl", runner.tokens)
-    fast = score_step(runner, [], list(table), criterion)
-    naive_evals = len(table) * runner.num_windows
+    fast = score_step(runner, [], list(TABLE), criterion)
     assert fast.best == _c(1) and fast.best_nll == 8.0
-    assert fast.window_evals < naive_evals
-    assert (_c(0), 1) not in runner.scored and (_c(2), 1) not in runner.scored
-    assert not fast.exact[_c(0)] and fast.values[_c(0)] == 50.0  # a lower bound, flagged
-    # A previous ranking only changes the work, never the answer.
-    ranked = score_step(FakeRunner(table), [], list(table), criterion, ranking=[_c(2), _c(0)])
-    assert ranked.best == _c(1)
+    assert fast.exact[_c(3)] and fast.exact[_c(1)]  # the tie is scored exactly
+    assert not any(c == _c(0) for c, _ in runner.heads)  # never paid for its head
+    assert not fast.exact[_c(0)] and fast.values[_c(0)] == 41.5  # a lower bound, flagged
+    # _c(2): its bound (8.0) ties the best, so it is settled; after window 0 exactly (1.0)
+    # plus the bounds of windows 1-3 (7.5): 8.5 > 8, dropped.
+    assert [w for c, w in runner.heads if c == _c(2)] == [0]
+    assert not fast.exact[_c(2)] and fast.values[_c(2)] == 8.5
+    assert fast.window_evals == len(runner.heads) < len(TABLE) * runner.num_windows
+    exhaustive = score_step(FakeRunner(TABLE, LOWER), [], list(TABLE), criterion, exhaustive=True)
+    assert exhaustive.best == _c(1) and all(exhaustive.exact.values())
+
+
+def test_small_groups_give_the_same_answer() -> None:
+    criterion = Criterion("ppl", 400)
+    for group_bytes in (0, 10**9):
+        runner = FakeRunner(TABLE, LOWER)
+        assert score_step(runner, [], list(TABLE), criterion, group_bytes=group_bytes).best == _c(1)
 
 
 def test_per_param_criterion_bound() -> None:
@@ -115,7 +155,7 @@ def test_per_param_criterion_bound() -> None:
     criterion = Criterion("ppl-per-param", runner.tokens, base_nll=2.0, params=params)
     fast = score_step(runner, [], list(table), criterion)
     # (6-2)/200/1 = 0.02 vs (8-2)/200/3 = 0.01: the bigger block pays less per parameter.
-    assert fast.best == _c(1, "mlp")
+    assert fast.best == _c(1, "mlp") and fast.best_nll == 8.0
     assert math.isclose(fast.values[fast.best], 0.01)
 
 

@@ -51,12 +51,14 @@ def run_greedy(
     )
     evals = sum(step.get("window_evals", 0) for step in state.trajectory)
     naive_evals = sum(step.get("naive_window_evals", 0) for step in state.trajectory)
+    bound_evals = sum(step.get("bound_evals", 0) for step in state.trajectory)
     extra = {
         "unit": unit,
         "search": {
             "seconds": time.perf_counter() - started,
             "window_evals": evals,
             "naive_window_evals": naive_evals,
+            "bound_evals": bound_evals,
             "calib_tokens": runner.tokens,
             "exhaustive": settings.exhaustive,
             "naive": naive,

@@ -8,13 +8,14 @@ methods only decide which blocks to run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
 from prunekit.engine.layerwise import LayerContext, capture_layer_context, embed, run_block
-from prunekit.evaluation.nll import nll_from_hidden
+from prunekit.evaluation.nll import nll_from_final_hidden
+from prunekit.methods.depth.nll_bound import Fp32Head, VocabSubsetBound, build_bound
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
 from prunekit.models.loading import LoadedModel
@@ -33,8 +34,8 @@ def settings_windows(loaded: LoadedModel, settings: PruneSettings) -> torch.Tens
 class BlockRunner:
     """Runs the unmodified model over calibration windows, one block at a time.
 
-    Windows are processed one at a time (batch 1): the branch-and-bound search decides per
-    window which candidates still need it, and one window's activations stay small.
+    Windows are processed one at a time (batch 1), so a candidate's NLL is bit-identical whether
+    its prefix was reused or recomputed (the naive oracle's check relies on that).
     """
 
     def __init__(self, loaded: LoadedModel, windows: torch.Tensor) -> None:
@@ -46,6 +47,8 @@ class BlockRunner:
         self.context: LayerContext = capture_layer_context(self.model, self.adapter, windows[:1])
         self._embedded: list[torch.Tensor] = [self.embed(w) for w in range(self.num_windows)]
         self.layers = self.adapter.layers(self.model)
+        self.head = Fp32Head(self.model, self.adapter)
+        self._bound: VocabSubsetBound | None = None  # built on first use (one dense pass)
 
     @property
     def num_windows(self) -> int:
@@ -87,10 +90,38 @@ class BlockRunner:
 
     @torch.inference_mode()
     def window_nll(self, hidden: torch.Tensor, window: int) -> float:
-        """Summed NLL of one window from the hidden state after the last decoder layer."""
+        """Summed NLL of one window from the hidden state after the last decoder layer.
+
+        The head runs in fp32 (an upcast copy in bf16/fp16 models): candidates' scores differ by
+        hundredths of a nat, below what bf16 logits resolve, and the bound needs it.
+        """
         ids = self.windows[window : window + 1]
-        nll = nll_from_hidden(self.model, self.adapter, hidden, ids, skip_first=self.skip_first)
+        final = self.adapter.final_hidden(self.model, hidden)
+        nll = nll_from_final_hidden(
+            self.model,
+            self.adapter,
+            final,
+            ids,
+            skip_first=self.skip_first,
+            logits_fn=self.head.logits,
+        )
         return float(nll.sum().item())
+
+    @torch.inference_mode()
+    def window_bound(self, hidden: torch.Tensor, window: int) -> float:
+        """A lower bound on :meth:`window_nll` at a fraction of its cost (nll_bound.py)."""
+        if self._bound is None:
+            dense = self.blocks()
+            self._bound = build_bound(
+                self.head,
+                lambda: [
+                    self.adapter.final_hidden(self.model, self.run(self.embedded(w), dense))
+                    for w in range(self.num_windows)
+                ],
+                self.skip_first,
+            )
+        final = self.adapter.final_hidden(self.model, hidden)
+        return self._bound.window(final, self.windows[window : window + 1], self.skip_first)
 
     def model_nll(self, active: Sequence[BlockRef]) -> list[float]:
         """Per-window NLL of the model that runs only ``active``."""
@@ -98,30 +129,22 @@ class BlockRunner:
             self.window_nll(self.run(self.embedded(w), active), w) for w in range(self.num_windows)
         ]
 
-    def window_pass(
-        self,
-        active: Sequence[BlockRef],
-        candidates: Sequence[Candidate],
-        window: int,
-        should_score: Callable[[Candidate], bool],
-        record: Callable[[Candidate, float], None],
-    ) -> int:
-        """Score each candidate (``active`` minus its blocks) on one window, with prefix reuse.
+    @torch.inference_mode()
+    def suffix_finals(
+        self, active: Sequence[BlockRef], candidates: Sequence[Candidate]
+    ) -> Iterator[tuple[Candidate, list[torch.Tensor]]]:
+        """Each candidate's last-layer hidden states on every window (``active`` minus its blocks).
 
-        Candidates are visited in position order carrying one running state of the current
-        model, so each pays only for the blocks after it. ``should_score`` is asked right before
-        each candidate (the bound may have tightened meanwhile). Returns how many were scored.
+        Prefix reuse: candidates come in position order while one running state per window
+        advances through the current model, so each candidate pays only for the blocks after it.
         """
         position = {block: i for i, block in enumerate(active)}
         ordered = sorted(candidates, key=lambda c: (min(position[b] for b in c), c))
-        hidden, at, scored = self.embedded(window), 0, 0
+        states = [self.embedded(w) for w in range(self.num_windows)]
+        at = 0
         for candidate in ordered:
-            if not should_score(candidate):
-                continue
             start = min(position[b] for b in candidate)
-            hidden = self.run(hidden, active[at:start])
+            states = [self.run(state, active[at:start]) for state in states]
             at = start
             rest = [b for b in active[start:] if b not in candidate]
-            record(candidate, self.window_nll(self.run(hidden, rest), window))
-            scored += 1
-        return scored
+            yield candidate, [self.run(state, rest) for state in states]

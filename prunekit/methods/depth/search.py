@@ -5,11 +5,12 @@ NLL of the current model with that candidate removed, and removes the argmin (ti
 (layer, kind)). ``score_step`` gets the identical argmin with much less work than
 ``score_step_naive`` (the oracle, one full forward per candidate and window):
 
-1. prefix reuse: candidates are visited in position order per window, carrying one running
-   state, so each candidate recomputes only the blocks after it;
-2. branch and bound over windows: NLL sums only grow window by window, so a candidate whose
-   partial score already exceeds a finished candidate's full score cannot win and is dropped
-   (strictly greater: ties survive to the tie-break).
+1. prefix reuse: candidates are visited in position order, carrying one running state per
+   window, so each candidate recomputes only the blocks after it;
+2. branch and bound on the LM head: a cheap lower bound on each candidate's NLL (a log-sum-exp
+   over the dense model's most likely 4k tokens, nll_bound.py) drops candidates that cannot beat
+   the best exact score before their full head is computed (strictly greater: ties survive to
+   the tie-break).
 """
 
 from __future__ import annotations
@@ -62,10 +63,15 @@ class StepScores:
     best_nll: float
     values: dict[Candidate, float]
     exact: dict[Candidate, bool]
-    window_evals: int
+    window_evals: int  # exact window NLLs computed (each a full LM head)
+    bound_evals: int = 0  # window lower bounds computed (each |S|/V of a head)
 
     def ranking(self) -> list[Candidate]:
         return sorted(self.values, key=lambda c: (self.values[c], c))
+
+
+# Last-layer hidden states kept at once while a group of candidates waits for its exact scores.
+GROUP_BYTES = 1 << 30
 
 
 def score_step(
@@ -73,49 +79,65 @@ def score_step(
     active: Sequence[BlockRef],
     candidates: Sequence[Candidate],
     criterion: Criterion,
-    ranking: Sequence[Candidate] = (),
     exhaustive: bool = False,
+    group_bytes: int = GROUP_BYTES,
 ) -> StepScores:
-    """The exact argmin over ``candidates``, by prefix reuse and branch and bound over windows.
+    """The exact argmin over ``candidates``, by prefix reuse and branch and bound.
 
-    ``ranking`` (the previous step's order) picks the candidate scored first on all windows,
-    whose total is the first bound; without it the best on window 0 is used. ``exhaustive``
-    scores every candidate on every window (no bound).
+    Every candidate's suffix is run on every window (prefix reuse makes that about half a
+    forward each). What is saved is the LM head, a quarter of a small model's forward: each
+    candidate first gets a cheap lower bound on its NLL (nll_bound.py); candidates are then
+    settled in order of that bound, and one whose bound already exceeds the best exact score
+    cannot win and never gets its full head. A settled candidate's exact NLL is summed window by
+    window, and it is dropped as soon as (exact so far + bounds of the rest) exceeds the best.
+    Comparisons are strict, so ties survive to the tie-break. ``exhaustive`` scores everything.
     """
     n = runner.num_windows
-    nll = dict.fromkeys(candidates, 0.0)
-    done = dict.fromkeys(candidates, 0)
-    evals = 0
-    bound = math.inf
+    values: dict[Candidate, float] = {}
+    exact: dict[Candidate, bool] = {}
+    nlls: dict[Candidate, float] = {}
+    heads = bounds = 0
+    best = math.inf
 
-    def record(candidate: Candidate, value: float) -> None:
-        nonlocal evals, bound
-        nll[candidate] += value
-        done[candidate] += 1
-        evals += 1
-        if done[candidate] == n:
-            bound = min(bound, criterion.value(candidate, nll[candidate]))
-
-    def alive(candidate: Candidate) -> bool:
-        return exhaustive or criterion.value(candidate, nll[candidate]) <= bound
-
-    if exhaustive:
+    def settle(candidate: Candidate, finals: list, lower: list[float] | None) -> None:
+        nonlocal heads, best
+        remaining = sum(lower) if lower is not None else 0.0
+        total = 0.0
         for w in range(n):
-            runner.window_pass(active, candidates, w, alive, record)
-    else:
-        seed = next((c for c in ranking if c in nll), None)
-        if seed is None:
-            runner.window_pass(active, candidates, 0, alive, record)
-            seed = min(candidates, key=lambda c: (criterion.value(c, nll[c]), c))
-        for w in range(done[seed], n):
-            runner.window_pass(active, [seed], w, alive, record)
-        for w in range(n):
-            todo = [c for c in candidates if done[c] == w]
-            runner.window_pass(active, todo, w, alive, record)
-    values = {c: criterion.value(c, nll[c]) for c in candidates}
-    exact = {c: done[c] == n for c in candidates}
-    best = min((c for c in candidates if exact[c]), key=lambda c: (values[c], c))
-    return StepScores(best, nll[best], values, exact, evals)
+            if lower is not None:
+                floor = criterion.value(candidate, total + remaining)
+                if floor > best:
+                    values[candidate], exact[candidate] = floor, False
+                    return
+                remaining -= lower[w]
+            total += runner.window_nll(finals[w], w)
+            heads += 1
+        values[candidate], exact[candidate] = criterion.value(candidate, total), True
+        nlls[candidate] = total
+        best = min(best, values[candidate])
+
+    def flush(group: list) -> None:
+        group.sort(key=lambda item: (sum(item[2]) if item[2] is not None else 0.0, item[0]))
+        for candidate, finals, lower in group:
+            settle(candidate, finals, lower)
+        group.clear()
+
+    group: list = []
+    group_size = None
+    for candidate, finals in runner.suffix_finals(active, candidates):
+        lower = None
+        if not exhaustive:
+            lower = [runner.window_bound(finals[w], w) for w in range(n)]
+            bounds += n
+        group.append((candidate, finals, lower))
+        if group_size is None:
+            per_candidate = sum(f.numel() * f.element_size() for f in finals)
+            group_size = max(1, group_bytes // max(per_candidate, 1))
+        if len(group) >= group_size:
+            flush(group)
+    flush(group)
+    winner = min((c for c in candidates if exact[c]), key=lambda c: (values[c], c))
+    return StepScores(winner, nlls[winner], values, exact, heads, bounds)
 
 
 def score_step_naive(
@@ -206,7 +228,6 @@ def greedy_search(
     base_nll = state.trajectory[-1]["calib_nll"] if state.trajectory else None
     if base_nll is None and criterion_name == "ppl-per-param":
         base_nll = sum(runner.model_nll(all_blocks))
-    ranking: list[Candidate] = []
     steps = target.estimated_steps(list(unit_params.values()))
     bar = progress(iter(int, 1), desc=desc, total=steps, initial=len(state.removed), unit="step")
     for _ in bar:
@@ -222,8 +243,7 @@ def greedy_search(
         if naive:
             scores = score_step_naive(runner, active, candidates, criterion)
         else:
-            scores = score_step(runner, active, candidates, criterion, ranking, exhaustive)
-        ranking = scores.ranking()
+            scores = score_step(runner, active, candidates, criterion, exhaustive)
         state.removed.append(scores.best)
         removed_params += unit_params[scores.best]
         base_nll = scores.best_nll
@@ -238,6 +258,7 @@ def greedy_search(
                 "removed_params": removed_params,
                 "score": scores.values[scores.best],
                 "window_evals": scores.window_evals,
+                "bound_evals": scores.bound_evals,
                 "naive_window_evals": len(candidates) * runner.num_windows,
                 "seconds": time.perf_counter() - started,
                 "scores": [[label(c), scores.values[c], scores.exact[c]] for c in scores.ranking()],

@@ -133,7 +133,11 @@ class Adapter:
 
     def head_logits(self, model: nn.Module, final_hidden: torch.Tensor) -> torch.Tensor:
         """Logits from the decoder's final hidden state (LM head, plus any soft-capping)."""
-        return model.get_output_embeddings()(final_hidden)
+        return self.cap_logits(model, model.get_output_embeddings()(final_hidden))
+
+    def cap_logits(self, model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+        """What the model does to the LM head's output (an elementwise, increasing map)."""
+        return logits
 
     # ---- channel groups (width pruning) ---------------------------------------------------
     def mlp_channels(self, layer: nn.Module) -> MLPChannels:

@@ -23,8 +23,7 @@ class Gemma3Adapter(Adapter):
     def mlp_branch(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         return layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
 
-    def head_logits(self, model: nn.Module, final_hidden: torch.Tensor) -> torch.Tensor:
-        logits = model.get_output_embeddings()(final_hidden)
+    def cap_logits(self, model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
