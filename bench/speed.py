@@ -22,6 +22,7 @@ import torch
 
 from prunekit.api import prune
 from prunekit.evaluation.speed import SPEED_COLUMNS, SpeedSettings, speed_report, speed_rows
+from prunekit.export.from_run import export_run
 from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
 from prunekit.models.loading import load_model
@@ -74,6 +75,25 @@ def prune_and_reload(name: str, method: str, work: Path, args, **settings) -> tu
     return load_pruned(work / name, dtype=args.dtype, device="cpu"), info
 
 
+def export_and_reload(name: str, run_dir: Path, work: Path, args) -> tuple:
+    """A finished run directory (e.g. bench/depth.py's BlockPruner run), exported and reloaded:
+    the same model without repeating its search."""
+    report = json.loads((run_dir / "report.json").read_text())
+    dtype = None if args.dtype == "auto" else args.dtype
+    exported = export_run(run_dir, work / name, dtype=dtype)
+    print(f"{name}: from {run_dir}, {exported.format} format", flush=True)
+    info = {
+        "method": report["method"],
+        "settings": {"run": run_dir.name},
+        "ratio_total": report["params"]["ratio_total"],
+        "ratio_decoder": report["params"]["ratio_decoder"],
+        "format": exported.format,
+        "weight_mb": exported.weight_bytes / 2**20,
+        "prune_seconds": None,
+    }
+    return load_pruned(work / name, dtype=args.dtype, device="cpu"), info
+
+
 def write_markdown(report: dict, variants: dict, ideal: dict, path: Path, args) -> None:
     s = report["settings"]
     env = report["environment"]
@@ -119,6 +139,10 @@ def main() -> None:
     parser.add_argument("--decode-batches", default="1,16")
     parser.add_argument("--skip-multiple-of", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument(
+        "--depth-run", type=Path, help="Use this BlockPruner run directory instead of searching."
+    )
+    parser.add_argument("--width-run", type=Path, help="Use this FASP run directory.")
     args = parser.parse_args()
     args.argv = " ".join(os.sys.argv[1:])
     args.load_start = f"{os.getloadavg()[0]:.1f}"
@@ -132,8 +156,12 @@ def main() -> None:
         plans = [("blockpruner", "blockpruner", {}), ("fasp", "fasp", {})]
         if not args.skip_multiple_of:
             plans.append(("fasp-m64", "fasp", {"multiple_of": 64}))
+        runs = {"blockpruner": args.depth_run, "fasp": args.width_run}
         for name, method, extra in plans:
-            models[name], variants[name] = prune_and_reload(name, method, work, args, **extra)
+            if runs.get(name) is not None:
+                models[name], variants[name] = export_and_reload(name, runs[name], work, args)
+            else:
+                models[name], variants[name] = prune_and_reload(name, method, work, args, **extra)
         ideal = {name: ideal_speedups(dense, models[name]) for name in variants}
         settings = SpeedSettings(
             prefill_shapes=[tuple(int(v) for v in s.split("x")) for s in args.prefill.split(",")],

@@ -10,6 +10,8 @@ to statistics as they stream past, never stored.
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -25,35 +27,58 @@ from prunekit.progress import progress
 class InputStatistics:
     """Running statistics of one module's input columns over every calibration token.
 
-    ``sum`` and ``sum_sq`` (fp64) give means, variances and column norms; ``gram`` = XᵀX (fp32)
-    is accumulated only when a method needs it (least-squares restoration), since it costs as
-    much as the module's own matmul.
+    Without ``gram``: ``sum`` and ``sum_sq`` (fp64) give means, variances and column norms.
+    With ``gram``: only H = XᵀX (fp32), whose diagonal is ``sum_sq``; it costs as much as the
+    module's own matmul, so only least-squares restoration asks for it.
     """
 
     def __init__(self, width: int, gram: bool, device: torch.device | str = "cpu"):
         self.width = width
         self.count = 0
-        self.sum = torch.zeros(width, dtype=torch.float64, device=device)
-        self.sum_sq = torch.zeros(width, dtype=torch.float64, device=device)
-        self.gram = torch.zeros(width, width, device=device) if gram else None
+        self._gram = torch.zeros(width, width, device=device) if gram else None
+        self._mirrored = True
+        self._blocks = _triangle_blocks(width)
+        self.sum = None if gram else torch.zeros(width, dtype=torch.float64, device=device)
+        self._sum_sq = None if gram else torch.zeros(width, dtype=torch.float64, device=device)
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         x = inputs.reshape(-1, self.width).float()
         self.count += x.shape[0]
+        if self._gram is not None:
+            # H is symmetric: only the blocks on and above the diagonal are accumulated
+            # (2/3 of the work at 3 blocks, ~1/2 for wide inputs); ``gram`` mirrors them.
+            for rows, cols in self._blocks:
+                self._gram[rows, cols].addmm_(x[:, rows].T, x[:, cols])
+            self._mirrored = False
+            return
         self.sum += x.sum(dim=0, dtype=torch.float64)
-        self.sum_sq += x.square().sum(dim=0, dtype=torch.float64)
-        if self.gram is not None:
-            self.gram.addmm_(x.T, x)
+        self._sum_sq += x.square().sum(dim=0, dtype=torch.float64)
+
+    @property
+    def gram(self) -> torch.Tensor | None:
+        """H = XᵀX (fp32), or None when the method did not ask for it."""
+        if self._gram is not None and not self._mirrored:
+            for rows, cols in self._blocks:
+                if rows != cols:
+                    self._gram[cols, rows] = self._gram[rows, cols].T
+            self._mirrored = True
+        return self._gram
+
+    @property
+    def sum_sq(self) -> torch.Tensor:
+        return self.gram.diagonal().double() if self._gram is not None else self._sum_sq
 
     @property
     def mean(self) -> torch.Tensor:
+        if self.sum is None:
+            raise ValueError("means are not tracked alongside a Gram matrix")
         return self.sum / max(self.count, 1)
 
     @property
     def variance(self) -> torch.Tensor:
         """Unbiased per-column variance over tokens."""
         n = max(self.count, 2)
-        return ((self.sum_sq - self.sum.square() / n) / (n - 1)).clamp_min(0.0)
+        return ((self.sum_sq - self.mean.square() * n) / (n - 1)).clamp_min(0.0)
 
     @property
     def norm(self) -> torch.Tensor:
@@ -61,18 +86,38 @@ class InputStatistics:
         return self.sum_sq.sqrt()
 
     def check_finite(self, name: str) -> None:
-        tensors = [self.sum_sq] + ([self.gram] if self.gram is not None else [])
-        if not all(torch.isfinite(t).all() for t in tensors):
+        # A NaN/Inf input shows on the diagonal (its column's sum of squares), and by
+        # Cauchy-Schwarz |H_ij| <= sqrt(H_ii H_jj) the rest of H is finite when it is.
+        if not bool(torch.isfinite(self.sum_sq).all()):
             raise NumericalError(
                 f"the calibration inputs of {name} contain NaN or Inf; try --dtype fp32 or "
                 "other calibration text"
             )
 
 
+@dataclass(frozen=True)
+class ConsumerOnly:
+    """A decision that changed an attention block only through its consumer (o_proj): its
+    input columns ``kept`` (in their new order) survive, and the weights may be rewritten.
+
+    The kept columns of the consumer's input are what the dense block computed (Q and K are
+    untouched, value channels are sliced, not changed), so the engine replays the pruned block
+    from the inputs it recorded instead of running attention again.
+    """
+
+    name: str
+    kept: list[int]
+
+
 class SequentialMethod(Protocol):
-    """What a width method plugs into the loop: its statistic and its decision."""
+    """What a width method plugs into the loop: its statistic and its decision.
+
+    ``changes_blocks``: the method prunes every block it watches, so the dense block's output
+    is never used (the statistics pass may stop at the consumer's input).
+    """
 
     needs_gram: bool
+    changes_blocks: bool
 
     def watched(self, layer: nn.Module, kind: BlockKind) -> dict[str, nn.Module]:
         """Modules of this block whose inputs to record, by name ({} = skip the block)."""
@@ -80,20 +125,26 @@ class SequentialMethod(Protocol):
 
     def decide(
         self, index: int, layer: nn.Module, kind: BlockKind, stats: dict[str, InputStatistics]
-    ) -> bool:
-        """Prune the block in place (or only record). True when the block's outputs changed."""
+    ) -> bool | ConsumerOnly:
+        """Prune the block in place (or only record). True when the block's outputs changed,
+        ``ConsumerOnly`` when only an attention block's consumer did (a cheaper replay)."""
         ...
 
 
 @torch.no_grad()  # not inference_mode: the sliced weights must stay ordinary parameters
 def sequential_pass(
-    loaded: LoadedModel, windows: torch.Tensor, method: SequentialMethod, batch_size: int = 1
+    loaded: LoadedModel,
+    windows: torch.Tensor,
+    method: SequentialMethod,
+    batch_size: int = 1,
+    replay_consumers: bool = True,
 ) -> int:
     """Run the calibration windows through the model block by block, letting ``method`` prune.
 
     Returns the number of calibration tokens each statistic saw. Blocks the method leaves
     unchanged reuse the outputs of the statistics pass, so a method that only records (FLAP)
-    costs one calibration pass.
+    costs one calibration pass; attention blocks changed only through o_proj (``ConsumerOnly``)
+    are replayed from o_proj's recorded inputs (``replay_consumers=False`` reruns them: tests).
     """
     model, adapter = loaded.model, loaded.adapter
     context = capture_layer_context(model, adapter, windows[:1])
@@ -111,20 +162,43 @@ def sequential_pass(
                 )
                 for name, module in watched.items()
             }
+            inputs: dict[str, list[torch.Tensor]] = {name: [] for name in watched}
+            keep_inputs = kind == "attn"  # the consumer's input has the hidden state's size
+            # A block the method will change is recomputed after the decision anyway, so the
+            # statistics pass stops at the consumer's input: the dense consumer (a quarter of
+            # the block's work for an MLP) never runs.
+            stop = getattr(method, "changes_blocks", False) and len(watched) == 1
             handles = [
-                module.register_forward_pre_hook(_recorder(stats[name]))
+                module.register_forward_pre_hook(
+                    _recorder(stats[name], inputs[name] if keep_inputs else None, stop)
+                )
                 for name, module in watched.items()
             ]
             try:
-                outputs = [run_block(adapter, layer, kind, h, kwargs) for h in hidden]
+                outputs = None if stop else []
+                for h in hidden:
+                    try:
+                        out = run_block(adapter, layer, kind, h, kwargs)
+                    except _StopBlock:
+                        continue
+                    if outputs is not None:
+                        outputs.append(out)
             finally:
                 for handle in handles:
                     handle.remove()
             for name, stat in stats.items():
                 stat.check_finite(f"layer {index} {name}")
-            if watched and method.decide(index, layer, kind, stats):
+            change = method.decide(index, layer, kind, stats) if watched else False
+            if isinstance(change, ConsumerOnly) and keep_inputs and replay_consumers:
+                consumer, kept = watched[change.name], change.kept
+                outputs = [
+                    h + adapter.attn_from_o_proj(layer, consumer(x[..., kept]))
+                    for h, x in zip(hidden, inputs[change.name], strict=True)
+                ]
+            elif change or outputs is None:
                 outputs = [run_block(adapter, layer, kind, h, kwargs) for h in hidden]
             hidden = outputs
+            del inputs
     return windows.numel()
 
 
@@ -138,8 +212,27 @@ def prune_without_data(loaded: LoadedModel, method: SequentialMethod) -> None:
                 method.decide(index, layer, kind, {})
 
 
-def _recorder(stat: InputStatistics):
+GRAM_BLOCK = 512  # columns per block of the triangular Gram update (still an efficient GEMM)
+
+
+def _triangle_blocks(width: int) -> list[tuple[slice, slice]]:
+    """(rows, columns) slices of the blocks on and above the diagonal of a width×width matrix."""
+    count = max(1, round(width / GRAM_BLOCK))
+    edges = [round(i * width / count) for i in range(count + 1)]
+    spans = [slice(a, b) for a, b in itertools.pairwise(edges)]
+    return [(spans[i], spans[j]) for i in range(count) for j in range(i, count)]
+
+
+class _StopBlock(Exception):
+    """Raised by a recording hook once the block's remaining work is not needed."""
+
+
+def _recorder(stat: InputStatistics, keep: list[torch.Tensor] | None, stop: bool):
     def hook(_module: nn.Module, args: tuple) -> None:
         stat.add_batch(args[0])
+        if keep is not None:
+            keep.append(args[0])
+        if stop:
+            raise _StopBlock
 
     return hook

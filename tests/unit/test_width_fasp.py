@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from prunekit.data import calibration_windows, corpus_tokens
 from prunekit.methods.width.selection import kept_count
+from prunekit.models.tiny import TINY_FAMILIES
 from prunekit.report.accounting import parameter_counts
 from tests.unit.width_helpers import logits, masked_reference, prune_tiny, width_settings
 
@@ -78,3 +81,22 @@ def test_targets_mlp_only_leaves_attention_alone():
     _pruned, _, plan = prune_tiny("llama", "fasp", targets=["mlp"])
     assert all(set(entry) == {"mlp"} for entry in plan.kept_channels.values())
     assert plan.extra["shapes"]["0"]["v_head_dim"] == 16
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("method", ["fasp", "wanda-sp"])
+def test_replaying_attention_from_o_proj_inputs_equals_rerunning(family, method, monkeypatch):
+    """The engine replays a block changed only through o_proj from o_proj's recorded inputs;
+    rerunning the whole attention block instead must give the same pruned model."""
+    import prunekit.methods.width.common as width_common
+    from prunekit.engine import sequential
+
+    replayed, _, replayed_plan = prune_tiny(family, method)
+    rerun_pass = functools.partial(sequential.sequential_pass, replay_consumers=False)
+    monkeypatch.setattr(width_common, "sequential_pass", rerun_pass)
+    rerun, _, rerun_plan = prune_tiny(family, method)
+    assert replayed_plan.kept_channels == rerun_plan.kept_channels
+    for (name, a), (_, b) in zip(
+        replayed.model.state_dict().items(), rerun.model.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -42,6 +42,7 @@ class FlapPruner:
     """Records per-module scores during the pass; ``finish`` thresholds globally and prunes."""
 
     needs_gram = False
+    changes_blocks = False  # FLAP only records; it prunes after the pass
 
     def __init__(self, run: WidthRun):
         self.run = run

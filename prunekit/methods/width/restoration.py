@@ -26,16 +26,22 @@ class Restoration:
 def restore_consumer(
     weight: torch.Tensor, gram: torch.Tensor, kept: list[int], damping: float, name: str
 ) -> Restoration:
-    """Least-squares weights for the kept columns ``kept`` of ``weight`` given H = XᵀX."""
-    w = weight.detach().double()
-    h = gram.double()
-    if not torch.isfinite(h).all():
+    """Least-squares weights for the kept columns ``kept`` of ``weight`` given H = XᵀX.
+
+    The products with H run in fp32 (H itself is an fp32 sum); only the |S|×|S| system is
+    solved in fp64. The two error traces reuse W·H, so the diagnostics cost one product more.
+    """
+    if not torch.isfinite(gram.diagonal()).all():  # |H_ij| <= sqrt(H_ii H_jj)
         raise NumericalError(f"{name}: the input statistics contain NaN or Inf")
+    w = weight.detach().float()
+    h = gram.float()
     index = torch.as_tensor(kept, dtype=torch.long, device=h.device)
-    h_ss = h.index_select(0, index).index_select(1, index)
+    w_h = w @ h  # out × in
+    h_ss = h.index_select(0, index).index_select(1, index).double()
     lam = damping * h_ss.diagonal().mean().item()
-    system = h_ss + lam * torch.eye(len(kept), dtype=h.dtype, device=h.device)
-    rhs = w @ h.index_select(1, index) + lam * w.index_select(1, index)
+    system = h_ss + lam * torch.eye(len(kept), dtype=h_ss.dtype, device=h.device)
+    w_s = w.index_select(1, index)
+    rhs = (w_h.index_select(1, index) + lam * w_s).double()
     factor, info = torch.linalg.cholesky_ex(system)
     if info.item() != 0:
         raise NumericalError(
@@ -45,19 +51,33 @@ def restore_consumer(
     restored = torch.cholesky_solve(rhs.T, factor).T
     if not torch.isfinite(restored).all():
         raise NumericalError(f"{name}: restoration produced NaN or Inf; raise --damping")
-    full = torch.zeros_like(w)
-    full[:, index] = restored
-    sliced = w.clone()
-    sliced[:, index] = 0.0
     return Restoration(
         weight=restored,
         damping=lam,
-        error_sliced=_relative_error(sliced, h, w),
-        error_restored=_relative_error(w - full, h, w),
+        error_sliced=_sliced_error(w, h, w_h, index),
+        error_restored=_restored_error(w, w_h, h_ss, restored, index),
     )
 
 
-def _relative_error(delta: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> float:
-    """tr(Δ H Δᵀ) / tr(W H Wᵀ): the output error on the calibration inputs, relative."""
-    reference = ((w @ h) * w).sum().item()
-    return ((delta @ h) * delta).sum().item() / max(reference, 1e-30)
+def _trace(a: torch.Tensor, b: torch.Tensor) -> float:
+    """tr(a bᵀ) = Σ a∘b, summed in fp64."""
+    return float((a.float() * b.float()).sum(dtype=torch.float64))
+
+
+def _sliced_error(w: torch.Tensor, h: torch.Tensor, w_h: torch.Tensor, kept: torch.Tensor) -> float:
+    """‖W X − W[:, S] X_S‖² / ‖W X‖² = tr(W_P H_PP W_Pᵀ) / tr(W H Wᵀ), P the pruned columns."""
+    pruned = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
+    pruned[kept] = False
+    w_p = w[:, pruned]
+    h_pp = h[pruned][:, pruned]
+    return _trace(w_p @ h_pp, w_p) / max(_trace(w_h, w), 1e-30)
+
+
+def _restored_error(
+    w: torch.Tensor, w_h: torch.Tensor, h_ss: torch.Tensor, restored: torch.Tensor, kept
+) -> float:
+    """‖W X − W' X_S‖² / ‖W X‖² = (tr(WHWᵀ) − 2 tr(W' (WH)[:, S]ᵀ) + tr(W' H_SS W'ᵀ)) / tr(WHWᵀ)."""
+    reference = _trace(w_h, w)
+    cross = _trace(restored, w_h.index_select(1, kept))
+    own = _trace(restored.float() @ h_ss.float(), restored)
+    return max(reference - 2 * cross + own, 0.0) / max(reference, 1e-30)

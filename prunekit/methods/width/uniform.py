@@ -13,13 +13,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from prunekit.engine.sequential import InputStatistics
+from prunekit.engine.sequential import ConsumerOnly, InputStatistics
 from prunekit.methods.width.common import WidthRun
 from prunekit.methods.width.restoration import restore_consumer
 from prunekit.methods.width.scoring import per_kv_group, per_value_channel
 from prunekit.methods.width.selection import kept_count, top_indices, top_indices_per_row
 from prunekit.models.adapters import BlockKind
 from prunekit.surgery.width import (
+    head_columns,
     set_consumer,
     slice_heads,
     slice_mlp,
@@ -47,6 +48,7 @@ class UniformPruner:
         self.restore = restore
         self.head_reduce = head_reduce
         self.needs_gram = restore
+        self.changes_blocks = True
         self.adapter = run.loaded.adapter
 
     def watched(self, layer: nn.Module, kind: BlockKind) -> dict[str, nn.Module]:
@@ -54,7 +56,7 @@ class UniformPruner:
 
     def decide(
         self, index: int, layer: nn.Module, kind: BlockKind, stats: dict[str, InputStatistics]
-    ) -> bool:
+    ) -> bool | ConsumerOnly:
         s, m = self.run.sparsity, self.run.settings.multiple_of
         if kind == "mlp":
             channels = self.adapter.mlp_channels(layer)
@@ -65,24 +67,24 @@ class UniformPruner:
             self.run.keep(index, "mlp", kept)
             return True
         channels = self.adapter.attention_channels(layer, self.run.config)
-        columns = self.score(channels.o_proj.weight, stats.get("attn"))
+        column_scores = self.score(channels.o_proj.weight, stats.get("attn"))
         if self.attn_unit == "heads":
             groups = top_indices(
-                per_kv_group(columns, channels, self.head_reduce),
+                per_kv_group(column_scores, channels, self.head_reduce),
                 kept_count(channels.num_kv_heads, s),
             )
+            columns = head_columns(channels, groups, channels.v_head_dim)
             slice_heads(channels, groups, self.adapter)
             self.run.keep(index, "attn_heads", groups)
-            return True
+            return ConsumerOnly("attn", columns)
         per_kv = top_indices_per_row(
-            per_value_channel(columns, channels), kept_count(channels.v_head_dim, s, m)
+            per_value_channel(column_scores, channels), kept_count(channels.v_head_dim, s, m)
         )
-        self._restore(
-            index, "attn", channels.o_proj, value_columns(channels, per_kv), stats.get("attn")
-        )
+        columns = value_columns(channels, per_kv)
+        self._restore(index, "attn", channels.o_proj, columns, stats.get("attn"))
         slice_value_channels(channels, per_kv, self.adapter)
         self.run.keep(index, "attn_v", per_kv)
-        return True
+        return ConsumerOnly("attn", columns)
 
     def _restore(
         self,

@@ -135,6 +135,10 @@ class Adapter:
         """Logits from the decoder's final hidden state (LM head, plus any soft-capping)."""
         return self.cap_logits(model, model.get_output_embeddings()(final_hidden))
 
+    def attn_from_o_proj(self, layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        """The attention branch's output given its o_proj output (any post-norm applied)."""
+        return out
+
     def cap_logits(self, model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
         """What the model does to the LM head's output (an elementwise, increasing map)."""
         return logits

@@ -23,6 +23,9 @@ class Gemma3Adapter(Adapter):
     def mlp_branch(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         return layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
 
+    def attn_from_o_proj(self, layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        return layer.post_attention_layernorm(out)
+
     def cap_logits(self, model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap is not None:

@@ -1,0 +1,73 @@
+"""Evaluate finished runs and their dense base model alike, then render `prunekit report`.
+
+    PRUNEKIT_DATA_DIR=../shared/data python bench/compare_runs.py RUN_DIR... \
+        --limit 500 --out docs/results/comparison
+
+The dense model is evaluated once; every run is reloaded from its directory (plan replayed on
+the base model) and evaluated with the same settings: WikiText-2 perplexity (seqlen 512, the
+first ``--ppl-windows`` windows) and 0-shot accuracy on the six tasks (the first ``--limit`` items
+of each). Both results are written into each run's report.json (``eval.dense`` and
+``eval.pruned``, report-schema.md), and ``prunekit report`` renders the comparison, so the table
+can be regenerated from the run directories alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from prunekit.api import evaluate
+from prunekit.evaluation.tasks import DEFAULT_TASKS
+from prunekit.models.loading import load_model
+from prunekit.plan import write_json_atomic
+from prunekit.report.compare import read_report, write_comparison
+from prunekit.report.run_dir import REPORT_FILE, write_report_md
+from prunekit.report.schema import validate_report
+from prunekit.runs import load_for_eval
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/comparison"))
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    parser.add_argument("--limit", type=int, default=500)
+    parser.add_argument("--ppl-windows", type=int, default=32)
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+    settings = dict(
+        ppl=["wikitext2"],
+        seqlen=512,
+        max_windows=args.ppl_windows,
+        tasks=args.tasks.split(","),
+        limit=args.limit,
+    )
+    timings: dict[str, float] = {}
+    base = read_report(args.runs[0])["model"]["spec"]
+    started = time.perf_counter()
+    dense_eval = evaluate(load_model(base, dtype=args.dtype), **settings)
+    timings["dense"] = time.perf_counter() - started
+    print(f"dense: {json.dumps(dense_eval['zeroshot']['average'])}", flush=True)
+    for run_dir in args.runs:
+        started = time.perf_counter()
+        loaded = load_for_eval(str(run_dir), dtype=args.dtype).loaded
+        pruned_eval = evaluate(loaded, **settings)
+        timings[run_dir.name] = time.perf_counter() - started
+        report = read_report(run_dir)
+        report["eval"] = {"dense": dense_eval, "pruned": pruned_eval}
+        validate_report(report)
+        write_json_atomic(run_dir / REPORT_FILE, report)
+        write_report_md(run_dir, report)
+        print(f"{run_dir.name}: {pruned_eval['zeroshot']['average']}", flush=True)
+        del loaded
+    written = write_comparison(list(args.runs), args.out)
+    meta = {"settings": {**settings, "dtype": args.dtype}, "eval_seconds": timings}
+    (args.out / "eval_settings.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    main()
