@@ -35,6 +35,7 @@ class Row:
     params: int
     ppl: dict[str, float] = field(default_factory=dict)
     ppl_seqlen: dict[str, int] = field(default_factory=dict)
+    ppl_windows: dict[str, int | None] = field(default_factory=dict)  # None: the full test set
     acc: dict[str, float] = field(default_factory=dict)  # acc_norm where the task has it, else acc
     average: float | None = None
     limit: int | None = None
@@ -68,6 +69,7 @@ def _row(label: str, method: str, report: dict, side: str, ratio: float, params:
         params=params,
         ppl={d: e["ppl"] for d, e in ppl.items()},
         ppl_seqlen={d: e["seqlen"] for d, e in ppl.items()},
+        ppl_windows={d: e.get("max_windows") and e.get("windows") for d, e in ppl.items()},
         acc={t: e[e["average_metric"]] for t, e in tasks.items()},
         average=zeroshot.get("average"),
         limit=zeroshot.get("limit"),
@@ -96,11 +98,19 @@ def _columns(rows: list[Row]) -> tuple[list[str], list[str]]:
     return datasets, tasks
 
 
+def _ppl_setting(rows: list[Row], dataset: str, seqlen: int) -> str:
+    """'seqlen 512, first 32 windows' when every run used the same subset, else 'seqlen 512'."""
+    windows = {r.ppl_windows.get(dataset) for r in rows if dataset in r.ppl}
+    if len(windows) == 1 and (count := windows.pop()) is not None:
+        return f"seqlen {seqlen}, first {count} windows"
+    return f"seqlen {seqlen}"
+
+
 def render_markdown(rows: list[Row], plot: str | None = None) -> str:
     datasets, tasks = _columns(rows)
     seqlens = {d: next(r.ppl_seqlen[d] for r in rows if d in r.ppl_seqlen) for d in datasets}
     header = ["run", "method", "ratio_total", "params"]
-    header += [f"{d} ppl (seqlen {seqlens[d]})" for d in datasets]
+    header += [f"{d} ppl ({_ppl_setting(rows, d, seqlens[d])})" for d in datasets]
     header += [f"{t} (%)" for t in tasks] + (["avg (%)"] if tasks else [])
     body = []
     for r in rows:

@@ -111,7 +111,7 @@ def test_comparison_files(run_dirs, tmp_path):
     written = write_comparison(run_dirs, tmp_path / "out")
     md = written["markdown"].read_text()
     assert "| fasp20 | fasp | 0.200 | 0.80 M | 30.00 | 62.0 | 62.0 |" in md
-    assert "wikitext2 ppl (seqlen 512)" in md and "first 50 items" in md
+    assert "wikitext2 ppl (seqlen 512, first 10 windows)" in md and "first 50 items" in md
     assert "![wikitext2 perplexity vs ratio_total](ppl_vs_ratio.png)" in md
     rows = list(csv.DictReader(written["csv"].open()))
     assert [r["run"] for r in rows] == ["dense", "bp20", "bp30", "fasp20"]
