@@ -26,6 +26,7 @@ from prunekit.export.from_run import export_run
 from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
 from prunekit.models.loading import load_model
+from prunekit.report.compare import read_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def prune_and_reload(name: str, method: str, work: Path, args, **settings) -> tu
 def export_and_reload(name: str, run_dir: Path, work: Path, args) -> tuple:
     """A finished run directory (e.g. bench/depth.py's BlockPruner run), exported and reloaded:
     the same model without repeating its search."""
-    report = json.loads((run_dir / "report.json").read_text())
+    report = read_report(run_dir)
     dtype = None if args.dtype == "auto" else args.dtype
     exported = export_run(run_dir, work / name, dtype=dtype)
     print(f"{name}: from {run_dir}, {exported.format} format", flush=True)

@@ -68,17 +68,20 @@ class InputStatistics:
     def sum_sq(self) -> torch.Tensor:
         return self.gram.diagonal().double() if self._gram is not None else self._sum_sq
 
-    @property
-    def mean(self) -> torch.Tensor:
+    def _column_sums(self) -> torch.Tensor:
         if self.sum is None:
             raise ValueError("means are not tracked alongside a Gram matrix")
-        return self.sum / max(self.count, 1)
+        return self.sum
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._column_sums() / max(self.count, 1)
 
     @property
     def variance(self) -> torch.Tensor:
         """Unbiased per-column variance over tokens."""
         n = max(self.count, 2)
-        return ((self.sum_sq - self.mean.square() * n) / (n - 1)).clamp_min(0.0)
+        return ((self.sum_sq - self._column_sums().square() / n) / (n - 1)).clamp_min(0.0)
 
     @property
     def norm(self) -> torch.Tensor:
@@ -163,11 +166,12 @@ def sequential_pass(
                 for name, module in watched.items()
             }
             inputs: dict[str, list[torch.Tensor]] = {name: [] for name in watched}
-            keep_inputs = kind == "attn"  # the consumer's input has the hidden state's size
             # A block the method will change is recomputed after the decision anyway, so the
             # statistics pass stops at the consumer's input: the dense consumer (a quarter of
-            # the block's work for an MLP) never runs.
-            stop = getattr(method, "changes_blocks", False) and len(watched) == 1
+            # the block's work for an MLP) never runs. An attention block's consumer input (the
+            # size of a hidden state) is kept for the replay.
+            stop = method.changes_blocks and len(watched) == 1
+            keep_inputs = kind == "attn" and method.changes_blocks and replay_consumers
             handles = [
                 module.register_forward_pre_hook(
                     _recorder(stats[name], inputs[name] if keep_inputs else None, stop)
@@ -189,7 +193,7 @@ def sequential_pass(
             for name, stat in stats.items():
                 stat.check_finite(f"layer {index} {name}")
             change = method.decide(index, layer, kind, stats) if watched else False
-            if isinstance(change, ConsumerOnly) and keep_inputs and replay_consumers:
+            if isinstance(change, ConsumerOnly) and keep_inputs:
                 consumer, kept = watched[change.name], change.kept
                 outputs = [
                     h + adapter.attn_from_o_proj(layer, consumer(x[..., kept]))
@@ -198,7 +202,6 @@ def sequential_pass(
             elif change or outputs is None:
                 outputs = [run_block(adapter, layer, kind, h, kwargs) for h in hidden]
             hidden = outputs
-            del inputs
     return windows.numel()
 
 

@@ -51,11 +51,13 @@ def restore_consumer(
     restored = torch.cholesky_solve(rhs.T, factor).T
     if not torch.isfinite(restored).all():
         raise NumericalError(f"{name}: restoration produced NaN or Inf; raise --damping")
+    output_sq = _trace(w_h, w)  # ‖W X‖² = tr(W H Wᵀ): the errors' denominator
     return Restoration(
         weight=restored,
         damping=lam,
-        error_sliced=_sliced_error(w, h, w_h, index),
-        error_restored=_restored_error(w, w_h, h_ss, restored, index),
+        error_sliced=_sliced_error(w, h, index) / max(output_sq, 1e-30),
+        error_restored=_restored_error(output_sq, w_h, h_ss, restored, index)
+        / max(output_sq, 1e-30),
     )
 
 
@@ -64,20 +66,19 @@ def _trace(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() * b.float()).sum(dtype=torch.float64))
 
 
-def _sliced_error(w: torch.Tensor, h: torch.Tensor, w_h: torch.Tensor, kept: torch.Tensor) -> float:
-    """‖W X − W[:, S] X_S‖² / ‖W X‖² = tr(W_P H_PP W_Pᵀ) / tr(W H Wᵀ), P the pruned columns."""
+def _sliced_error(w: torch.Tensor, h: torch.Tensor, kept: torch.Tensor) -> float:
+    """‖W X − W[:, S] X_S‖² = tr(W_P H_PP W_Pᵀ), P the pruned columns."""
     pruned = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
     pruned[kept] = False
     w_p = w[:, pruned]
     h_pp = h[pruned][:, pruned]
-    return _trace(w_p @ h_pp, w_p) / max(_trace(w_h, w), 1e-30)
+    return _trace(w_p @ h_pp, w_p)
 
 
 def _restored_error(
-    w: torch.Tensor, w_h: torch.Tensor, h_ss: torch.Tensor, restored: torch.Tensor, kept
+    output_sq: float, w_h: torch.Tensor, h_ss: torch.Tensor, restored: torch.Tensor, kept
 ) -> float:
-    """‖W X − W' X_S‖² / ‖W X‖² = (tr(WHWᵀ) − 2 tr(W' (WH)[:, S]ᵀ) + tr(W' H_SS W'ᵀ)) / tr(WHWᵀ)."""
-    reference = _trace(w_h, w)
+    """‖W X − W' X_S‖² = tr(WHWᵀ) − 2 tr(W' (WH)[:, S]ᵀ) + tr(W' H_SS W'ᵀ)."""
     cross = _trace(restored, w_h.index_select(1, kept))
     own = _trace(restored.float() @ h_ss.float(), restored)
-    return max(reference - 2 * cross + own, 0.0) / max(reference, 1e-30)
+    return max(output_sq - 2 * cross + own, 0.0)

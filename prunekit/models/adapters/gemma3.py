@@ -18,7 +18,7 @@ class Gemma3Adapter(Adapter):
 
     def attn_branch(self, layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         out, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs)
-        return layer.post_attention_layernorm(out)
+        return self.attn_from_o_proj(layer, out)
 
     def mlp_branch(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         return layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
