@@ -36,13 +36,20 @@ def _clean_kwargs(kwargs: dict) -> dict:
 
 @torch.inference_mode()
 def capture_layer_context(model: nn.Module, adapter: Adapter, sample: torch.Tensor) -> LayerContext:
-    """Run ``sample`` ([1, T] token ids) through the model once, recording each layer's kwargs."""
+    """Run ``sample`` ([1, T] token ids) through the model once, recording each layer's kwargs.
+
+    The kwargs (masks, positions, rotary tables) are built before the decoder loop and never
+    depend on the hidden states, so during the capture every layer passes its input through
+    unchanged and the last one stops the forward: the capture costs an embedding, not a window.
+    """
     layers = adapter.layers(model)
     captured: list[dict | None] = [None] * len(layers)
 
     def make_hook(index: int):
         def hook(_module, _args, kwargs):
             captured[index] = _clean_kwargs(kwargs)
+            if index == len(layers) - 1:
+                raise _StopForward
 
         return hook
 
@@ -50,12 +57,27 @@ def capture_layer_context(model: nn.Module, adapter: Adapter, sample: torch.Tens
         layer.register_forward_pre_hook(make_hook(i), with_kwargs=True)
         for i, layer in enumerate(layers)
     ]
+    # An instance-level ``forward`` may already be there (accelerate's offload hooks): put it back.
+    previous = [layer.__dict__.get("forward") for layer in layers]
+    for layer in layers:
+        layer.forward = _pass_through
     try:
         model(input_ids=sample[:1].to(_device(model)), use_cache=False)
+    except _StopForward:
+        pass
     finally:
         for handle in handles:
             handle.remove()
+        for layer, forward in zip(layers, previous, strict=True):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
     return LayerContext(kwargs=[c or {} for c in captured], seqlen=sample.shape[-1])
+
+
+def _pass_through(*args, **kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
 
 
 @torch.inference_mode()

@@ -37,9 +37,9 @@ def restore_consumer(
     h = gram.float()
     index = torch.as_tensor(kept, dtype=torch.long, device=h.device)
     w_h = w @ h  # out × in
-    h_ss = h.index_select(0, index).index_select(1, index).double()
-    lam = damping * h_ss.diagonal().mean().item()
-    system = h_ss + lam * torch.eye(len(kept), dtype=h_ss.dtype, device=h.device)
+    system = h.index_select(0, index).index_select(1, index).double()  # H[S, S], then + λI
+    lam = damping * system.diagonal().mean().item()
+    system.diagonal().add_(lam)
     w_s = w.index_select(1, index)
     rhs = (w_h.index_select(1, index) + lam * w_s).double()
     factor, info = torch.linalg.cholesky_ex(system)
@@ -56,7 +56,7 @@ def restore_consumer(
         weight=restored,
         damping=lam,
         error_sliced=_sliced_error(w, h, index) / max(output_sq, 1e-30),
-        error_restored=_restored_error(output_sq, w_h, h_ss, restored, index)
+        error_restored=_restored_error(output_sq, w_h, rhs, lam, restored, index)
         / max(output_sq, 1e-30),
     )
 
@@ -76,9 +76,17 @@ def _sliced_error(w: torch.Tensor, h: torch.Tensor, kept: torch.Tensor) -> float
 
 
 def _restored_error(
-    output_sq: float, w_h: torch.Tensor, h_ss: torch.Tensor, restored: torch.Tensor, kept
+    output_sq: float,
+    w_h: torch.Tensor,
+    rhs: torch.Tensor,
+    lam: float,
+    restored: torch.Tensor,
+    kept: torch.Tensor,
 ) -> float:
-    """‖W X − W' X_S‖² = tr(WHWᵀ) − 2 tr(W' (WH)[:, S]ᵀ) + tr(W' H_SS W'ᵀ)."""
+    """‖W X − W' X_S‖² = tr(WHWᵀ) − 2 tr(W' (WH)[:, S]ᵀ) + tr(W' H_SS W'ᵀ).
+
+    W' solves W' (H_SS + λI) = rhs, so W' H_SS = rhs − λW': the last trace needs no product.
+    """
     cross = _trace(restored, w_h.index_select(1, kept))
-    own = _trace(restored.float() @ h_ss.float(), restored)
+    own = float(((rhs - lam * restored) * restored).sum())
     return max(output_sq - 2 * cross + own, 0.0)
