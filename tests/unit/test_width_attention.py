@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from prunekit.models.attention import has_variable_heads
+from prunekit.models.attention import has_variable_heads, pad_values
 from tests.unit.width_helpers import IDS, masked_reference, prune_tiny
 
 pytestmark = pytest.mark.usefixtures("data_dir")
@@ -50,3 +50,31 @@ def test_cache_stores_values_with_their_own_size():
     layer = cache.layers[0]
     assert layer.keys.shape[-1] == 16
     assert layer.values.shape[-1] == plan.extra["shapes"]["0"]["v_head_dim"] < 16
+
+
+def test_sdpa_gets_values_padded_to_the_query_head_size(monkeypatch):
+    """Fused SDPA kernels need q, k and v of one head size; the padding must not leak out."""
+    pruned, _, plan = prune_tiny(
+        "llama", "fasp", attn="sdpa", restore=False, n_samples=2, seqlen=32
+    )
+    assert plan.extra["shapes"]["0"]["v_head_dim"] < 16
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, key, value, *args, **kwargs):
+        seen.append((query.shape[-1], value.shape[-1]))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    with torch.no_grad():
+        pruned.model(input_ids=IDS[:1], use_cache=False)
+    assert seen and all(q == v == 16 for q, v in seen)
+
+
+def test_pad_values_only_for_fused_implementations():
+    value = torch.randn(1, 2, 5, 12)
+    padded = pad_values(value, 16, "sdpa")
+    assert padded.shape[-1] == 16
+    assert torch.equal(padded[..., :12], value) and not padded[..., 12:].any()
+    assert pad_values(value, 16, "eager") is value
+    assert pad_values(value, 12, "sdpa") is value
