@@ -20,12 +20,30 @@ from pathlib import Path
 
 from prunekit.api import evaluate
 from prunekit.evaluation.tasks import DEFAULT_TASKS
+from prunekit.evaluation.zeroshot import task_baselines
 from prunekit.models.loading import load_model
 from prunekit.plan import write_json_atomic
 from prunekit.report.compare import read_report, write_comparison
 from prunekit.report.run_dir import REPORT_FILE, write_report_md
 from prunekit.report.schema import validate_report
 from prunekit.runs import load_for_eval
+
+
+def add_baselines(run_dir: Path) -> None:
+    """Chance and majority baselines (task items only, no model) into every recorded
+    zero-shot result of ``run_dir``'s report.json, over the items each was scored on."""
+    report = read_report(run_dir)
+    for side in report["eval"].values():
+        zeroshot = side.get("zeroshot")
+        if not zeroshot:
+            continue
+        found = task_baselines(list(zeroshot["tasks"]), limit=zeroshot.get("limit"))
+        for name, baselines in found.items():
+            if baselines is not None:
+                zeroshot["tasks"][name].update(baselines.to_dict())
+    validate_report(report)
+    write_json_atomic(run_dir / REPORT_FILE, report)
+    write_report_md(run_dir, report)
 
 
 def main() -> None:
@@ -36,7 +54,19 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=500)
     parser.add_argument("--ppl-windows", type=int, default=32)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--add-baselines",
+        action="store_true",
+        help="No evaluation: add chance/majority baselines to the runs' recorded zero-shot "
+        "results (reports written before they were recorded), then re-render the comparison.",
+    )
     args = parser.parse_args()
+    if args.add_baselines:
+        for run_dir in args.runs:
+            add_baselines(run_dir)
+        written = write_comparison(list(args.runs), args.out)
+        print("\n".join(f"{kind}: {path}" for kind, path in written.items()))
+        return
     settings = dict(
         ppl=["wikitext2"],
         seqlen=512,

@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/width.md")
     parser.add_argument("--repeats", type=int, default=3, help="timed FASP runs per sparsity")
     args = parser.parse_args()
+    if args.repeats < 1 or args.repeats % 2 == 0:
+        parser.error("--repeats must be odd and positive (the table shows the median run)")
 
     dense = load_model(args.model, dtype=args.dtype)
     base = dict(calib=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=0)

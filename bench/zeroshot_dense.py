@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from prunekit.evaluation.tasks import DEFAULT_TASKS
-from prunekit.evaluation.zeroshot import zeroshot
+from prunekit.evaluation.zeroshot import task_baselines, zeroshot
 from prunekit.models.loading import load_model
 from prunekit.report.markdown import fmt_acc, table
 from prunekit.report.versions import library_versions
@@ -38,6 +38,15 @@ def run(model: str, tasks: list[str], limit: int | None, out: Path) -> dict:
         record["wall_seconds"] = time.perf_counter() - started
         out.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def add_baselines(record: dict) -> None:
+    """Chance and majority baselines of each task over the items it was scored on (records
+    written before ``zeroshot`` recorded them)."""
+    for name, entry in record["tasks"].items():
+        baselines = task_baselines([name], limit=entry.get("limit"))[name]
+        if baselines is not None:
+            entry.update(baselines.to_dict())
 
 
 def merge(files: list[Path]) -> dict:
@@ -69,10 +78,14 @@ def render(record: dict) -> str:
                 fmt_acc(t["acc"], t["acc_stderr"]),
                 fmt_acc(t["acc_norm"], t["acc_norm_stderr"]),
                 t["average_metric"],
+                fmt_acc(t.get("majority")),
             ]
         )
     scores = [record["tasks"][t][record["tasks"][t]["average_metric"]] for t in tasks]
-    rows.append(["**average**", "", "", f"**{fmt_acc(sum(scores) / len(scores))}**", ""])
+    majorities = [record["tasks"][t].get("majority") for t in tasks]
+    majority = sum(majorities) / len(majorities) if None not in majorities else None
+    average = f"**{fmt_acc(sum(scores) / len(scores))}**"
+    rows.append(["**average**", "", "", average, "", fmt_acc(majority)])
     model = record["model"]
     return "\n".join(
         [
@@ -80,9 +93,15 @@ def render(record: dict) -> str:
             "",
             f"0-shot, lm-eval {record['lm_eval_version']}, tasks from {record['source']}. "
             "Accuracy in %, ± one standard error. `items`: the first N items of each task. "
-            "Average: acc_norm where the task has it, else acc (BlockPruner's convention).",
+            "Average: acc_norm where the task has it, else acc (BlockPruner's convention). "
+            "`majority answer`: the accuracy of always giving the task's most frequent gold "
+            "answer.",
             "",
-            *table(["task", "items", "acc (%)", "acc_norm (%)", "in average"], rows, "lrrrl"),
+            *table(
+                ["task", "items", "acc (%)", "acc_norm (%)", "in average", "majority answer (%)"],
+                rows,
+                "lrrrlr",
+            ),
             f"Wall time: {record['wall_seconds'] / 60:.0f} min summed over tasks "
             f"(versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}).",
             "",
@@ -97,8 +116,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--json", type=Path, default=Path("docs/results/zeroshot_dense.json"))
     parser.add_argument("--merge", type=Path, nargs="+", help="Merge partial JSONs, no eval.")
+    parser.add_argument(
+        "--add-baselines",
+        action="store_true",
+        help="Add chance/majority baselines to an existing --json (reads the tasks, no model).",
+    )
     args = parser.parse_args()
-    if args.merge:
+    if args.add_baselines:
+        record = json.loads(args.json.read_text())
+        add_baselines(record)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    elif args.merge:
         record = merge(args.merge)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     else:

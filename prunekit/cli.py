@@ -60,11 +60,13 @@ DeviceOpt = typer.Option(None, help="cpu or cuda[:N]; default cuda when availabl
 
 def _zeroshot_table(title: str, result: dict) -> Table:
     table = Table(title=title)
-    for col in ("task", "items", "acc", "acc_norm", "seconds"):
+    for col in ("task", "items", "acc", "acc_norm", "majority answer", "seconds"):
         table.add_column(col, justify="left" if col == "task" else "right")
 
-    def pct(value: float | None, err: float | None) -> str:
-        return "–" if value is None else f"{100 * value:.1f} ± {100 * (err or 0):.1f}"
+    def pct(value: float | None, err: float | None = None) -> str:
+        if value is None:
+            return "–"
+        return f"{100 * value:.1f}" + ("" if err is None else f" ± {100 * err:.1f}")
 
     for name, t in result["tasks"].items():
         table.add_row(
@@ -72,12 +74,14 @@ def _zeroshot_table(title: str, result: dict) -> Table:
             str(t["samples"]),
             pct(t["acc"], t["acc_stderr"]),
             pct(t["acc_norm"], t["acc_norm_stderr"]),
+            pct(t.get("majority")),
             f"{t['seconds']:.0f}",
         )
-    table.add_row("average", "", "", f"{100 * result['average']:.1f}", "")
+    table.add_row("average", "", "", f"{100 * result['average']:.1f}", "", "")
     table.caption = (
         f"lm-eval {result['lm_eval_version']}, {result['source']}, limit {result['limit']}; "
-        "average: acc_norm where the task has it, else acc"
+        "average: acc_norm where the task has it, else acc; majority answer: the accuracy of "
+        "always giving the most frequent gold answer"
     )
     return table
 

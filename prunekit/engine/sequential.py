@@ -161,6 +161,9 @@ def sequential_pass(
             if not adapter.has_block(layer, kind):
                 continue
             watched = method.watched(layer, kind)
+            final = (index, kind) == last  # nothing reads the last block's outputs
+            if final and not watched:
+                break
             stats = {
                 name: InputStatistics(
                     module.weight.shape[1], method.needs_gram, module.weight.device
@@ -172,8 +175,9 @@ def sequential_pass(
             # statistics pass stops at the consumer's input: the dense consumer (a quarter of
             # the block's work for an MLP) never runs. An attention block's consumer input (the
             # size of a hidden state) is kept for the replay.
-            stop = method.changes_blocks and len(watched) == 1
+            stop = (method.changes_blocks or final) and len(watched) == 1
             keep_inputs = kind == "attn" and method.changes_blocks and replay_consumers
+            keep_inputs = keep_inputs and not final
             handles = [
                 module.register_forward_pre_hook(
                     _recorder(stats[name], inputs[name] if keep_inputs else None, stop)
@@ -195,8 +199,8 @@ def sequential_pass(
             for name, stat in stats.items():
                 stat.check_finite(f"layer {index} {name}")
             change = method.decide(index, layer, kind, stats) if watched else False
-            if (index, kind) == last:
-                break  # nothing reads the last block's outputs: no rerun, no replay
+            if final:
+                break  # no rerun, no replay
             if isinstance(change, ConsumerOnly) and keep_inputs:
                 consumer, kept = watched[change.name], change.kept
                 outputs = [

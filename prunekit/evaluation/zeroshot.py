@@ -7,15 +7,18 @@ loader), so this is the one way every model prunekit makes can be evaluated the 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prunekit.errors import MissingExtraError
+from prunekit.evaluation.baselines import AnswerBaselines, answer_baselines
 from prunekit.evaluation.tasks import (
     TaskSpec,
     check_offline_files,
@@ -40,6 +43,8 @@ class TaskResult:
     acc_norm_stderr: float | None
     samples: int
     seconds: float
+    chance: float | None = None  # accuracy of random guessing on these items
+    majority: float | None = None  # accuracy of always giving the most frequent gold answer
 
     @property
     def average_metric(self) -> str:
@@ -131,6 +136,24 @@ def _task_result(spec: TaskSpec, task_name: str, out: dict, seconds: float) -> T
     )
 
 
+@contextlib.contextmanager
+def _lm_eval_tasks(task_data: str | Path | None) -> Iterator[tuple[Any, bool]]:
+    """(lm-eval TaskManager, offline?): offline over materialised copies of the local YAMLs,
+    removed afterwards; online over lm-eval's own tasks."""
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    tasks_dir = offline_tasks_dir(task_data)
+    if tasks_dir is None:
+        yield TaskManager(), False
+        return
+    include = materialise_task_yamls(tasks_dir)
+    try:
+        yield TaskManager(include_path=str(include), include_defaults=False), True
+    finally:
+        shutil.rmtree(include, ignore_errors=True)
+
+
 def zeroshot(
     loaded: LoadedModel,
     tasks: list[str],
@@ -142,23 +165,17 @@ def zeroshot(
     """0-shot acc / acc_norm of ``loaded`` on ``tasks`` (plain names: piqa, arc_easy, ...).
 
     Offline when ``task_data`` or ``$PRUNEKIT_DATA_DIR`` is set (local JSONL + YAMLs), otherwise
-    lm-eval's hub tasks. ``limit`` keeps the first N items of each task (recorded).
+    lm-eval's hub tasks. ``limit`` keeps the first N items of each task (recorded), and each
+    task's chance and majority baselines over those items are recorded beside its accuracy.
     """
     specs = check_tasks(tasks, task_data)
     tasks_dir = offline_tasks_dir(task_data)
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import get_task_dict
 
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    include = materialise_task_yamls(tasks_dir) if tasks_dir is not None else None
-    try:
-        manager = (
-            TaskManager(include_path=str(include), include_defaults=False)
-            if include is not None
-            else TaskManager()
-        )
+    with _lm_eval_tasks(task_data) as (manager, offline):
         lm = HFLM(
             pretrained=loaded.model,
             tokenizer=loaded.tokenizer,
@@ -168,20 +185,22 @@ def zeroshot(
         results: dict[str, TaskResult] = {}
         total = time.perf_counter()
         for spec in specs:
-            task_name = spec.local_task if include is not None else spec.name
+            task_name = spec.local_task if offline else spec.name
             started = time.perf_counter()
+            task = get_task_dict([task_name], manager)[task_name]
             out = lm_eval.simple_evaluate(
                 model=lm,
-                tasks=[task_name],
+                tasks=[task],
                 num_fewshot=NUM_FEWSHOT,
                 limit=limit,
                 task_manager=manager,
                 log_samples=False,
             )
-            results[spec.name] = _task_result(spec, task_name, out, time.perf_counter() - started)
-    finally:
-        if include is not None:
-            shutil.rmtree(include, ignore_errors=True)
+            result = _task_result(spec, task_name, out, time.perf_counter() - started)
+            baselines = answer_baselines(task, limit)
+            if baselines is not None:
+                result.chance, result.majority = baselines.chance, baselines.majority
+            results[spec.name] = result
     return ZeroShotResult(
         tasks=results,
         limit=limit,
@@ -190,3 +209,16 @@ def zeroshot(
         lm_eval_version=lm_eval_version() or "unknown",
         seconds=time.perf_counter() - total,
     )
+
+
+def task_baselines(
+    tasks: list[str], *, limit: int | None = None, task_data: str | Path | None = None
+) -> dict[str, AnswerBaselines | None]:
+    """Chance and majority baselines of ``tasks`` without running a model (reads the items)."""
+    specs = check_tasks(tasks, task_data)
+    from lm_eval.tasks import get_task_dict
+
+    with _lm_eval_tasks(task_data) as (manager, offline):
+        names = {spec.name: spec.local_task if offline else spec.name for spec in specs}
+        loaded = get_task_dict(list(names.values()), manager)
+        return {name: answer_baselines(loaded[task], limit) for name, task in names.items()}

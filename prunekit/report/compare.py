@@ -37,6 +37,7 @@ class Row:
     ppl_seqlen: dict[str, int] = field(default_factory=dict)
     ppl_windows: dict[str, int | None] = field(default_factory=dict)  # None: the full test set
     acc: dict[str, float] = field(default_factory=dict)  # acc_norm where the task has it, else acc
+    majority: dict[str, float] = field(default_factory=dict)  # always the most frequent answer
     average: float | None = None
     limit: int | None = None
 
@@ -71,6 +72,7 @@ def _row(label: str, method: str, report: dict, side: str, ratio: float, params:
         ppl_seqlen={d: e["seqlen"] for d, e in ppl.items()},
         ppl_windows={d: e.get("max_windows") and e.get("windows") for d, e in ppl.items()},
         acc={t: e[e["average_metric"]] for t, e in tasks.items()},
+        majority={t: e["majority"] for t, e in tasks.items() if e.get("majority") is not None},
         average=zeroshot.get("average"),
         limit=zeroshot.get("limit"),
     )
@@ -119,6 +121,7 @@ def render_markdown(rows: list[Row], plot: str | None = None) -> str:
         line += [fmt_acc(r.acc.get(t)) for t in tasks]
         line += [fmt_acc(r.average)] if tasks else []
         body.append(line)
+    body += _majority_row(rows, tasks, len(datasets))
     models = sorted({r.model for r in rows})
     limits = sorted({r.limit for r in rows if r.acc}, key=lambda v: (v is None, v))
     lines = [
@@ -134,10 +137,31 @@ def render_markdown(rows: list[Row], plot: str | None = None) -> str:
             f"Zero-shot accuracy in %, higher is better ({limit_text} per task); acc_norm where "
             "the task has it, else acc; avg = their mean (BlockPruner's convention)."
         )
+        if body and body[-1][0] == MAJORITY_LABEL:
+            lines.append(
+                f"`{MAJORITY_LABEL}`: the accuracy of always giving each task's most frequent "
+                "gold answer on the same items; a model near it is not reading the question."
+            )
     lines += ["", *table(header, body, "ll" + "r" * (len(header) - 2))]
     if plot:
         lines += [f"![{PLOT_DATASET} perplexity vs ratio_total]({plot})", ""]
     return "\n".join(lines)
+
+
+MAJORITY_LABEL = "majority answer"
+
+
+def _majority_row(rows: list[Row], tasks: list[str], datasets: int) -> list[list[str]]:
+    """The always-the-most-frequent-answer baseline, when every run scored the same items."""
+    scored = [r for r in rows if r.acc]
+    if not tasks or len({r.limit for r in scored}) != 1:
+        return []
+    majority = {t: next((r.majority[t] for r in scored if t in r.majority), None) for t in tasks}
+    if None in majority.values():
+        return []
+    average = sum(majority.values()) / len(majority)
+    cells = [fmt_acc(majority[t]) for t in tasks]
+    return [[MAJORITY_LABEL, "baseline", "", ""] + [""] * datasets + cells + [fmt_acc(average)]]
 
 
 def write_csv(rows: list[Row], path: Path) -> None:

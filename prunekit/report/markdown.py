@@ -84,13 +84,16 @@ def _zeroshot_section(evals: dict) -> list[str]:
         return []
     ref = sides.get("pruned") or sides["dense"]
     tasks = list(dict.fromkeys(t for z in sides.values() for t in z["tasks"]))
-    header = ["task", "metric", "items"]
+    entries = {t: next(z["tasks"][t] for z in sides.values() if t in z["tasks"]) for t in tasks}
+    baselines = any(e.get("majority") is not None for e in entries.values())
+    header = ["task", "metric", "items"] + (["majority answer (%)"] if baselines else [])
     for side in sides:
         header += [f"{side} acc (%)", f"{side} acc_norm (%)"]
     rows = []
     for task in tasks:
-        entry = next(z["tasks"][task] for z in sides.values() if task in z["tasks"])
+        entry = entries[task]
         row = [task, entry["average_metric"], str(entry["samples"])]
+        row += [fmt_acc(entry.get("majority"))] if baselines else []
         for z in sides.values():
             t = z["tasks"].get(task, {})
             row += [
@@ -99,6 +102,10 @@ def _zeroshot_section(evals: dict) -> list[str]:
             ]
         rows.append(row)
     average = ["**average**", "acc_norm else acc", ""]
+    if baselines:
+        majorities = [e.get("majority") for e in entries.values()]
+        mean = sum(majorities) / len(majorities) if None not in majorities else None
+        average += [fmt_acc(mean)]
     for z in sides.values():
         average += [f"**{fmt_acc(z['average'])}**", ""]
     rows.append(average)
@@ -107,6 +114,12 @@ def _zeroshot_section(evals: dict) -> list[str]:
         f"0-shot, lm-eval {ref.get('lm_eval_version')}, tasks from {ref.get('source')}; "
         + (f"first {limit} items per task" if limit else "full task sets")
         + ". Average: acc_norm where the task has it, else acc (BlockPruner's convention)."
+        + (
+            " Majority answer: the accuracy of always giving the task's most frequent gold answer"
+            " on these items; a score near it means the model is not reading the question."
+            if baselines
+            else ""
+        )
     )
     align = "llr" + "r" * (len(header) - 3)
     return ["## Zero-shot accuracy (higher is better)", "", note, "", *table(header, rows, align)]

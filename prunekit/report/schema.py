@@ -73,6 +73,8 @@ class TaskEntry(_Open):
     acc_norm_stderr: float | None
     samples: int
     average_metric: Literal["acc", "acc_norm"]
+    chance: float | None = None
+    majority: float | None = None
 
 
 class ZeroShotEntry(_Open):

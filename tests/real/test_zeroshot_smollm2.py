@@ -19,3 +19,7 @@ def test_arc_easy_accuracy_band(smollm2_fp32, data_dir):
     # chance (0.25 for four choices), so a broken prompt or scoring path fails it.
     assert 0.42 <= arc.acc <= 0.50
     assert 0.36 <= arc.acc_norm <= 0.44
+    # Baselines of these 50 items, counted from the task file (no model): 4 choices each, the
+    # most frequent gold letter is right 14 times.
+    assert arc.chance == pytest.approx(0.25) and arc.majority == pytest.approx(0.28)
+    assert arc.acc > arc.majority + 0.1

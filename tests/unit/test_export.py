@@ -168,3 +168,26 @@ def test_reloaded_model_can_be_pruned_and_exported_again(tmp_path):
     result = export_model(again, tmp_path / "b")
     assert result.format == "prunekit"
     assert torch.equal(logits(load_pruned(tmp_path / "b", device="cpu").model), logits(again.model))
+
+
+def test_shim_follows_set_attn_implementation(tmp_path, monkeypatch):
+    """A FASP export (value heads smaller than query heads) in the shim: switching the model to
+    eager must reach every layer (no SDPA call is left) and keep the logits."""
+    loaded, _ = prune_fresh("llama", "fasp")
+    assert export_model(loaded, tmp_path / "m").format == "prunekit"
+    model = load_pruned(tmp_path / "m", device="cpu").model
+    assert type(model).__name__ == "PrunekitLlamaForCausalLM"
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    before = logits(model)
+    assert calls  # loaded with SDPA
+    calls.clear()
+    model.set_attn_implementation("eager")
+    torch.testing.assert_close(logits(model), before, rtol=1e-4, atol=1e-5)
+    assert not calls

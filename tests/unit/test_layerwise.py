@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from prunekit.engine.layerwise import capture_layer_context, embed, run_block, run_layer
+from prunekit.engine.layerwise import (
+    _clean_kwargs,
+    capture_layer_context,
+    embed,
+    run_block,
+    run_layer,
+)
 from prunekit.models.adapters import BLOCK_KINDS
+from tests.unit.width_helpers import tiny_loaded
 
 
 def _kwargs_seen_in_a_full_forward(loaded, ids):
@@ -40,11 +48,14 @@ def _assert_same(a, b):
         assert a == b
 
 
-def test_pass_through_capture_sees_the_kwargs_of_a_real_forward(tiny):
-    ids = torch.randint(0, tiny.model.config.vocab_size, (1, 12))
-    context = capture_layer_context(tiny.model, tiny.adapter, ids)
-    reference = _kwargs_seen_in_a_full_forward(tiny, ids)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])  # eager: masks are real tensors
+def test_pass_through_capture_sees_the_kwargs_of_a_real_forward(family, attn):
+    loaded = tiny_loaded(family, attn)
+    ids = torch.randint(0, loaded.model.config.vocab_size, (1, 12))
+    context = capture_layer_context(loaded.model, loaded.adapter, ids)
+    reference = _kwargs_seen_in_a_full_forward(loaded, ids)
     for captured, seen in zip(context.kwargs, reference, strict=True):
+        assert captured.keys() == _clean_kwargs(seen).keys() and captured
         for key, value in captured.items():
             _assert_same(value, seen[key])
 
@@ -63,6 +74,8 @@ def test_replayed_layers_reproduce_the_models_hidden_states(tiny):
             torch.testing.assert_close(by_blocks, hidden, rtol=1e-5, atol=1e-5)
             if index + 1 < len(expected) - 1:  # the last entry is after the final norm
                 torch.testing.assert_close(hidden, expected[index + 1], rtol=1e-5, atol=1e-5)
+        final = tiny.adapter.final_hidden(tiny.model, hidden)
+        torch.testing.assert_close(final, expected[-1], rtol=1e-5, atol=1e-5)
 
 
 def test_capture_puts_back_an_existing_instance_forward(tiny):

@@ -15,7 +15,7 @@ from prunekit.report.markdown import render_report_md
 from prunekit.report.schema import ReportError, build_report
 
 
-def _zeroshot(acc: float) -> dict:
+def _zeroshot(acc: float, majority: float | None = None) -> dict:
     task = {
         "acc": acc,
         "acc_stderr": 0.05,
@@ -24,6 +24,8 @@ def _zeroshot(acc: float) -> dict:
         "samples": 50,
         "average_metric": "acc_norm",
     }
+    if majority is not None:
+        task.update(chance=0.5, majority=majority)
     return {
         "tasks": {"piqa": task},
         "average": acc + 0.02,
@@ -137,6 +139,28 @@ def test_run_markdown_shows_dense_and_pruned_zeroshot_and_plots():
     assert "| piqa | acc_norm | 50 | 70.0 ± 5.0 | 72.0 ± 5.0 | 60.0 ± 5.0 | 62.0 ± 5.0 |" in md
     assert "first 50 items per task" in md
     assert "![layer_map](layer_map.png)" in md
+
+
+def _with_majority(run_dir: Path, majority: float) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    for side, acc in (("dense", 0.70), ("pruned", 0.60)):
+        report["eval"][side]["zeroshot"] = _zeroshot(acc, majority)
+    (run_dir / "report.json").write_text(json.dumps(report))
+
+
+def test_majority_baseline_row_when_runs_scored_the_same_items(run_dirs, tmp_path):
+    for d in run_dirs:
+        _with_majority(d, 0.55)
+    md = write_comparison(run_dirs, tmp_path / "out")["markdown"].read_text()
+    assert "| majority answer | baseline |  |  |  | 55.0 | 55.0 |" in md
+    assert "most frequent gold answer" in md
+    run_md = render_report_md(json.loads((run_dirs[0] / "report.json").read_text()))
+    assert "| piqa | acc_norm | 50 | 55.0 | 70.0 ± 5.0 |" in run_md
+
+
+def test_no_majority_row_without_baselines(run_dirs, tmp_path):
+    md = write_comparison(run_dirs, tmp_path / "out")["markdown"].read_text()
+    assert "majority answer" not in md
 
 
 def test_cli_report(run_dirs, tmp_path):

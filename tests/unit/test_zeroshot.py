@@ -169,3 +169,26 @@ def test_cli_task_errors_are_one_line(task_dir, extra, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_chance_and_majority_baselines_are_recorded(tiny_llama, task_dir):
+    """ARC items all answer A (of 3 choices); BoolQ labels are yes, no, yes."""
+    pytest.importorskip("lm_eval")
+    from prunekit.evaluation.zeroshot import zeroshot
+
+    result = zeroshot(tiny_llama, ["arc_easy", "boolq"], batch_size=4, task_data=task_dir)
+    arc, boolq = result.tasks["arc_easy"], result.tasks["boolq"]
+    assert arc.chance == pytest.approx(1 / 3) and arc.majority == pytest.approx(1.0)
+    assert boolq.chance == pytest.approx(0.5) and boolq.majority == pytest.approx(2 / 3)
+    limited = zeroshot(tiny_llama, ["boolq"], limit=2, batch_size=4, task_data=task_dir)
+    assert limited.tasks["boolq"].majority == pytest.approx(0.5)  # yes, no
+    assert result.to_dict()["tasks"]["boolq"]["majority"] == pytest.approx(2 / 3)
+
+
+def test_task_baselines_without_a_model(task_dir):
+    pytest.importorskip("lm_eval")
+    from prunekit.evaluation.zeroshot import task_baselines
+
+    baselines = task_baselines(["boolq", "arc_easy"], task_data=task_dir)
+    assert baselines["boolq"].majority == pytest.approx(2 / 3)
+    assert baselines["arc_easy"].chance == pytest.approx(1 / 3)

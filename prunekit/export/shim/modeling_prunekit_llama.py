@@ -57,9 +57,12 @@ def _layer_attr(config: LlamaConfig, name: str, default):
 class PrunedAttention(nn.Module):
     """Grouped-query attention with its own head counts and a value head size of its own."""
 
-    def __init__(self, config: LlamaConfig, cache_idx: int):
+    def __init__(self, config: LlamaConfig, cache_idx: int, model_config: LlamaConfig):
         super().__init__()
         self.config = config
+        # The attention implementation is read from the model's config, which
+        # ``set_attn_implementation`` updates; the per-layer copies keep the value at load time.
+        self.model_config = model_config
         self.layer_idx = cache_idx  # the KV-cache slot; attention-less layers take none
         self.head_dim = _layer_attr(
             config, "head_dim", config.hidden_size // config.num_attention_heads
@@ -95,12 +98,16 @@ class PrunedAttention(nn.Module):
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
+        implementation = self.model_config._attn_implementation
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+            implementation, eager_attention_forward
         )
         # Fused SDPA/flash kernels need one head size for q, k and v (else a math path that is
-        # 10-30x slower on CPU): zero-pad the values to head_dim and slice the zeros off after.
-        if self.config._attn_implementation != "eager" and self.v_head_dim < self.head_dim:
+        # 10-30x slower on CPU at long prompts): zero-pad the values to head_dim and slice the
+        # zeros off after. Only for several queries: one decoding query has no score matrix to
+        # save, and padding would copy the whole value cache at every token.
+        padded = implementation != "eager" and query.shape[-2] > 1
+        if padded and self.v_head_dim < self.head_dim:
             value = nn.functional.pad(value, (0, self.head_dim - self.v_head_dim))
         out, weights = attention(
             self,
@@ -134,12 +141,12 @@ class PrunedMLP(nn.Module):
 class PrunedDecoderLayer(nn.Module):
     """A decoder layer that holds only the blocks its config keeps (stock module names)."""
 
-    def __init__(self, config: LlamaConfig, cache_idx: int | None):
+    def __init__(self, config: LlamaConfig, cache_idx: int | None, model_config: LlamaConfig):
         super().__init__()
         skip = set(getattr(config, "skip", None) or ())
         if ATTENTION_BLOCK not in skip:
             self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-            self.self_attn = PrunedAttention(config, cache_idx)
+            self.self_attn = PrunedAttention(config, cache_idx, model_config)
         if MLP_BLOCK not in skip:
             self.post_attention_layernorm = LlamaRMSNorm(
                 config.hidden_size, eps=config.rms_norm_eps
@@ -194,7 +201,8 @@ class PrunekitLlamaModel(PrunekitLlamaPreTrainedModel):
         layers, cache_idx = [], 0
         for layer_config in config.per_layer_config:
             has_attention = ATTENTION_BLOCK not in (getattr(layer_config, "skip", None) or ())
-            layers.append(PrunedDecoderLayer(layer_config, cache_idx if has_attention else None))
+            slot = cache_idx if has_attention else None
+            layers.append(PrunedDecoderLayer(layer_config, slot, config))
             cache_idx += int(has_attention)
         self.layers = nn.ModuleList(layers)
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
