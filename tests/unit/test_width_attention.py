@@ -71,12 +71,10 @@ def test_sdpa_gets_values_padded_to_the_query_head_size(monkeypatch):
     assert seen and all(q == v == 16 for q, v in seen)
 
 
-def test_pad_values_only_for_fused_implementations_and_prompts():
+def test_pad_values_only_for_fused_implementations():
     value = torch.randn(1, 2, 5, 12)
-    prompt, decoding = torch.Size([1, 4, 5, 16]), torch.Size([1, 4, 1, 16])
-    padded = pad_values(value, prompt, "sdpa")
+    padded = pad_values(value, 16, "sdpa")
     assert padded.shape[-1] == 16
     assert torch.equal(padded[..., :12], value) and not padded[..., 12:].any()
-    assert pad_values(value, prompt, "eager") is value
-    assert pad_values(value, decoding, "sdpa") is value  # no score matrix: no copy of the cache
-    assert pad_values(value, torch.Size([1, 4, 5, 12]), "sdpa") is value
+    assert pad_values(value, 16, "eager") is value
+    assert pad_values(value, 12, "sdpa") is value
