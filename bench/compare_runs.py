@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prunekit.api import evaluate
 from prunekit.evaluation.tasks import DEFAULT_TASKS
-from prunekit.evaluation.zeroshot import task_baselines
+from prunekit.evaluation.zeroshot import add_task_baselines
 from prunekit.models.loading import load_model
 from prunekit.plan import write_json_atomic
 from prunekit.report.compare import read_report, write_comparison
@@ -37,10 +37,7 @@ def add_baselines(run_dir: Path) -> None:
         zeroshot = side.get("zeroshot")
         if not zeroshot:
             continue
-        found = task_baselines(list(zeroshot["tasks"]), limit=zeroshot.get("limit"))
-        for name, baselines in found.items():
-            if baselines is not None:
-                zeroshot["tasks"][name].update(baselines.to_dict())
+        add_task_baselines(zeroshot["tasks"], zeroshot.get("limit"))
     validate_report(report)
     write_json_atomic(run_dir / REPORT_FILE, report)
     write_report_md(run_dir, report)

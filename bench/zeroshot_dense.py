@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from prunekit.evaluation.tasks import DEFAULT_TASKS
-from prunekit.evaluation.zeroshot import task_baselines, zeroshot
+from prunekit.evaluation.zeroshot import add_task_baselines, zeroshot
 from prunekit.models.loading import load_model
-from prunekit.report.markdown import fmt_acc, table
+from prunekit.report.markdown import fmt_acc, mean_or_none, table
 from prunekit.report.versions import library_versions
 
 
@@ -41,12 +41,10 @@ def run(model: str, tasks: list[str], limit: int | None, out: Path) -> dict:
 
 
 def add_baselines(record: dict) -> None:
-    """Chance and majority baselines of each task over the items it was scored on (records
-    written before ``zeroshot`` recorded them)."""
+    """Chance and majority baselines of each task over the items it was scored on (merged
+    records may hold tasks scored with different limits)."""
     for name, entry in record["tasks"].items():
-        baselines = task_baselines([name], limit=entry.get("limit"))[name]
-        if baselines is not None:
-            entry.update(baselines.to_dict())
+        add_task_baselines({name: entry}, entry.get("limit"))
 
 
 def merge(files: list[Path]) -> dict:
@@ -82,8 +80,7 @@ def render(record: dict) -> str:
             ]
         )
     scores = [record["tasks"][t][record["tasks"][t]["average_metric"]] for t in tasks]
-    majorities = [record["tasks"][t].get("majority") for t in tasks]
-    majority = sum(majorities) / len(majorities) if None not in majorities else None
+    majority = mean_or_none([record["tasks"][t].get("majority") for t in tasks])
     average = f"**{fmt_acc(sum(scores) / len(scores))}**"
     rows.append(["**average**", "", "", average, "", fmt_acc(majority)])
     model = record["model"]

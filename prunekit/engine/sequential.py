@@ -176,8 +176,9 @@ def sequential_pass(
             # the block's work for an MLP) never runs. An attention block's consumer input (the
             # size of a hidden state) is kept for the replay.
             stop = (method.changes_blocks or final) and len(watched) == 1
-            keep_inputs = kind == "attn" and method.changes_blocks and replay_consumers
-            keep_inputs = keep_inputs and not final
+            keep_inputs = (
+                kind == "attn" and method.changes_blocks and replay_consumers and not final
+            )
             handles = [
                 module.register_forward_pre_hook(
                     _recorder(stats[name], inputs[name] if keep_inputs else None, stop)

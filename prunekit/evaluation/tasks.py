@@ -28,6 +28,10 @@ class TaskSpec:
     local_task: str
     data_file: str
 
+    def lm_eval_task(self, offline: bool) -> str:
+        """The lm-eval task that runs: the local YAML's offline, lm-eval's own online."""
+        return self.local_task if offline else self.name
+
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec

@@ -137,19 +137,18 @@ def _task_result(spec: TaskSpec, task_name: str, out: dict, seconds: float) -> T
 
 
 @contextlib.contextmanager
-def _lm_eval_tasks(task_data: str | Path | None) -> Iterator[tuple[Any, bool]]:
-    """(lm-eval TaskManager, offline?): offline over materialised copies of the local YAMLs,
-    removed afterwards; online over lm-eval's own tasks."""
+def _task_manager(tasks_dir: Path | None) -> Iterator[Any]:
+    """lm-eval's TaskManager: offline (``tasks_dir``) over materialised copies of the local
+    YAMLs, removed afterwards; online over lm-eval's own tasks."""
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    tasks_dir = offline_tasks_dir(task_data)
     if tasks_dir is None:
-        yield TaskManager(), False
+        yield TaskManager()
         return
     include = materialise_task_yamls(tasks_dir)
     try:
-        yield TaskManager(include_path=str(include), include_defaults=False), True
+        yield TaskManager(include_path=str(include), include_defaults=False)
     finally:
         shutil.rmtree(include, ignore_errors=True)
 
@@ -175,7 +174,7 @@ def zeroshot(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import get_task_dict
 
-    with _lm_eval_tasks(task_data) as (manager, offline):
+    with _task_manager(tasks_dir) as manager:
         lm = HFLM(
             pretrained=loaded.model,
             tokenizer=loaded.tokenizer,
@@ -185,7 +184,7 @@ def zeroshot(
         results: dict[str, TaskResult] = {}
         total = time.perf_counter()
         for spec in specs:
-            task_name = spec.local_task if offline else spec.name
+            task_name = spec.lm_eval_task(offline=tasks_dir is not None)
             started = time.perf_counter()
             task = get_task_dict([task_name], manager)[task_name]
             out = lm_eval.simple_evaluate(
@@ -216,9 +215,19 @@ def task_baselines(
 ) -> dict[str, AnswerBaselines | None]:
     """Chance and majority baselines of ``tasks`` without running a model (reads the items)."""
     specs = check_tasks(tasks, task_data)
+    tasks_dir = offline_tasks_dir(task_data)
     from lm_eval.tasks import get_task_dict
 
-    with _lm_eval_tasks(task_data) as (manager, offline):
-        names = {spec.name: spec.local_task if offline else spec.name for spec in specs}
+    with _task_manager(tasks_dir) as manager:
+        names = {spec.name: spec.lm_eval_task(offline=tasks_dir is not None) for spec in specs}
         loaded = get_task_dict(list(names.values()), manager)
         return {name: answer_baselines(loaded[task], limit) for name, task in names.items()}
+
+
+def add_task_baselines(entries: dict[str, dict], limit: int | None) -> None:
+    """Write ``chance`` and ``majority`` into recorded per-task results (``entries``: task name
+    -> its result dict, scored on the first ``limit`` items), for results recorded before
+    ``zeroshot`` kept them. Reads the task items; runs no model."""
+    for name, baselines in task_baselines(list(entries), limit=limit).items():
+        if baselines is not None:
+            entries[name].update(baselines.to_dict())

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunekit.report.markdown import fmt_acc, fmt_float, fmt_params, table
+from prunekit.report.markdown import fmt_acc, fmt_float, fmt_params, mean_or_none, table
 from prunekit.report.run_dir import REPORT_FILE
 from prunekit.report.schema import ReportError, validate_report
 
@@ -156,11 +156,11 @@ def _majority_row(rows: list[Row], tasks: list[str], datasets: int) -> list[list
     scored = [r for r in rows if r.acc]
     if not tasks or len({r.limit for r in scored}) != 1:
         return []
-    majority = {t: next((r.majority[t] for r in scored if t in r.majority), None) for t in tasks}
-    if None in majority.values():
+    majority = [next((r.majority[t] for r in scored if t in r.majority), None) for t in tasks]
+    average = mean_or_none(majority)
+    if average is None:
         return []
-    average = sum(majority.values()) / len(majority)
-    cells = [fmt_acc(majority[t]) for t in tasks]
+    cells = [fmt_acc(m) for m in majority]
     return [[MAJORITY_LABEL, "baseline", "", ""] + [""] * datasets + cells + [fmt_acc(average)]]
 
 

@@ -17,6 +17,13 @@ def fmt_float(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def mean_or_none(values: list[float | None]) -> float | None:
+    """The mean, or None when any value (or all of them) is missing."""
+    if not values or None in values:
+        return None
+    return sum(values) / len(values)
+
+
 def fmt_acc(value: float | None, stderr: float | None = None) -> str:
     """Accuracy in percent, with its standard error when known: ``45.2 ± 1.0``."""
     if value is None:
@@ -103,9 +110,7 @@ def _zeroshot_section(evals: dict) -> list[str]:
         rows.append(row)
     average = ["**average**", "acc_norm else acc", ""]
     if baselines:
-        majorities = [e.get("majority") for e in entries.values()]
-        mean = sum(majorities) / len(majorities) if None not in majorities else None
-        average += [fmt_acc(mean)]
+        average += [fmt_acc(mean_or_none([e.get("majority") for e in entries.values()]))]
     for z in sides.values():
         average += [f"**{fmt_acc(z['average'])}**", ""]
     rows.append(average)
