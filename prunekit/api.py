@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from prunekit.report.accounting import parameter_counts, pruning_ratios
 from prunekit.report.run_dir import check_run_target, clear_run, write_run_dir
 from prunekit.report.schema import build_report
 from prunekit.report.versions import library_versions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,6 +130,8 @@ def prune(
     options.validate()
     check_run_target(out, resume=options.resume, overwrite=overwrite)
     check_inputs(options if "calib" in chosen.takes else None, eval_datasets, eval_tasks, task_data)
+    if not isinstance(model, LoadedModel):
+        log.info("loading %s", model)
     loaded = (
         model
         if isinstance(model, LoadedModel)
@@ -156,6 +161,7 @@ def prune(
 
     if wants_eval:
         run_eval("dense")
+    log.info("pruning %s with %s", loaded.spec, chosen.name)
     started = time.perf_counter()
     plan = chosen.prune(loaded, options)
     timings["prune"] = time.perf_counter() - started

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
@@ -79,6 +78,20 @@ def _not_a_dir(path: Path | None, option: str) -> None:
         raise SettingsError(f"{option} {path} is a directory; name a file")
 
 
+def _check_device(device: str | None) -> None:
+    """A device torch does not know, or CUDA on a machine without it: one line, before loading."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise SettingsError(f"--device {device!r} is not a device; use cpu or cuda[:N]") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"--device {device}: CUDA is not available on this machine")
+
+
 def _default(setting: str):
     """The PruneSettings default of ``setting`` (one source of truth for help and behaviour)."""
     value = PruneSettings.__dataclass_fields__[setting]
@@ -87,17 +100,32 @@ def _default(setting: str):
 
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user passed option ``name`` (command line or environment), not its default."""
-    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+    source = ctx.get_parameter_source(name)
+    # By name: typer vendors its own click, whose ParameterSource is not click's.
+    return source is not None and source.name != "DEFAULT"
 
 
-def _deprecated(ctx: typer.Context, old: str, new: str, old_value, new_value):
-    """A deprecated spelling still works, with a one-line notice; both at once is an error."""
-    if not _given(ctx, old.lstrip("-").replace("-", "_")):
-        return new_value
-    if _given(ctx, new.lstrip("-").replace("-", "_")):
+def _deprecated(ctx: typer.Context, old: str, new: str):
+    """The value of option ``new`` (a flag), or of its deprecated spelling ``old`` with a
+    one-line notice; both at once is an error."""
+    old_param, new_param = (OPTION_PARAMS[flag] for flag in (old, new))
+    if not _given(ctx, old_param):
+        return ctx.params[new_param]
+    if _given(ctx, new_param):
         raise SettingsError(f"{old} is the old spelling of {new}; give only {new}")
     print(f"warning: {old} is deprecated; use {new}", file=sys.stderr)
-    return old_value
+    return ctx.params[old_param]
+
+
+# Deprecated prune spellings and their replacements: flag -> parameter name.
+OPTION_PARAMS = {
+    "--eval": "eval_ppl",
+    "--ppl": "ppl",
+    "--eval-seqlen": "eval_seqlen",
+    "--ppl-seqlen": "ppl_seqlen",
+    "--eval-max-windows": "eval_max_windows",
+    "--ppl-max-windows": "ppl_max_windows",
+}
 
 
 def _ppl_table(title: str, results: dict[str, dict]) -> Table:
@@ -237,6 +265,7 @@ def eval_command(
         from prunekit.evaluation.zeroshot import check_tasks
 
         check_tasks(task_list, task_data)
+    _check_device(device)
     started = time.perf_counter()
     loaded_target = load_for_eval(
         spec,
@@ -346,13 +375,12 @@ def prune_command(
     settings = _given_settings(ctx, chosen.takes)
     chosen.check_settings(settings)  # before any value is parsed: the first error is the real one
     settings = _parse_settings(settings)
-    ppl = _deprecated(ctx, "--eval", "--ppl", eval_ppl, ppl)
-    ppl_seqlen = _deprecated(ctx, "--eval-seqlen", "--ppl-seqlen", eval_seqlen, ppl_seqlen)
-    ppl_max_windows = _deprecated(
-        ctx, "--eval-max-windows", "--ppl-max-windows", eval_max_windows, ppl_max_windows
-    )
+    ppl = _deprecated(ctx, "--eval", "--ppl")
+    ppl_seqlen = _deprecated(ctx, "--eval-seqlen", "--ppl-seqlen")
+    ppl_max_windows = _deprecated(ctx, "--eval-max-windows", "--ppl-max-windows")
     _not_a_file(out, "--out")
     _not_a_file(task_data, "--task-data")
+    _check_device(device)
     if save_format not in ("auto", "hf", "prunekit"):
         raise SettingsError(f"--save-format must be auto, hf or prunekit, got {save_format!r}")
     if save:
@@ -460,6 +488,7 @@ def export_command(
     """Replay a run's plan on its base model and save the pruned model (safetensors + config)."""
     from prunekit.export.from_run import export_run
 
+    _check_device(device)
     saved = export_run(
         run_dir,
         out,
@@ -496,6 +525,7 @@ def bench_speed_command(
     from prunekit.evaluation.speed import SPEED_COLUMNS, SpeedSettings, bench_speed, speed_rows
 
     _not_a_dir(json_out, "--json")
+    _check_device(device)
     settings = SpeedSettings(
         prefill_shapes=[_shape(v) for v in _split(prefill)],
         decode_batches=_ints(decode_batches, "--decode-batches", positive=True),
@@ -557,15 +587,13 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors and anything unexpected
+        if type(exc).__name__ == "NoArgsIsHelpError":
             exc.show()  # `prunekit` or `prunekit prune` alone: the help text
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+        if _is_usage_error(exc):
             # One line, like prunekit's own errors ("Invalid value for '--ratio': ...").
             print(f"error: {exc.format_message()}", file=sys.stderr)
             sys.exit(exc.exit_code)
@@ -576,6 +604,11 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A click usage error, whether typer's vendored click or click itself raised it."""
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
 
 
 if __name__ == "__main__":
