@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/prunekit prune --method blockpruner --criterion ppl-per-param \
 		--model smollm2-135m --ratio 0.1 --calib c4 --n-samples 4 --seqlen 128 \
-		--eval wikitext2 --eval-seqlen 512 --eval-max-windows 32 --out runs/demo
+		--ppl wikitext2 --ppl-seqlen 512 --ppl-max-windows 32 --out runs/demo --overwrite
 
 lint: install
 	$(VENV)/bin/ruff check prunekit tests bench

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,11 @@ from prunekit.methods.registry import PruneSettings, get_method
 from prunekit.models.loading import LoadedModel, load_model
 from prunekit.plan import PruningPlan
 from prunekit.report.accounting import parameter_counts, pruning_ratios
-from prunekit.report.run_dir import write_run_dir
+from prunekit.report.run_dir import check_run_target, clear_run, write_run_dir
 from prunekit.report.schema import build_report
 from prunekit.report.versions import library_versions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +31,23 @@ class PruneResult:
     @property
     def model(self) -> Any:
         return self.loaded.model
+
+
+def check_inputs(
+    settings: PruneSettings | None,
+    eval_datasets: list[str] | None,
+    eval_tasks: list[str] | None,
+    task_data: str | Path | None,
+) -> None:
+    """Fail on a bad calibration or evaluation dataset, or a bad task, before a model loads."""
+    from prunekit.data import check_dataset
+
+    for dataset in ([settings.calib] if settings else []) + list(eval_datasets or []):
+        check_dataset(dataset)
+    if eval_tasks:
+        from prunekit.evaluation.zeroshot import check_tasks
+
+        check_tasks(eval_tasks, task_data)
 
 
 def evaluate_ppl(
@@ -80,6 +100,7 @@ def prune(
     method: str,
     *,
     out: str | Path | None = None,
+    overwrite: bool = False,
     eval_datasets: list[str] | None = None,
     eval_seqlen: int = 2048,
     eval_max_windows: int | None = None,
@@ -89,23 +110,35 @@ def prune(
     task_data: str | Path | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    attn_implementation: str | None = None,
     **settings: Any,
 ) -> PruneResult:
     """Prune ``model`` with ``method`` and return the pruned model, its plan and its report.
 
-    ``settings`` are the fields of ``PruneSettings`` (ratio, blocks, sparsity, calib, n_samples,
-    seqlen, seed, ...). With ``out`` the run directory is written (plan.json, report.json,
-    report.md); with ``eval_datasets`` (perplexity) and/or ``eval_tasks`` (zero-shot, lm-eval)
-    the dense and the pruned model are both evaluated in this run and both recorded.
+    ``settings`` are the fields of ``PruneSettings`` that ``method`` takes (``prunekit methods``
+    lists them; any other one is refused). With ``out`` the run directory is written (plan.json,
+    report.json, report.md); an ``out`` that already holds a run is refused unless ``resume``
+    (an unfinished search) or ``overwrite`` (replace it) is given. With ``eval_datasets``
+    (perplexity) and/or ``eval_tasks`` (zero-shot, lm-eval) the dense and the pruned model are
+    both evaluated in this run and both recorded.
     """
-    loaded = (
-        model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
-    )
     chosen = get_method(method)
+    chosen.check_settings(settings, spell=str)
     options = PruneSettings(**settings)
     if out is not None:
         options.run_dir = str(out)
     options.validate()
+    check_run_target(out, resume=options.resume, overwrite=overwrite)
+    check_inputs(options if "calib" in chosen.takes else None, eval_datasets, eval_tasks, task_data)
+    if not isinstance(model, LoadedModel):
+        log.info("loading %s", model)
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    )
+    if overwrite and out is not None:
+        clear_run(out)
     timings: dict[str, float] = {}
     before = parameter_counts(loaded.model, loaded.adapter)
     identity = loaded.identity()
@@ -128,6 +161,7 @@ def prune(
 
     if wants_eval:
         run_eval("dense")
+    log.info("pruning %s with %s", loaded.spec, chosen.name)
     started = time.perf_counter()
     plan = chosen.prune(loaded, options)
     timings["prune"] = time.perf_counter() - started

@@ -1,8 +1,13 @@
-"""The ``prunekit`` command line. Errors print one line and exit 2 (``--debug`` for tracebacks)."""
+"""The ``prunekit`` command line. Errors print one line and exit 2 (``--debug`` for tracebacks).
+
+Heavy libraries (torch, transformers) are imported inside the commands, so ``--help`` and
+usage errors answer at once.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -11,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunekit.errors import PrunekitError, SettingsError
+from prunekit.methods.registry import SETTING_NAMES, PruneSettings, flag
 
 app = typer.Typer(
     add_completion=False,
@@ -25,12 +31,101 @@ _state = {"debug": False}
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show prunekit's progress messages (INFO log) on stderr."
+    ),
 ) -> None:
     _state["debug"] = debug
+    configure_logging(verbose)
+
+
+def configure_logging(verbose: bool) -> None:
+    """prunekit.* loggers to stderr: INFO with --verbose, else warnings only."""
+    logger = logging.getLogger("prunekit")
+    for handler in [h for h in logger.handlers if getattr(h, "prunekit_cli", False)]:
+        logger.removeHandler(handler)  # a second invocation in one process (tests)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.prunekit_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
 
 
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _ints(value: str | None, option: str, *, positive: bool = False) -> list[int]:
+    """Comma-separated integers, or a one-line error naming ``option``."""
+    try:
+        numbers = [int(v) for v in _split(value)]
+    except ValueError:
+        raise SettingsError(f"{option} takes comma-separated integers, got {value!r}") from None
+    if positive and any(n < 1 for n in numbers):
+        raise SettingsError(f"{option} takes positive integers, got {value!r}")
+    return numbers
+
+
+def _not_a_file(path: Path | None, option: str) -> None:
+    """A directory option pointed at an existing file: refuse before any work."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise SettingsError(f"{option} {path} is a file, not a directory")
+
+
+def _not_a_dir(path: Path | None, option: str) -> None:
+    if path is not None and path.is_dir():
+        raise SettingsError(f"{option} {path} is a directory; name a file")
+
+
+def _check_device(device: str | None) -> None:
+    """A device torch does not know, or CUDA on a machine without it: one line, before loading."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise SettingsError(f"--device {device!r} is not a device; use cpu or cuda[:N]") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"--device {device}: CUDA is not available on this machine")
+
+
+def _default(setting: str):
+    """The PruneSettings default of ``setting`` (one source of truth for help and behaviour)."""
+    value = PruneSettings.__dataclass_fields__[setting]
+    return value.default_factory() if callable(value.default_factory) else value.default
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user passed option ``name`` (command line or environment), not its default."""
+    source = ctx.get_parameter_source(name)
+    # By name: typer vendors its own click, whose ParameterSource is not click's.
+    return source is not None and source.name != "DEFAULT"
+
+
+def _deprecated(ctx: typer.Context, old: str, new: str):
+    """The value of option ``new`` (a flag), or of its deprecated spelling ``old`` with a
+    one-line notice; both at once is an error."""
+    old_param, new_param = (OPTION_PARAMS[flag] for flag in (old, new))
+    if not _given(ctx, old_param):
+        return ctx.params[new_param]
+    if _given(ctx, new_param):
+        raise SettingsError(f"{old} is the old spelling of {new}; give only {new}")
+    print(f"warning: {old} is deprecated; use {new}", file=sys.stderr)
+    return ctx.params[old_param]
+
+
+# Deprecated prune spellings and their replacements: flag -> parameter name.
+OPTION_PARAMS = {
+    "--eval": "eval_ppl",
+    "--ppl": "ppl",
+    "--eval-seqlen": "eval_seqlen",
+    "--ppl-seqlen": "ppl_seqlen",
+    "--eval-max-windows": "eval_max_windows",
+    "--ppl-max-windows": "ppl_max_windows",
+}
 
 
 def _ppl_table(title: str, results: dict[str, dict]) -> Table:
@@ -56,6 +151,11 @@ DtypeOpt = typer.Option(
     "auto", help="auto (bf16 where the CPU/GPU runs it natively, else fp32), fp32, bf16 or fp16."
 )
 DeviceOpt = typer.Option(None, help="cpu or cuda[:N]; default cuda when available.")
+AttnOpt = typer.Option(
+    None,
+    "--attn-implementation",
+    help="Attention kernel: sdpa, eager, flash_attention_2 ... (default: transformers' choice).",
+)
 
 
 def _zeroshot_table(title: str, result: dict) -> Table:
@@ -98,7 +198,9 @@ TasksOpt = typer.Option(
     help="Zero-shot tasks (lm-eval, 0-shot), comma-separated: piqa, winogrande, hellaswag, "
     "arc_easy, arc_challenge, boolq. Needs the 'eval' extra.",
 )
-LimitOpt = typer.Option(None, help="Zero-shot: only the first N items of each task (recorded).")
+LimitOpt = typer.Option(
+    None, min=1, help="Zero-shot: only the first N items of each task (recorded)."
+)
 TaskDataOpt = typer.Option(
     None,
     help="Offline task files (the tasks/ folder, or a data folder holding it); "
@@ -126,17 +228,18 @@ def eval_command(
         help="Comma-separated datasets: wikitext2, ptb, c4, or paths to .txt/.jsonl/.parquet "
         "files. Default wikitext2 unless --tasks is given.",
     ),
-    seqlen: int = typer.Option(2048, help="Window length in tokens (PROTOCOL.md)."),
+    seqlen: int = typer.Option(2048, min=2, help="Window length in tokens (PROTOCOL.md)."),
     max_windows: int = typer.Option(
-        None, help="Use only the first N windows (quick checks; recorded in the output)."
+        None, min=1, help="Use only the first N windows (quick checks; recorded in the output)."
     ),
-    ppl_batch_size: int = typer.Option(1, help="Perplexity: windows per forward pass."),
+    ppl_batch_size: int = typer.Option(1, min=1, help="Perplexity: windows per forward pass."),
     tasks: str = TasksOpt,
     limit: int = LimitOpt,
-    batch_size: int = typer.Option(16, help="Zero-shot: requests per forward pass."),
+    batch_size: int = typer.Option(16, min=1, help="Zero-shot: requests per forward pass."),
     task_data: Path = TaskDataOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
+    attn_implementation: str = AttnOpt,
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ) -> None:
     """Perplexity and zero-shot accuracy of a model, a run directory or an exported model."""
@@ -150,6 +253,9 @@ def eval_command(
         raise SettingsError("name a model or run directory: prunekit eval MODEL_OR_RUN_DIR")
     task_list = _split(tasks)
     datasets = _split(ppl) if ppl is not None else ([] if task_list else ["wikitext2"])
+    if ppl is not None and not datasets and not task_list:
+        raise SettingsError("--ppl names no dataset; give e.g. --ppl wikitext2")
+    _not_a_dir(json_out, "--json")
     # Fail on a bad dataset or task name, or missing task data, before loading anything.
     from prunekit.data import check_dataset
 
@@ -159,8 +265,15 @@ def eval_command(
         from prunekit.evaluation.zeroshot import check_tasks
 
         check_tasks(task_list, task_data)
+    _check_device(device)
     started = time.perf_counter()
-    loaded_target = load_for_eval(spec, base=model if target else None, dtype=dtype, device=device)
+    loaded_target = load_for_eval(
+        spec,
+        base=model if target else None,
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+    )
     loaded = loaded_target.loaded
     result = evaluate(
         loaded,
@@ -189,90 +302,109 @@ def eval_command(
 
 @app.command("prune")
 def prune_command(
-    method: str = typer.Option(..., help="Pruning method (see `prunekit methods`)."),
+    ctx: typer.Context,
+    method: str = typer.Option(..., help="Pruning method (`prunekit methods` lists its settings)."),
     model: str = ModelOpt,
     out: Path = typer.Option(None, help="Run directory for plan.json, report.json, report.md."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the run in --out and the model in --save."
+    ),
     ratio: float = typer.Option(
         None, help="Target ratio_total (fraction of all parameters removed, embeddings included)."
     ),
     blocks: int = typer.Option(None, help="Depth: number of blocks (or layers) to remove."),
     sparsity: float = typer.Option(None, help="Width: column ratio of the prunable groups."),
-    calib: str = typer.Option("c4", help="Calibration text: c4, wikitext2, ptb or a file."),
-    n_samples: int = typer.Option(16, help="Calibration windows."),
-    seqlen: int = typer.Option(1024, help="Calibration window length in tokens."),
-    seed: int = typer.Option(0, help="Seed of the calibration sampling."),
-    candidates: str = typer.Option("both", help="Depth: attn, mlp or both."),
-    protect_layers: str = typer.Option(None, help="Depth: layers never removed, e.g. 0,-1."),
-    criterion: str = typer.Option("ppl", help="BlockPruner: ppl (paper) or ppl-per-param."),
-    exhaustive: bool = typer.Option(
-        False, help="BlockPruner: score every candidate on every window (no branch-and-bound)."
+    calib: str = typer.Option(
+        _default("calib"), help="Calibration text: c4, wikitext2, ptb or a file."
     ),
-    angular: bool = typer.Option(False, help="ShortGPT: angular distance instead of 1-cos."),
-    resume: bool = typer.Option(False, help="Continue an interrupted search in --out."),
-    targets: str = typer.Option("mlp,attn", help="Width: groups to prune (mlp, attn)."),
+    n_samples: int = typer.Option(_default("n_samples"), help="Calibration windows."),
+    seqlen: int = typer.Option(_default("seqlen"), help="Calibration window length in tokens."),
+    seed: int = typer.Option(_default("seed"), help="Seed of the calibration sampling."),
+    candidates: str = typer.Option(
+        _default("candidates"), help="Block-level depth: attn, mlp or both."
+    ),
+    protect_layers: str = typer.Option(None, help="Depth: layers never removed, e.g. 0,-1."),
+    criterion: str = typer.Option(
+        _default("criterion"), help="Greedy depth search: ppl (paper) or ppl-per-param."
+    ),
+    exhaustive: bool = typer.Option(
+        False, help="Greedy depth search: score every candidate on every window (no bound)."
+    ),
+    angular: bool = typer.Option(False, help="ShortGPT, BI: angular distance instead of 1-cos."),
+    resume: bool = typer.Option(False, help="Continue an interrupted greedy search in --out."),
+    targets: str = typer.Option(
+        ",".join(_default("targets")), help="Width: groups to prune (mlp, attn)."
+    ),
     no_restore: bool = typer.Option(
         False, "--no-restore", help="FASP: skip the least-squares restoration (ablation)."
     ),
-    multiple_of: int = typer.Option(1, help="Width: round kept widths up to a multiple of this."),
+    multiple_of: int = typer.Option(
+        _default("multiple_of"), help="Uniform width: round kept widths up to a multiple of this."
+    ),
     damping: float = typer.Option(
-        0.1, help="FASP: restoration damping, as a fraction of mean(diag H)."
+        _default("damping"), help="FASP: restoration damping, as a fraction of mean(diag H)."
     ),
-    eval_ppl: str = typer.Option(
-        None, "--eval", help="Evaluate dense and pruned perplexity on these datasets."
+    ppl: str = typer.Option(
+        None, help="Evaluate dense and pruned perplexity on these datasets (as `eval --ppl`)."
     ),
-    eval_seqlen: int = typer.Option(2048, help="Window length for --eval."),
-    eval_max_windows: int = typer.Option(None, help="Windows limit for --eval."),
+    ppl_seqlen: int = typer.Option(2048, min=2, help="Window length for --ppl."),
+    ppl_max_windows: int = typer.Option(None, min=1, help="Windows limit for --ppl."),
+    eval_ppl: str = typer.Option(None, "--eval", hidden=True, help="Deprecated: --ppl."),
+    eval_seqlen: int = typer.Option(2048, min=2, hidden=True, help="Deprecated: --ppl-seqlen."),
+    eval_max_windows: int = typer.Option(
+        None, min=1, hidden=True, help="Deprecated: --ppl-max-windows."
+    ),
     tasks: str = TasksOpt,
     limit: int = LimitOpt,
-    eval_batch_size: int = typer.Option(16, help="Zero-shot: requests per forward pass."),
+    eval_batch_size: int = typer.Option(16, min=1, help="Zero-shot: requests per forward pass."),
     task_data: Path = TaskDataOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
+    attn_implementation: str = AttnOpt,
     save: Path = typer.Option(
         None, help="Also export the pruned model to this directory (as `prunekit export`)."
     ),
     save_format: str = typer.Option("auto", help="--save format: auto, hf or prunekit."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --save directory."),
 ) -> None:
-    """Prune a model and write the run directory."""
-    from prunekit.api import prune
-    from prunekit.export.save import check_target
+    """Prune a model and write the run directory. Flags the method does not take are refused."""
+    from prunekit.methods.registry import get_method
 
     if not model:
         raise SettingsError("name a model with --model")
+    chosen = get_method(method)
+    settings = _given_settings(ctx, chosen.takes)
+    chosen.check_settings(settings)  # before any value is parsed: the first error is the real one
+    settings = _parse_settings(settings)
+    ppl = _deprecated(ctx, "--eval", "--ppl")
+    ppl_seqlen = _deprecated(ctx, "--eval-seqlen", "--ppl-seqlen")
+    ppl_max_windows = _deprecated(ctx, "--eval-max-windows", "--ppl-max-windows")
+    _not_a_file(out, "--out")
+    _not_a_file(task_data, "--task-data")
+    _check_device(device)
+    if save_format not in ("auto", "hf", "prunekit"):
+        raise SettingsError(f"--save-format must be auto, hf or prunekit, got {save_format!r}")
     if save:
-        check_target(save, force)  # fail before the search, not after it
-    protect = [int(v) for v in _split(protect_layers)]
+        from prunekit.export.save import check_target
+
+        check_target(save, overwrite)  # fail before the search, not after it
+    from prunekit.api import prune
+
     result = prune(
         model,
         method,
         out=out,
-        eval_datasets=_split(eval_ppl),
-        eval_seqlen=eval_seqlen,
-        eval_max_windows=eval_max_windows,
+        overwrite=overwrite,
+        eval_datasets=_split(ppl),
+        eval_seqlen=ppl_seqlen,
+        eval_max_windows=ppl_max_windows,
         eval_tasks=_split(tasks),
         eval_limit=limit,
         eval_batch_size=eval_batch_size,
         task_data=task_data,
         dtype=dtype,
         device=device,
-        ratio=ratio,
-        blocks=blocks,
-        sparsity=sparsity,
-        calib=calib,
-        n_samples=n_samples,
-        seqlen=seqlen,
-        seed=seed,
-        candidates=candidates,
-        protect_layers=protect,
-        criterion=criterion,
-        exhaustive=exhaustive,
-        angular=angular,
-        resume=resume,
-        targets=_split(targets),
-        restore=not no_restore,
-        multiple_of=multiple_of,
-        damping=damping,
+        attn_implementation=attn_implementation,
+        **settings,
     )
     params = result.report["params"]
     console.print(
@@ -293,9 +425,34 @@ def prune_command(
             fmt=save_format,
             plan=result.plan,
             report=result.report,
-            force=force,
+            overwrite=overwrite,
         )
         console.print(f"model saved: {saved.path} ({saved.format} format, {saved.dtype})")
+
+
+# The prune options that are method settings: option name -> PruneSettings field.
+SETTING_OPTIONS = {name: name for name in SETTING_NAMES} | {"no_restore": "restore"}
+
+
+def _given_settings(ctx: typer.Context, takes: tuple[str, ...]) -> dict:
+    """The method settings the user passed (raw option values), by PruneSettings field name."""
+    return {
+        SETTING_OPTIONS[name]: value
+        for name, value in ctx.params.items()
+        if name in SETTING_OPTIONS and _given(ctx, name)
+    }
+
+
+def _parse_settings(raw: dict) -> dict:
+    """Option strings to PruneSettings values (lists, the restore switch)."""
+    settings = dict(raw)
+    if "protect_layers" in settings:
+        settings["protect_layers"] = _ints(settings["protect_layers"], "--protect-layers")
+    if "targets" in settings:
+        settings["targets"] = _split(settings["targets"])
+    if "restore" in settings:
+        settings["restore"] = not settings["restore"]
+    return settings
 
 
 @app.command("report")
@@ -308,6 +465,7 @@ def report_command(
     """Compare runs: one table (markdown + CSV) and a WikiText-2 ppl vs ratio_total plot."""
     from prunekit.report.compare import write_comparison
 
+    _not_a_file(out, "--out")
     for kind, path in write_comparison(list(run_dirs), out).items():
         console.print(f"{kind}: {path}")
 
@@ -324,13 +482,22 @@ def export_command(
     ),
     model: str = typer.Option(None, help="Base model, when the run's one has moved."),
     device: str = DeviceOpt,
+    attn_implementation: str = AttnOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
 ) -> None:
     """Replay a run's plan on its base model and save the pruned model (safetensors + config)."""
     from prunekit.export.from_run import export_run
 
+    _check_device(device)
     saved = export_run(
-        run_dir, out, model=model, fmt=fmt, dtype=save_dtype, device=device, force=force
+        run_dir,
+        out,
+        model=model,
+        fmt=fmt,
+        dtype=save_dtype,
+        device=device,
+        force=force,
+        attn_implementation=attn_implementation,
     )
     console.print(
         f"model saved: {saved.path} ({saved.format} format, {saved.dtype}, "
@@ -346,24 +513,36 @@ def bench_speed_command(
     ),
     prefill: str = typer.Option("1x2048,8x512", help="Prefill shapes, BATCHxTOKENS."),
     decode_batches: str = typer.Option("1,16", help="Decode batch sizes."),
-    new_tokens: int = typer.Option(128, help="Decode: tokens generated per sequence."),
-    runs: int = typer.Option(5, help="Timed prefill runs per model (median reported)."),
-    decode_runs: int = typer.Option(5, help="Timed decode runs per model."),
+    new_tokens: int = typer.Option(128, min=1, help="Decode: tokens generated per sequence."),
+    runs: int = typer.Option(5, min=1, help="Timed prefill runs per model (median reported)."),
+    decode_runs: int = typer.Option(5, min=1, help="Timed decode runs per model."),
     dtype: str = typer.Option(None, help="Compute dtype (default: the pruned model's saved one)."),
     device: str = DeviceOpt,
+    attn_implementation: str = AttnOpt,
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ) -> None:
     """Prefill and decode throughput of a pruned model and its dense baseline, interleaved."""
     from prunekit.evaluation.speed import SPEED_COLUMNS, SpeedSettings, bench_speed, speed_rows
 
+    _not_a_dir(json_out, "--json")
+    _check_device(device)
     settings = SpeedSettings(
         prefill_shapes=[_shape(v) for v in _split(prefill)],
-        decode_batches=[int(v) for v in _split(decode_batches)],
+        decode_batches=_ints(decode_batches, "--decode-batches", positive=True),
         new_tokens=new_tokens,
         runs=runs,
         decode_runs=decode_runs,
     )
-    report = bench_speed(model_dir, baseline, settings, dtype=dtype, device=device)
+    if not settings.prefill_shapes and not settings.decode_batches:
+        raise SettingsError("nothing to measure: --prefill and --decode-batches are both empty")
+    report = bench_speed(
+        model_dir,
+        baseline,
+        settings,
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+    )
     table = Table(title=f"speed ({report['environment']['threads']} threads)")
     for col in SPEED_COLUMNS:
         table.add_column(col, justify="left" if col in ("case", "model") else "right")
@@ -378,20 +557,22 @@ def _shape(text: str) -> tuple[int, int]:
     try:
         batch, tokens = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SettingsError(f"prefill shape {text!r} is not BATCHxTOKENS, e.g. 1x2048") from None
+        raise SettingsError(f"--prefill shape {text!r} is not BATCHxTOKENS, e.g. 1x2048") from None
+    if batch < 1 or tokens < 1:
+        raise SettingsError(f"--prefill shape {text!r} needs a positive batch and token count")
     return batch, tokens
 
 
 @app.command("methods")
 def methods_command() -> None:
-    """List the pruning methods."""
+    """List the pruning methods and the settings (prune flags) each one takes."""
     from prunekit.methods.registry import all_methods
 
     table = Table(title="methods")
-    for col in ("name", "family", "what it does"):
+    for col in ("name", "family", "settings", "what it does"):
         table.add_column(col)
     for m in all_methods():
-        table.add_row(m.name, m.family, m.summary)
+        table.add_row(m.name, m.family, " ".join(flag(name) for name in m.takes), m.summary)
     console.print(table)
 
 
@@ -406,13 +587,15 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors and anything unexpected
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # `prunekit` or `prunekit prune` alone: the help text
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if _is_usage_error(exc):
+            # One line, like prunekit's own errors ("Invalid value for '--ratio': ...").
+            print(f"error: {exc.format_message()}", file=sys.stderr)
             sys.exit(exc.exit_code)
         if _state["debug"]:
             raise
@@ -421,6 +604,11 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A click usage error, whether typer's vendored click or click itself raised it."""
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
 
 
 if __name__ == "__main__":

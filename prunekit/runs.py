@@ -44,6 +44,7 @@ def load_run(
     base: str | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
     """The pruned model of ``run_dir``: its base model (or ``base``) with its plan replayed."""
     from prunekit.surgery import apply_plan
@@ -61,7 +62,7 @@ def load_run(
     spec = base or plan.model.get("spec")
     if not spec:
         raise PlanError(f"{plan_path} does not name its base model; pass it with --model")
-    loaded = load_model(spec, dtype=dtype, device=device)
+    loaded = load_model(spec, dtype=dtype, device=device, attn_implementation=attn_implementation)
     try:
         apply_plan(loaded, plan, run_dir)
     except PlanError as exc:
@@ -76,16 +77,18 @@ def load_for_eval(
     base: str | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    attn_implementation: str | None = None,
 ) -> EvalTarget:
     """Load ``target``: an export directory, a run directory (``base`` overrides the plan's base
     model), or anything ``load_model`` takes."""
     path = Path(target).expanduser()
+    kwargs = {"dtype": dtype, "device": device, "attn_implementation": attn_implementation}
     if path.is_dir() and _is_export_dir(path):
         from prunekit.export.load import load_pruned
 
-        return EvalTarget(load_pruned(path, dtype=dtype, device=device), "export", str(path))
+        return EvalTarget(load_pruned(path, **kwargs), "export", str(path))
     if path.is_dir() and (is_run_dir(path) or (path / PARTIAL_PLAN_FILE).is_file()):
-        return EvalTarget(load_run(path, base=base, dtype=dtype, device=device), "run", str(path))
+        return EvalTarget(load_run(path, base=base, **kwargs), "run", str(path))
     if base is not None and base != target:
         raise PlanError(f"--model {base!r} only applies to a run directory; {target!r} is not one")
-    return EvalTarget(load_model(target, dtype=dtype, device=device), "model")
+    return EvalTarget(load_model(target, **kwargs), "model")

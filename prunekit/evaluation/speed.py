@@ -278,6 +278,7 @@ def bench_speed(
     *,
     dtype: str | None = None,
     device: str | None = None,
+    attn_implementation: str | None = None,
 ) -> dict:
     """Load a pruned model and its dense baseline in the same dtype and measure both.
 
@@ -285,7 +286,8 @@ def bench_speed(
     """
     from prunekit.export.load import base_spec_of, load_for_inference
 
-    pruned = load_for_inference(model, dtype=dtype, device=device)
+    attn = {"attn_implementation": attn_implementation}
+    pruned = load_for_inference(model, dtype=dtype, device=device, **attn)
     baseline = baseline or base_spec_of(model)
-    dense = load_for_inference(baseline, dtype=pruned.dtype, device=pruned.device)
+    dense = load_for_inference(baseline, dtype=pruned.dtype, device=pruned.device, **attn)
     return speed_report({"dense": dense, "pruned": pruned}, settings, baseline="dense")

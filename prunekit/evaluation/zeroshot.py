@@ -174,7 +174,9 @@ def zeroshot(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import get_task_dict
 
-    with _task_manager(tasks_dir) as manager:
+    from prunekit.report.versions import quiet_lm_eval_git
+
+    with _task_manager(tasks_dir) as manager, quiet_lm_eval_git():
         lm = HFLM(
             pretrained=loaded.model,
             tokenizer=loaded.tokenizer,

@@ -47,6 +47,7 @@ def export_run(
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
     force: bool = False,
+    attn_implementation: str | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
 ) -> ExportResult:
     """Replay the run's plan on its base model (or ``model``) and export it to ``out``.
@@ -60,7 +61,9 @@ def export_run(
     if not spec:
         raise ExportError(f"{run_dir / PLAN_FILE} does not name its base model; pass --model")
     run_dtype = report.get("model", {}).get("dtype", "auto")
-    loaded = load_model(spec, dtype=run_dtype, device=device)
+    loaded = load_model(
+        spec, dtype=run_dtype, device=device, attn_implementation=attn_implementation
+    )
     apply_plan(loaded, plan, run_dir)
     return export_model(
         loaded,

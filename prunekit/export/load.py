@@ -147,6 +147,7 @@ def load_pruned(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
     """Load a directory written by ``prunekit export`` (either format) without remote code.
 
@@ -166,7 +167,8 @@ def load_pruned(
     if isinstance(torch_dtype, str):
         torch_dtype = getattr(torch, torch_dtype)
     try:
-        model = model_class.from_pretrained(str(path), config=config, dtype=torch_dtype)
+        attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = model_class.from_pretrained(str(path), config=config, dtype=torch_dtype, **attn)
         # Passing the config keeps AutoTokenizer from re-reading config.json (and its auto_map).
         tokenizer = AutoTokenizer.from_pretrained(str(path), config=config)
     except Exception as exc:
@@ -190,11 +192,19 @@ def base_spec_of(path: str | Path) -> str:
 
 
 def load_for_inference(
-    spec: str, *, dtype: str | torch.dtype | None = None, device: str | None = None
+    spec: str,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
     """An exported directory through ``load_pruned``, anything else through ``load_model``."""
     from prunekit.models.loading import load_model
 
     if Path(spec).is_dir() and is_export_dir(spec):
-        return load_pruned(spec, dtype=dtype, device=device)
-    return load_model(spec, dtype=dtype or "auto", device=device)
+        return load_pruned(
+            spec, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
+    return load_model(
+        spec, dtype=dtype or "auto", device=device, attn_implementation=attn_implementation
+    )

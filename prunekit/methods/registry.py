@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from prunekit.errors import SettingsError
@@ -11,9 +11,23 @@ from prunekit.errors import SettingsError
 Family = Literal["depth", "width"]
 
 
+# The settings each kind of method reads (the names of PruneSettings fields). A method declares
+# the ones it takes when it registers; the CLI and ``prunekit.prune`` refuse any other.
+CALIBRATION = ("calib", "n_samples", "seqlen", "seed")
+DEPTH_TARGET = ("ratio", "blocks", "protect_layers")
+DEPTH_BLOCK_UNITS = ("candidates",)  # only block-level methods choose attn/mlp/both
+GREEDY_SEARCH = ("criterion", "exhaustive", "resume")
+WIDTH_TARGET = ("ratio", "sparsity", "targets")
+UNIFORM_WIDTH = ("multiple_of",)
+RESTORATION = ("restore", "damping")
+# Read by the API or by every method, never refused: the run directory comes from ``out`` and
+# ``options`` carries method-specific extras (benchmarks, tests).
+ALWAYS = ("run_dir", "options")
+
+
 @dataclass
 class PruneSettings:
-    """Every option a method may read. Methods ignore the ones that are not theirs."""
+    """Every option a method may read; each method declares the ones it takes (``Method.takes``)."""
 
     ratio: float | None = None  # target ratio_total
     blocks: int | None = None  # depth: number of blocks/layers to remove
@@ -37,6 +51,7 @@ class PruneSettings:
     options: dict[str, Any] = field(default_factory=dict)  # method-specific extras
 
     def validate(self) -> None:
+        """Range checks that need no model: every message names the option and the bad value."""
         if self.ratio is not None and not 0.0 < self.ratio < 1.0:
             raise SettingsError(f"--ratio must be in (0, 1), got {self.ratio}")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
@@ -44,13 +59,31 @@ class PruneSettings:
         if self.blocks is not None and self.blocks < 1:
             raise SettingsError(f"--blocks must be at least 1, got {self.blocks}")
         if self.n_samples < 1:
-            raise SettingsError("--n-samples must be at least 1")
+            raise SettingsError(f"--n-samples must be at least 1, got {self.n_samples}")
+        if self.seqlen < 2:
+            raise SettingsError(f"--seqlen must be at least 2 tokens, got {self.seqlen}")
+        if self.seed < 0:
+            raise SettingsError(f"--seed must be >= 0, got {self.seed}")
         if self.candidates not in ("attn", "mlp", "both"):
-            raise SettingsError("--candidates must be attn, mlp or both")
+            raise SettingsError(f"--candidates must be attn, mlp or both, got {self.candidates!r}")
         if self.criterion not in ("ppl", "ppl-per-param"):
-            raise SettingsError("--criterion must be ppl or ppl-per-param")
+            raise SettingsError(f"--criterion must be ppl or ppl-per-param, got {self.criterion!r}")
         if self.multiple_of < 1:
-            raise SettingsError("--multiple-of must be at least 1")
+            raise SettingsError(f"--multiple-of must be at least 1, got {self.multiple_of}")
+        if self.damping < 0:
+            raise SettingsError(f"--damping must be >= 0, got {self.damping}")
+        if not self.targets or any(t not in ("mlp", "attn") for t in self.targets):
+            raise SettingsError(f"--targets must be a subset of mlp,attn, got {self.targets}")
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.protect_layers):
+            raise SettingsError(f"--protect-layers must be integers, got {self.protect_layers}")
+
+
+SETTING_NAMES = tuple(f.name for f in fields(PruneSettings))
+
+
+def flag(setting: str) -> str:
+    """The command-line spelling of a setting (``restore`` is switched off by --no-restore)."""
+    return "--no-restore" if setting == "restore" else "--" + setting.replace("_", "-")
 
 
 @dataclass
@@ -62,6 +95,28 @@ class Method:
     # pruned (width methods must, since layer l+1 is calibrated on the pruned layer l) and
     # returns the plan that ``prunekit.surgery.apply_plan`` replays on a fresh copy.
     prune: Callable[..., Any]
+    # The PruneSettings fields this method reads; any other one given by the user is refused.
+    takes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.takes if name not in SETTING_NAMES]
+        if unknown:
+            raise ValueError(f"method {self.name!r} declares unknown settings {unknown}")
+
+    def check_settings(self, given: Iterable[str], spell: Callable[[str], str] = flag) -> None:
+        """Refuse the first setting in ``given`` this method does not read, in one line."""
+        for name in given:
+            if name in self.takes or name in ALWAYS:
+                continue
+            if name not in SETTING_NAMES:
+                raise SettingsError(
+                    f"unknown setting {name!r}; {self.name} takes: {', '.join(self.takes)}"
+                )
+            others = [m.name for m in all_methods() if name in m.takes]
+            takers = ", ".join(others) if others else "none"
+            raise SettingsError(
+                f"{spell(name)} is not a setting of {self.name}; methods that take it: {takers}"
+            )
 
 
 _METHODS: dict[str, Method] = {}

@@ -16,7 +16,15 @@ from prunekit.methods.depth.common import (
     search_settings,
 )
 from prunekit.methods.depth.search import greedy_search
-from prunekit.methods.registry import Method, PruneSettings, register
+from prunekit.methods.registry import (
+    CALIBRATION,
+    DEPTH_BLOCK_UNITS,
+    DEPTH_TARGET,
+    GREEDY_SEARCH,
+    Method,
+    PruneSettings,
+    register,
+)
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
@@ -87,6 +95,7 @@ register(
         "depth",
         "BlockPruner: greedy removal of attention/MLP blocks by calibration ppl (exact, fast)",
         prune_blockpruner,
+        takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION,
     )
 )
 register(
@@ -95,6 +104,7 @@ register(
         "depth",
         "SLEB: greedy removal of whole layers by calibration ppl (first/last layer protected)",
         prune_sleb,
+        takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION,
     )
 )
 register(
@@ -103,5 +113,6 @@ register(
         "depth",
         "layer-PPL: greedy removal of whole layers by calibration ppl (no protection)",
         prune_layer_ppl,
+        takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION,
     )
 )

@@ -24,7 +24,14 @@ from prunekit.methods.depth.common import (
     search_settings,
 )
 from prunekit.methods.depth.search import SearchState, Target, label
-from prunekit.methods.registry import Method, PruneSettings, register
+from prunekit.methods.registry import (
+    CALIBRATION,
+    DEPTH_BLOCK_UNITS,
+    DEPTH_TARGET,
+    Method,
+    PruneSettings,
+    register,
+)
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
@@ -135,18 +142,25 @@ def prune_rm_block(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
     return run_one_shot(loaded, settings, "rm-block", "block", relative_magnitude)
 
 
-for _name, _summary, _fn in (
+for _name, _summary, _fn, _takes in (
     (
         "shortgpt",
         "ShortGPT: remove the layers with the lowest block influence (1-cos)",
         prune_shortgpt,
+        ("angular",),
     ),
-    ("rm", "RM: remove the layers with the lowest relative magnitude", prune_rm),
+    ("rm", "RM: remove the layers with the lowest relative magnitude", prune_rm, ()),
     (
         "rm-block",
         "RM per block: remove the blocks with the lowest relative magnitude",
         prune_rm_block,
+        DEPTH_BLOCK_UNITS,
     ),
-    ("bi-block", "BI per block: remove the blocks with the lowest block influence", prune_bi_block),
+    (
+        "bi-block",
+        "BI per block: remove the blocks with the lowest block influence",
+        prune_bi_block,
+        ("angular", *DEPTH_BLOCK_UNITS),
+    ),
 ):
-    register(Method(_name, "depth", _summary, _fn))
+    register(Method(_name, "depth", _summary, _fn, takes=DEPTH_TARGET + _takes + CALIBRATION))

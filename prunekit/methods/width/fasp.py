@@ -9,7 +9,15 @@ never touched. ALGORITHMS.md, "FASP", is the specification.
 
 from __future__ import annotations
 
-from prunekit.methods.registry import Method, PruneSettings, register
+from prunekit.methods.registry import (
+    CALIBRATION,
+    RESTORATION,
+    UNIFORM_WIDTH,
+    WIDTH_TARGET,
+    Method,
+    PruneSettings,
+    register,
+)
 from prunekit.methods.width.common import run_width_method
 from prunekit.methods.width.scoring import wanda_sum
 from prunekit.methods.width.uniform import UniformPruner
@@ -33,5 +41,6 @@ register(
         family="width",
         summary="FASP: coupled MLP/value channels, Wanda-style score, least-squares restoration",
         prune=prune_fasp,
+        takes=WIDTH_TARGET + UNIFORM_WIDTH + RESTORATION + CALIBRATION,
     )
 )

@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from prunekit.engine.sequential import InputStatistics
-from prunekit.methods.registry import Method, PruneSettings, register
+from prunekit.methods.registry import (
+    CALIBRATION,
+    WIDTH_TARGET,
+    Method,
+    PruneSettings,
+    register,
+)
 from prunekit.methods.width.common import WidthRun, run_width_method
 from prunekit.methods.width.scoring import fluctuation, per_kv_group
 from prunekit.methods.width.structure import group_unit_params, mlp_unit_params
@@ -162,5 +168,6 @@ register(
         family="width",
         summary="FLAP: fluctuation scores, global threshold (adaptive widths), bias compensation",
         prune=prune_flap,
+        takes=WIDTH_TARGET + CALIBRATION,
     )
 )

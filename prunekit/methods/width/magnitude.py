@@ -5,7 +5,13 @@ Same coupled groups and uniform ratio as FASP (MLP channels, value channels); no
 
 from __future__ import annotations
 
-from prunekit.methods.registry import Method, PruneSettings, register
+from prunekit.methods.registry import (
+    UNIFORM_WIDTH,
+    WIDTH_TARGET,
+    Method,
+    PruneSettings,
+    register,
+)
 from prunekit.methods.width.common import run_width_method
 from prunekit.methods.width.scoring import magnitude
 from prunekit.methods.width.uniform import UniformPruner
@@ -30,5 +36,6 @@ register(
         family="width",
         summary="Magnitude: consumer column norms, no calibration data",
         prune=prune_magnitude,
+        takes=WIDTH_TARGET + UNIFORM_WIDTH,
     )
 )

@@ -7,7 +7,14 @@ restoration.
 
 from __future__ import annotations
 
-from prunekit.methods.registry import Method, PruneSettings, register
+from prunekit.methods.registry import (
+    CALIBRATION,
+    UNIFORM_WIDTH,
+    WIDTH_TARGET,
+    Method,
+    PruneSettings,
+    register,
+)
 from prunekit.methods.width.common import run_width_method
 from prunekit.methods.width.scoring import wanda_mean
 from prunekit.methods.width.uniform import UniformPruner
@@ -31,5 +38,6 @@ register(
         family="width",
         summary="Wanda-sp: |W|·‖X‖ channel scores, whole attention heads, no restoration",
         prune=prune_wanda_sp,
+        takes=WIDTH_TARGET + UNIFORM_WIDTH + CALIBRATION,
     )
 )
