@@ -56,6 +56,12 @@ DtypeOpt = typer.Option(
     "auto", help="auto (bf16 where the CPU/GPU runs it natively, else fp32), fp32, bf16 or fp16."
 )
 DeviceOpt = typer.Option(None, help="cpu or cuda[:N]; default cuda when available.")
+ForceOpt = typer.Option(
+    False,
+    "--force",
+    help="Replay the plan even on a base model whose weights differ from the ones it was made "
+    "for (recorded in the output as forced_model_mismatch).",
+)
 
 
 def _zeroshot_table(title: str, result: dict) -> Table:
@@ -138,6 +144,7 @@ def eval_command(
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    force: bool = ForceOpt,
 ) -> None:
     """Perplexity and zero-shot accuracy of a model, a run directory or an exported model."""
     import time
@@ -160,7 +167,9 @@ def eval_command(
 
         check_tasks(task_list, task_data)
     started = time.perf_counter()
-    loaded_target = load_for_eval(spec, base=model if target else None, dtype=dtype, device=device)
+    loaded_target = load_for_eval(
+        spec, base=model if target else None, dtype=dtype, device=device, force=force
+    )
     loaded = loaded_target.loaded
     result = evaluate(
         loaded,
@@ -180,11 +189,18 @@ def eval_command(
         record = {
             "model": {**loaded_target.describe(), "dtype": loaded.dtype_name},
             **result,
+            **_forced_record(loaded),
             "seconds": time.perf_counter() - started,
             "versions": library_versions(),
         }
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _forced_record(loaded) -> dict:
+    """The eval JSON's record of a plan replayed with --force onto other weights (else empty)."""
+    mismatch = loaded.forced_model_mismatch
+    return {"forced_model_mismatch": mismatch} if mismatch else {}
 
 
 @app.command("prune")
@@ -293,7 +309,7 @@ def prune_command(
             fmt=save_format,
             plan=result.plan,
             report=result.report,
-            force=force,
+            overwrite=force,
         )
         console.print(f"model saved: {saved.path} ({saved.format} format, {saved.dtype})")
 
@@ -324,13 +340,23 @@ def export_command(
     ),
     model: str = typer.Option(None, help="Base model, when the run's one has moved."),
     device: str = DeviceOpt,
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing --out directory."
+    ),
+    force: bool = ForceOpt,
 ) -> None:
     """Replay a run's plan on its base model and save the pruned model (safetensors + config)."""
     from prunekit.export.from_run import export_run
 
     saved = export_run(
-        run_dir, out, model=model, fmt=fmt, dtype=save_dtype, device=device, force=force
+        run_dir,
+        out,
+        model=model,
+        fmt=fmt,
+        dtype=save_dtype,
+        device=device,
+        overwrite=overwrite,
+        force=force,
     )
     console.print(
         f"model saved: {saved.path} ({saved.format} format, {saved.dtype}, "

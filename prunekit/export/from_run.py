@@ -13,7 +13,12 @@ from pathlib import Path
 import torch
 
 from prunekit.errors import ExportError
-from prunekit.export.save import DEFAULT_MAX_SHARD_SIZE, ExportResult, export_model
+from prunekit.export.save import (
+    DEFAULT_MAX_SHARD_SIZE,
+    ExportResult,
+    check_target,
+    export_model,
+)
 from prunekit.models.loading import load_model
 from prunekit.plan import PruningPlan
 from prunekit.report.run_dir import PLAN_FILE, REPORT_FILE
@@ -46,22 +51,28 @@ def export_run(
     fmt: str = "auto",
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
+    overwrite: bool = False,
     force: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
 ) -> ExportResult:
     """Replay the run's plan on its base model (or ``model``) and export it to ``out``.
 
     The base model is loaded in the dtype the run used, so the replayed weights are the ones the
-    run measured; ``dtype`` then sets the dtype written to disk.
+    run measured; ``dtype`` then sets the dtype written to disk. ``overwrite`` replaces an
+    existing ``out``; ``force`` replays the plan even on weights that are not the ones it was made
+    for, and records that in the exported report.json (``forced_model_mismatch``).
     """
     run_dir = Path(run_dir)
     plan, report = read_run(run_dir)
+    check_target(out, overwrite)  # before loading the model, not after replaying the plan
     spec = model or plan.model.get("spec")
     if not spec:
         raise ExportError(f"{run_dir / PLAN_FILE} does not name its base model; pass --model")
     run_dtype = report.get("model", {}).get("dtype", "auto")
     loaded = load_model(spec, dtype=run_dtype, device=device)
-    apply_plan(loaded, plan, run_dir)
+    mismatch = apply_plan(loaded, plan, run_dir, force=force)
+    if mismatch:
+        report = {**report, "forced_model_mismatch": mismatch}
     return export_model(
         loaded,
         out,
@@ -69,6 +80,6 @@ def export_run(
         dtype=dtype,
         plan=plan,
         report=report,
-        force=force,
+        overwrite=overwrite,
         max_shard_size=max_shard_size,
     )
