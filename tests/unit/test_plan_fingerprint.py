@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -159,3 +161,36 @@ def test_export_refuses_other_weights_and_records_force(base_dir, tmp_path):
         export_run(run_dir, tmp_path / "out", device="cpu", force=True)
     export_run(run_dir, tmp_path / "out", device="cpu", overwrite=True)
     assert "forced_model_mismatch" not in json.loads((tmp_path / "out" / "report.json").read_text())
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_force_and_overwrite(base_dir, tmp_path):
+    run_dir = depth_run(base_dir, tmp_path / "run")
+    variant = perturbed_copy(base_dir, str(tmp_path / "variant"), one=0.25)
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    evaluate = ["eval", str(run_dir), "--model", variant, "--ppl", str(text), "--seqlen", "16"]
+    evaluate += ["--max-windows", "1", "--device", "cpu", "--json", str(tmp_path / "e.json")]
+    refused = run_cli(*evaluate)
+    assert refused.returncode == 2 and "other weights" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    forced = run_cli(*evaluate, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "applied anyway (--force)" in forced.stderr  # the warning line
+    record = json.loads((tmp_path / "e.json").read_text())
+    assert record["forced_model_mismatch"]["loaded_model"]["spec"] == variant
+
+    out = str(tmp_path / "out")
+    assert run_cli("export", str(run_dir), "--out", out, "--device", "cpu").returncode == 0
+    again = run_cli("export", str(run_dir), "--out", out, "--device", "cpu", "--force")
+    assert again.returncode == 2 and "pass --overwrite to replace it" in again.stderr
+    replaced = run_cli(
+        "export", str(run_dir), "--out", out, "--model", variant, "--overwrite", "--force"
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["forced_model_mismatch"]
