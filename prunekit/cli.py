@@ -156,6 +156,12 @@ AttnOpt = typer.Option(
     "--attn-implementation",
     help="Attention kernel: sdpa, eager, flash_attention_2 ... (default: transformers' choice).",
 )
+ForceOpt = typer.Option(
+    False,
+    "--force",
+    help="Replay the plan even on a base model whose weights differ from the ones it was made "
+    "for (recorded in the output as forced_model_mismatch).",
+)
 
 
 def _zeroshot_table(title: str, result: dict) -> Table:
@@ -241,6 +247,7 @@ def eval_command(
     device: str = DeviceOpt,
     attn_implementation: str = AttnOpt,
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    force: bool = ForceOpt,
 ) -> None:
     """Perplexity and zero-shot accuracy of a model, a run directory or an exported model."""
     import time
@@ -273,6 +280,7 @@ def eval_command(
         dtype=dtype,
         device=device,
         attn_implementation=attn_implementation,
+        force=force,
     )
     loaded = loaded_target.loaded
     result = evaluate(
@@ -293,11 +301,18 @@ def eval_command(
         record = {
             "model": {**loaded_target.describe(), "dtype": loaded.dtype_name},
             **result,
+            **_forced_record(loaded),
             "seconds": time.perf_counter() - started,
             "versions": library_versions(),
         }
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _forced_record(loaded) -> dict:
+    """The eval JSON's record of a plan replayed with --force onto other weights (else empty)."""
+    mismatch = loaded.forced_model_mismatch
+    return {"forced_model_mismatch": mismatch} if mismatch else {}
 
 
 @app.command("prune")
@@ -483,7 +498,10 @@ def export_command(
     model: str = typer.Option(None, help="Base model, when the run's one has moved."),
     device: str = DeviceOpt,
     attn_implementation: str = AttnOpt,
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing --out directory."
+    ),
+    force: bool = ForceOpt,
 ) -> None:
     """Replay a run's plan on its base model and save the pruned model (safetensors + config)."""
     from prunekit.export.from_run import export_run
@@ -496,6 +514,7 @@ def export_command(
         fmt=fmt,
         dtype=save_dtype,
         device=device,
+        overwrite=overwrite,
         force=force,
         attn_implementation=attn_implementation,
     )

@@ -9,6 +9,7 @@ made for, and refuses to be applied to another.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,8 @@ from typing import Any
 from prunekit.errors import PlanError
 
 PLAN_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,8 +63,14 @@ class PruningPlan:
             raise PlanError(f"plan {path} is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
-    def check_model(self, identity: dict) -> None:
-        """Refuse a model whose structure differs from the one the plan was made for."""
+    def check_model(self, identity: dict, *, force: bool = False) -> dict | None:
+        """Refuse a model whose structure or weights differ from the one the plan was made for.
+
+        A structural difference always raises. Different weights (the fingerprint, see
+        ``prunekit.models.fingerprint``) raise unless ``force``; then a warning is logged and the
+        mismatch is returned so the caller can record it. Plans or models without a fingerprint
+        (old plan.json files, weights not materialised) are checked on structure only.
+        """
         keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "num_parameters")
         diff = [k for k in keys if self.model.get(k) != identity.get(k)]
         if diff:
@@ -69,6 +78,25 @@ class PruningPlan:
                 f"{k}: plan {self.model.get(k)} vs model {identity.get(k)}" for k in diff
             )
             raise PlanError(f"the plan was made for another model ({detail})")
+        return self._check_weights(identity, force)
+
+    def _check_weights(self, identity: dict, force: bool) -> dict | None:
+        from prunekit.models.fingerprint import describe, fingerprints_match
+
+        recorded, loaded = self.model.get("fingerprint"), identity.get("fingerprint")
+        if not recorded or not loaded or fingerprints_match(recorded, loaded):
+            return None
+        message = (
+            f"the plan was made for other weights: plan base {self.model.get('spec')!r} "
+            f"{describe(recorded)} vs loaded {identity.get('spec')!r} {describe(loaded)}"
+        )
+        if not force:
+            raise PlanError(f"{message}; pass --force (force=True) to apply it anyway")
+        log.warning("warning: %s; applied anyway (--force)", message)
+        return {
+            "plan_model": {"spec": self.model.get("spec"), "fingerprint": recorded},
+            "loaded_model": {"spec": identity.get("spec"), "fingerprint": loaded},
+        }
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

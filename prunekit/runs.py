@@ -26,7 +26,10 @@ class EvalTarget:
     path: str | None = None  # the run or export directory
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "path": self.path, **self.loaded.identity()}
+        described = {"kind": self.kind, "path": self.path, **self.loaded.identity()}
+        if self.loaded.forced_model_mismatch:
+            described["forced_model_mismatch"] = self.loaded.forced_model_mismatch
+        return described
 
 
 def _is_export_dir(path: Path) -> bool:
@@ -45,8 +48,12 @@ def load_run(
     dtype: str = "auto",
     device: str | None = None,
     attn_implementation: str | None = None,
+    force: bool = False,
 ) -> LoadedModel:
-    """The pruned model of ``run_dir``: its base model (or ``base``) with its plan replayed."""
+    """The pruned model of ``run_dir``: its base model (or ``base``) with its plan replayed.
+
+    ``force`` replays the plan even on weights that are not the ones it was made for (recorded
+    on the result's ``forced_model_mismatch``)."""
     from prunekit.surgery import apply_plan
 
     run_dir = Path(run_dir)
@@ -64,7 +71,7 @@ def load_run(
         raise PlanError(f"{plan_path} does not name its base model; pass it with --model")
     loaded = load_model(spec, dtype=dtype, device=device, attn_implementation=attn_implementation)
     try:
-        apply_plan(loaded, plan, run_dir)
+        apply_plan(loaded, plan, run_dir, force=force)
     except PlanError as exc:
         raise PlanError(f"run {run_dir}: {exc} (base model loaded from {spec!r})") from None
     loaded.spec = f"{spec} + {plan.method} ({run_dir})"
@@ -78,9 +85,10 @@ def load_for_eval(
     dtype: str = "auto",
     device: str | None = None,
     attn_implementation: str | None = None,
+    force: bool = False,
 ) -> EvalTarget:
     """Load ``target``: an export directory, a run directory (``base`` overrides the plan's base
-    model), or anything ``load_model`` takes."""
+    model; ``force`` as in ``load_run``), or anything ``load_model`` takes."""
     path = Path(target).expanduser()
     kwargs = {"dtype": dtype, "device": device, "attn_implementation": attn_implementation}
     if path.is_dir() and _is_export_dir(path):
@@ -88,7 +96,8 @@ def load_for_eval(
 
         return EvalTarget(load_pruned(path, **kwargs), "export", str(path))
     if path.is_dir() and (is_run_dir(path) or (path / PARTIAL_PLAN_FILE).is_file()):
-        return EvalTarget(load_run(path, base=base, **kwargs), "run", str(path))
+        replayed = load_run(path, base=base, force=force, **kwargs)
+        return EvalTarget(replayed, "run", str(path))
     if base is not None and base != target:
         raise PlanError(f"--model {base!r} only applies to a run directory; {target!r} is not one")
     return EvalTarget(load_model(target, **kwargs), "model")

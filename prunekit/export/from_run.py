@@ -13,7 +13,12 @@ from pathlib import Path
 import torch
 
 from prunekit.errors import ExportError
-from prunekit.export.save import DEFAULT_MAX_SHARD_SIZE, ExportResult, export_model
+from prunekit.export.save import (
+    DEFAULT_MAX_SHARD_SIZE,
+    ExportResult,
+    check_target,
+    export_model,
+)
 from prunekit.models.loading import load_model
 from prunekit.plan import PruningPlan
 from prunekit.report.run_dir import PLAN_FILE, REPORT_FILE
@@ -46,6 +51,7 @@ def export_run(
     fmt: str = "auto",
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
+    overwrite: bool = False,
     force: bool = False,
     attn_implementation: str | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
@@ -53,10 +59,13 @@ def export_run(
     """Replay the run's plan on its base model (or ``model``) and export it to ``out``.
 
     The base model is loaded in the dtype the run used, so the replayed weights are the ones the
-    run measured; ``dtype`` then sets the dtype written to disk.
+    run measured; ``dtype`` then sets the dtype written to disk. ``overwrite`` replaces an
+    existing ``out``; ``force`` replays the plan even on weights that are not the ones it was made
+    for, and records that in the exported report.json (``forced_model_mismatch``).
     """
     run_dir = Path(run_dir)
     plan, report = read_run(run_dir)
+    check_target(out, overwrite)  # before loading the model, not after replaying the plan
     spec = model or plan.model.get("spec")
     if not spec:
         raise ExportError(f"{run_dir / PLAN_FILE} does not name its base model; pass --model")
@@ -64,7 +73,9 @@ def export_run(
     loaded = load_model(
         spec, dtype=run_dtype, device=device, attn_implementation=attn_implementation
     )
-    apply_plan(loaded, plan, run_dir)
+    mismatch = apply_plan(loaded, plan, run_dir, force=force)
+    if mismatch:
+        report = {**report, "forced_model_mismatch": mismatch}
     return export_model(
         loaded,
         out,
@@ -72,6 +83,6 @@ def export_run(
         dtype=dtype,
         plan=plan,
         report=report,
-        force=force,
+        overwrite=overwrite,
         max_shard_size=max_shard_size,
     )

@@ -60,19 +60,19 @@ def weights_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.
     }
 
 
-def check_target(target: str | Path, force: bool) -> None:
-    """Refuse to overwrite an existing path unless forced (and never a file with a directory)."""
+def check_target(target: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an existing path unless ``overwrite`` (and never a file, ever)."""
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise ExportError(f"{target} exists and is not a directory")
-    if target.exists() and not force:
-        raise ExportError(f"{target} already exists; pass --force to replace it")
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} already exists; pass --overwrite to replace it")
 
 
 @contextmanager
-def staging_dir(target: Path, force: bool) -> Iterator[Path]:
+def staging_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     """A temp directory that becomes ``target`` only if the block completes."""
-    check_target(target, force)
+    check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
@@ -112,13 +112,13 @@ def export_model(
     dtype: str | torch.dtype | None = None,
     plan: PruningPlan | None = None,
     report: dict | None = None,
-    force: bool = False,
+    overwrite: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
 ) -> ExportResult:
     """Save ``loaded`` (pruned in memory) to ``out``; see the module docstring for the layout.
 
     ``fmt``: auto (hf whenever every layer has the same shape), hf or prunekit. ``dtype``: the
-    dtype of the saved weights; None keeps the model's.
+    dtype of the saved weights; None keeps the model's. ``overwrite`` replaces an existing ``out``.
     """
     from huggingface_hub import save_torch_state_dict
 
@@ -128,7 +128,7 @@ def export_model(
     fmt_chosen, config, shim = _export_config(loaded, shapes, fmt)
     config.dtype = torch_dtype
     state = weights_state_dict(loaded.model, torch_dtype)
-    with staging_dir(target, force) as tmp:
+    with staging_dir(target, overwrite) as tmp:
         save_torch_state_dict(state, tmp, max_shard_size=max_shard_size, metadata={"format": "pt"})
         config.save_pretrained(tmp)
         generation = getattr(loaded.model, "generation_config", None)

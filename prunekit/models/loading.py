@@ -43,9 +43,14 @@ class LoadedModel:
     source: str
     dtype: torch.dtype
     device: str
+    # Set when a plan was replayed with force=True onto weights that are not the plan's.
+    forced_model_mismatch: dict | None = None
 
     def identity(self) -> dict:
-        """What a plan records to refuse being applied to another model later."""
+        """What a plan records to refuse being applied to another model later: the structure,
+        and a fingerprint of the weights (the same in every dtype and on every device)."""
+        from prunekit.models.fingerprint import weight_fingerprint
+
         cfg = self.model.config
         return {
             "spec": self.spec,
@@ -54,6 +59,7 @@ class LoadedModel:
             "hidden_size": cfg.hidden_size,
             "vocab_size": cfg.vocab_size,
             "num_parameters": count_parameters(self.model),
+            "fingerprint": weight_fingerprint(self.model, self.adapter),
         }
 
     @property

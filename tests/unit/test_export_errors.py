@@ -83,11 +83,11 @@ def test_plan_made_for_another_model(run_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_output_needs_force(run_dir, tmp_path):
+def test_existing_output_needs_overwrite(run_dir, tmp_path):
     export_run(run_dir, tmp_path / "out", device="cpu")
-    with pytest.raises(ExportError, match="--force"):
+    with pytest.raises(ExportError, match="--overwrite"):
         export_run(run_dir, tmp_path / "out", device="cpu")
-    export_run(run_dir, tmp_path / "out", device="cpu", force=True)
+    export_run(run_dir, tmp_path / "out", device="cpu", overwrite=True)
     assert load_pruned(tmp_path / "out", device="cpu").model is not None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no leftovers
 

@@ -26,6 +26,7 @@ from prunekit.methods.registry import (
 )
 from prunekit.methods.width.common import WidthRun, run_width_method
 from prunekit.methods.width.scoring import fluctuation, per_kv_group
+from prunekit.methods.width.selection import removal_order
 from prunekit.methods.width.structure import group_unit_params, mlp_unit_params
 from prunekit.models.adapters import BlockKind
 from prunekit.models.loading import LoadedModel, count_parameters
@@ -77,8 +78,9 @@ class FlapPruner:
         removed = global_selection(self.modules, self.target_params())
         layers = self.adapter.layers(self.run.loaded.model)
         for module, dropped in zip(self.modules, removed, strict=True):
-            kept = [i for i in range(module.zscores.numel()) if i not in set(dropped)]
-            self.apply(layers[module.index], module, kept, dropped)
+            self.apply(
+                layers[module.index], module, complement(dropped, module.zscores.numel()), dropped
+            )
 
     def target_params(self) -> int:
         if self.run.sparsity is not None:
@@ -117,6 +119,13 @@ class FlapPruner:
         self.run.note(index, module.kind, removed=len(dropped), kept=len(kept))
 
 
+def complement(dropped: list[int], width: int) -> list[int]:
+    """The indices of ``range(width)`` not in ``dropped``, ascending (one pass, not O(n²))."""
+    keep = torch.ones(width, dtype=torch.bool)
+    keep[torch.as_tensor(dropped, dtype=torch.long)] = False
+    return keep.nonzero().flatten().tolist()
+
+
 def standardise(scores: torch.Tensor) -> torch.Tensor:
     """(x − mean) / std within one module, so modules of different scales share one threshold."""
     std = scores.std() if scores.numel() > 1 else scores.new_tensor(0.0)
@@ -126,23 +135,36 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
 def global_selection(modules: list[ModuleScores], target_params: int) -> list[list[int]]:
     """Remove the lowest-scoring units across all modules until ``target_params`` are gone.
 
-    Every module keeps at least one unit. Returns the removed unit indices per module.
+    Units are removed lowest score first; equal scores remove the later (module, index) first,
+    the rule of ``selection.ranking`` (a stable sort: the same order on every device). A unit
+    whose removal would empty its module is skipped, so every module keeps at least one.
+    Vectorised, O(N log N) in the number of units (a 70B model has millions of MLP channels).
+    Returns the removed unit indices per module, ascending.
     """
-    units = sorted(
-        (score, m, i)
-        for m, module in enumerate(modules)
-        for i, score in enumerate(module.zscores.tolist())
-    )
-    removed: list[list[int]] = [[] for _ in modules]
-    total = 0
-    for _score, m, i in units:
-        if total >= target_params:
-            break
-        if len(removed[m]) + 1 >= modules[m].zscores.numel():
-            continue
-        removed[m].append(i)
-        total += modules[m].unit_params
-    return [sorted(r) for r in removed]
+    if not modules:
+        return []
+    sizes = torch.tensor([m.zscores.numel() for m in modules])
+    unit_params = torch.tensor([m.unit_params for m in modules], dtype=torch.float64)
+    scores = torch.cat([m.zscores.reshape(-1) for m in modules])  # in (module, index) order
+    order = removal_order(scores)
+    module_of = torch.repeat_interleave(torch.arange(len(modules)), sizes)[order]
+    allowed = rank_within_module(module_of, sizes) < sizes[module_of] - 1
+    params = unit_params[module_of] * allowed
+    removed_before = torch.cumsum(params, 0) - params  # what is gone when this unit comes up
+    chosen = allowed & (removed_before < target_params)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[order[chosen]] = True
+    return [part.nonzero().flatten().tolist() for part in mask.split(sizes.tolist())]
+
+
+def rank_within_module(module_of: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """For units listed in some order with their module ids: each one's position among the
+    units of its own module in that order (0 for the first of each module)."""
+    grouped = torch.sort(module_of, stable=True).indices  # positions, by module, order kept
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.empty_like(module_of)
+    rank[grouped] = torch.arange(module_of.numel()) - starts[module_of[grouped]]
+    return rank
 
 
 def compensate(consumer: nn.Linear, columns: list[int], input_mean: torch.Tensor) -> None:
