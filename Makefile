@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # transformers 5.0.0 and 5.24.0 (the ends of the declared range), each pip-installed once into
-# $${PRUNEKIT_CACHE_DIR:-~/.cache/prunekit}/compat/ for the exported-model compat tests.
+# $PRUNEKIT_CACHE_DIR/compat/ (default ~/.cache/prunekit/compat/) for the export compat tests.
 compat: install
 	$(PY) tests/unit/compat_helpers.py
 
