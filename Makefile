@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-unit test-real lint fmt bench clean
+.PHONY: install compat demo test test-unit test-real lint fmt bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# transformers 5.0.0 and 5.24.0 (the ends of the declared range), each pip-installed once into
+# $PRUNEKIT_CACHE_DIR/compat/ (default ~/.cache/prunekit/compat/) for the export compat tests.
+compat: install
+	$(PY) tests/unit/compat_helpers.py
 
 # The main job on the embedded model: BlockPruner (loss per parameter removed, a few steps on a
 # CPU) to ~10 % fewer parameters, then dense vs pruned WikiText-2 perplexity.
@@ -36,10 +41,10 @@ fmt: install
 	$(VENV)/bin/ruff format prunekit tests bench
 	$(VENV)/bin/ruff check --fix prunekit tests bench
 
-test: lint
+test: lint compat
 	$(PY) -m pytest -q --durations=15
 
-test-unit: install
+test-unit: install compat
 	$(PY) -m pytest -q -m "not real"
 
 test-real: install

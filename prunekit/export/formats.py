@@ -104,15 +104,29 @@ def hf_fits(model: nn.Module, family: str, shapes: list[LayerShape]) -> list[str
     return shape_mismatches(expected, tensor_shapes(model))
 
 
+def check_one_attention_kind(config: Any, family: str) -> None:
+    """The shim runs one kind of attention on every layer: all full, or all sliding-window.
+
+    Mistral (``sliding_window`` and no ``layer_types``) slides on every layer; configs with
+    ``layer_types`` name each layer's kind. A mix (Qwen2 with ``max_window_layers``) would need
+    a per-layer mask and cache, which the shim does not build yet.
+    """
+    if getattr(config, "sliding_window", None) is None:
+        return
+    kinds = set(getattr(config, "layer_types", None) or ["sliding_attention"])
+    if len(kinds) > 1:
+        raise UnsupportedArchitectureError(
+            f"{family}: heterogeneous export of a model mixing attention kinds "
+            f"({', '.join(sorted(kinds))}) is not supported yet; prune whole layers (or keep "
+            "widths uniform) to export it in the stock 'hf' format"
+        )
+
+
 def shim_config(model: nn.Module, family: str, shapes: list[LayerShape]) -> tuple[Shim, Any]:
     """The shim's config: the base config, global defaults and the sparse per-layer overrides."""
     shim = shim_for_family(family)
     base = model.config
-    sliding = getattr(base, "sliding_window", None)
-    if sliding is not None and "sliding_attention" in (getattr(base, "layer_types", None) or ["s"]):
-        raise UnsupportedArchitectureError(
-            f"{family}: heterogeneous export of sliding-window attention is not supported yet"
-        )
+    check_one_attention_kind(base, family)
     head_dims = {s.head_dim for s in shapes if s.head_dim is not None}
     if len(head_dims) > 1:
         raise ExportError(f"layers disagree on the query/key head size {sorted(head_dims)}")

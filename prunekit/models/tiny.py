@@ -2,7 +2,8 @@
 
 Used by the unit tests and by anyone who wants to try a code path without a download. The
 shapes are small but keep what matters structurally: GQA (4 query heads over 2 kv heads), biases
-where the family has them, Gemma's sandwich norms and sliding-window layers.
+where the family has them, Gemma's sandwich norms and sliding-window layers, and Mistral's
+sliding window on every layer (8 tokens: shorter than the test sequences, so it matters).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 import torch
 
 TINY_VOCAB = 320
-TINY_FAMILIES = ("llama", "qwen2", "opt", "gemma3")
+TINY_FAMILIES = ("llama", "qwen2", "opt", "gemma3", "mistral")
+TINY_SLIDING_WINDOW = 8
 
 _SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. A pruned model keeps what matters and drops "
@@ -24,7 +26,7 @@ _SAMPLE_TEXT = (
 
 def tiny_config(family: str, **overrides: Any) -> Any:
     """A transformers config for a tiny model of ``family`` (4 layers unless overridden)."""
-    from transformers import Gemma3TextConfig, LlamaConfig, OPTConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
 
     common = dict(vocab_size=TINY_VOCAB, max_position_embeddings=256, tie_word_embeddings=False)
     if family == "llama":
@@ -64,8 +66,18 @@ def tiny_config(family: str, **overrides: Any) -> Any:
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=16,
-            sliding_window=8,
+            sliding_window=TINY_SLIDING_WINDOW,
             layer_types=["sliding_attention", "full_attention"] * 2,
+            **common,
+        )
+    elif family == "mistral":
+        cfg = MistralConfig(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=TINY_SLIDING_WINDOW,
             **common,
         )
     else:

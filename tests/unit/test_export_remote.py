@@ -94,3 +94,18 @@ def test_stock_transformers_without_remote_code_refuses_clearly(tmp_path):
     export_model(heterogeneous_llama(), tmp_path / "model")
     with pytest.raises(Exception, match="trust_remote_code|prunekit_llama"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "model", trust_remote_code=False)
+
+
+def test_load_pruned_prints_nothing(tmp_path):
+    """No transformers warnings (e.g. "a model of type `prunekit_llama` ... of type ``")."""
+    export_model(heterogeneous_llama(), tmp_path / "model")
+    script = "import prunekit, sys; prunekit.load_pruned(sys.argv[1], device='cpu')"
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "" and proc.stderr == ""

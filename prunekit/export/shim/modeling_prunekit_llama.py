@@ -18,10 +18,23 @@ per-layer overrides). The attributes a layer may override:
 
 The KV cache holds one entry per *attention block*: a layer without attention takes no cache
 slot, so ``cache.get_seq_length()`` always reads a layer that has seen the tokens.
+
+Sliding-window attention (Mistral's ``sliding_window``, or ``layer_types`` naming sliding layers)
+is supported when every layer uses the same kind of attention: then the cache layers
+transformers builds from the config agree with the mask whichever slot a layer takes.
+
+The file runs on every transformers 5.x release prunekit supports (5.0 to 5.24 tested). Three
+things changed between them, and each is decided here from what the installed version offers:
+how per-layer configs are read (5.0 keeps ``per_layer_config`` as a plain dict), the mask
+helpers' keyword names (``input_embeds``/``inputs_embeds``, ``past_key_values``/``cache``,
+``cache_position``) and the name of the cache field of the model outputs.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -29,7 +42,7 @@ from torch import nn
 from transformers import GenerationMixin, LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import (
@@ -41,6 +54,11 @@ from transformers.models.llama.modeling_llama import (
 
 ATTENTION_BLOCK = "self_attn"
 MLP_BLOCK = "mlp"
+SLIDING = "sliding_attention"
+# The outputs' cache field: ``past_key_values`` before 5.24, ``cache`` from 5.24 on.
+CACHE_FIELD = (
+    "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
 
 
 class PrunekitLlamaConfig(LlamaConfig):
@@ -52,6 +70,71 @@ class PrunekitLlamaConfig(LlamaConfig):
 def _layer_attr(config: LlamaConfig, name: str, default):
     value = getattr(config, name, None)
     return default if value is None else value
+
+
+def layer_configs(config: LlamaConfig) -> list:
+    """One config per decoder layer, the sparse ``per_layer_config`` overrides applied.
+
+    transformers with heterogeneous configs returns them itself; older releases (5.0 up to the
+    one that added them) keep the overrides as the plain dict read from config.json.
+    """
+    layers = config.per_layer_config
+    if not isinstance(layers, dict):
+        return list(layers)
+    overrides = {int(index): entry for index, entry in layers.items()}
+    configs = []
+    for index in range(config.num_hidden_layers):
+        layer = copy.copy(config)
+        for name, value in overrides.get(index, {}).items():
+            setattr(layer, name, value)
+        configs.append(layer)
+    return configs
+
+
+def uses_sliding_window(config: LlamaConfig) -> bool:
+    """Every layer attends through a sliding window (mixed attention kinds are refused)."""
+    if getattr(config, "sliding_window", None) is None:
+        return False
+    kinds = set(getattr(config, "layer_types", None) or [SLIDING])
+    if len(kinds) > 1:
+        raise ValueError(f"layers mix attention kinds {sorted(kinds)}; this file needs one kind")
+    return kinds == {SLIDING}
+
+
+def attention_function(implementation: str | None) -> Callable:
+    """The attention kernel for ``implementation`` (eager when unset or "eager")."""
+    if implementation in (None, "eager"):
+        return eager_attention_forward
+    if not hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # 5.0: a plain mapping
+        return ALL_ATTENTION_FUNCTIONS[implementation]
+    # Spelled out: set_attn_implementation searches this file for the literal call.
+    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+
+
+@functools.cache
+def _mask_parameters(helper: Callable) -> frozenset:
+    return frozenset(inspect.signature(helper).parameters)
+
+
+def causal_mask(
+    config: LlamaConfig,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: Cache | None,
+    position_ids: torch.Tensor,
+    cache_position: torch.Tensor,
+):
+    """transformers' (sliding-window) causal mask, called with the installed version's keywords."""
+    helper = (
+        create_sliding_window_causal_mask if uses_sliding_window(config) else create_causal_mask
+    )
+    names = _mask_parameters(helper)
+    kwargs = {"config": config, "attention_mask": attention_mask, "position_ids": position_ids}
+    kwargs["inputs_embeds" if "inputs_embeds" in names else "input_embeds"] = inputs_embeds
+    kwargs["cache" if "cache" in names else "past_key_values"] = cache
+    if "cache_position" in names:
+        kwargs["cache_position"] = cache_position
+    return helper(**kwargs)
 
 
 class PrunedAttention(nn.Module):
@@ -74,6 +157,8 @@ class PrunedAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
+        # The mask carries the window for eager and SDPA; kernels that build their own need it.
+        self.sliding_window = config.sliding_window if uses_sliding_window(model_config) else None
         qkv_bias = _layer_attr(config, "qkv_bias", config.attention_bias)
         o_bias = _layer_attr(config, "o_proj_bias", config.attention_bias)
         hidden = config.hidden_size
@@ -99,9 +184,7 @@ class PrunedAttention(nn.Module):
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         implementation = self.model_config._attn_implementation
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            implementation, eager_attention_forward
-        )
+        attention = attention_function(implementation)
         # Fused SDPA/flash kernels need one head size for q, k and v (else a math path that is
         # 10-30x slower on CPU at long prompts): zero-pad the values to head_dim and slice the
         # zeros off after. Decoding too: in bf16 the fused kernel beats the math path 2-10x even
@@ -116,6 +199,7 @@ class PrunedAttention(nn.Module):
             attention_mask,
             dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling,
+            sliding_window=self.sliding_window,
             **kwargs,
         )
         out = out[..., : self.v_head_dim]
@@ -179,7 +263,7 @@ class PrunedDecoderLayer(nn.Module):
 
 
 def attention_layer_count(config: LlamaConfig) -> int:
-    layers = config.per_layer_config
+    layers = layer_configs(config)
     return sum(ATTENTION_BLOCK not in (getattr(lc, "skip", None) or ()) for lc in layers)
 
 
@@ -198,7 +282,7 @@ class PrunekitLlamaModel(PrunekitLlamaPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         layers, cache_idx = [], 0
-        for layer_config in config.per_layer_config:
+        for layer_config in layer_configs(config):
             has_attention = ATTENTION_BLOCK not in (getattr(layer_config, "skip", None) or ())
             slot = cache_idx if has_attention else None
             layers.append(PrunedDecoderLayer(layer_config, slot, config))
@@ -220,6 +304,7 @@ class PrunekitLlamaModel(PrunekitLlamaPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         cache = cache if cache is not None else past_key_values
+        cache_position = kwargs.pop("cache_position", None)  # passed by generate() before 5.5
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -227,16 +312,15 @@ class PrunekitLlamaModel(PrunekitLlamaPreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache()
-        if position_ids is None:
+        if cache_position is None:
             past = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past
-            position_ids = position_ids.unsqueeze(0)
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
+            cache_position = (
+                torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past
+            )
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0)
+        mask = causal_mask(
+            self.config, inputs_embeds, attention_mask, cache, position_ids, cache_position
         )
         hidden = inputs_embeds
         position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
@@ -248,7 +332,7 @@ class PrunekitLlamaModel(PrunekitLlamaPreTrainedModel):
                 cache=cache if use_cache else None,
                 **kwargs,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), cache=cache)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE_FIELD: cache})
 
 
 class PrunekitLlamaForCausalLM(PrunekitLlamaPreTrainedModel, GenerationMixin):
@@ -273,11 +357,12 @@ class PrunekitLlamaForCausalLM(PrunekitLlamaPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        model_cache = cache if cache is not None else past_key_values
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache if cache is not None else past_key_values,
+            cache=model_cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -293,7 +378,9 @@ class PrunekitLlamaForCausalLM(PrunekitLlamaPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
+        )
 
 
 __all__ = ["PrunekitLlamaConfig", "PrunekitLlamaForCausalLM", "PrunekitLlamaModel"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -20,6 +22,15 @@ class LlamaAdapter(Adapter):
 
     def mlp_branch(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         return layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def attention_call_kwargs(self, attn: nn.Module) -> dict[str, Any]:
+        # Qwen2 keeps each layer's window on the module (None on full-attention layers); Mistral
+        # reads it from the config at every call, and it applies to every layer.
+        if hasattr(attn, "sliding_window"):
+            window = attn.sliding_window
+        else:
+            window = getattr(attn.config, "sliding_window", None)
+        return {"scaling": attn.scaling, "sliding_window": window}
 
 
 class Qwen2Adapter(LlamaAdapter):

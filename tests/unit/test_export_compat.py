@@ -1,0 +1,108 @@
+"""An exported heterogeneous model runs on the oldest and the newest transformers prunekit declares.
+
+Each version is installed once into a cache (``make compat``, see compat_helpers.py). The child
+process runs isolated (``-I``) with that cache first on its path and prunekit unimportable, loads
+the export with ``trust_remote_code=True`` and must give prunekit's in-memory logits and greedy
+tokens. In CI (``CI`` set) a missing cache fails; elsewhere the test is skipped with a hint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from prunekit.export.save import export_model
+from tests.unit.compat_helpers import NEWEST, OLDEST, is_ready, target_dir
+from tests.unit.test_export_remote import heterogeneous_llama
+from tests.unit.test_export_sliding import (
+    depth_pruned_mistral,
+    ids_longer_than_window,
+    width_pruned_mistral,
+)
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    cache, path, version = sys.argv[1], sys.argv[2], sys.argv[3]
+    sys.path.insert(0, cache)
+    sys.meta_path[:] = [f for f in sys.meta_path if "prunekit" not in repr(f)]
+    try:
+        import prunekit
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("prunekit is importable: the test would prove nothing")
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if transformers.__version__ != version or not transformers.__file__.startswith(cache):
+        raise SystemExit(f"wrong transformers: {transformers.__version__}, {transformers.__file__}")
+    request = json.load(open(sys.argv[4]))
+    ids = torch.tensor(request["ids"])
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits
+    prompt = ids[:1, : request["prompt_length"]]
+    generated = model.generate(
+        prompt, max_new_tokens=request["new_tokens"], do_sample=False, pad_token_id=0
+    )
+    print(json.dumps({"logits": logits.tolist(), "generated": generated.tolist(),
+                      "encoded": tokenizer(request["text"])["input_ids"],
+                      "class": type(model).__name__}))
+    """
+)
+TEXT = "The quick brown fox jumps over the lazy dog."
+MODELS = {
+    "llama-mixed": heterogeneous_llama,
+    "mistral-depth": depth_pruned_mistral,
+    "mistral-width": width_pruned_mistral,
+}
+
+
+def require_cache(version: str) -> str:
+    if is_ready(version):
+        return str(target_dir(version))
+    message = f"transformers {version} is not cached in {target_dir(version)}: run `make compat`"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_export_runs_on_declared_transformers(version, name, tmp_path):
+    cache = require_cache(version)
+    loaded = MODELS[name]()
+    ids = ids_longer_than_window()
+    request = {"ids": ids.tolist(), "prompt_length": 12, "new_tokens": 10, "text": TEXT}
+    with torch.no_grad():
+        expected = loaded.model(ids, use_cache=False).logits
+    expected_generated = loaded.model.generate(
+        ids[:1, :12], max_new_tokens=10, do_sample=False, pad_token_id=0
+    )
+    assert export_model(loaded, tmp_path / "model", fmt="prunekit").format == "prunekit"
+    (tmp_path / "request.json").write_text(json.dumps(request))
+
+    env = {"HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1"}
+    argv = [cache, str(tmp_path / "model"), version, str(tmp_path / "request.json")]
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", SCRIPT, *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["class"] == "PrunekitLlamaForCausalLM"
+    torch.testing.assert_close(torch.tensor(out["logits"]), expected, atol=1e-5, rtol=1e-4)
+    assert out["generated"] == expected_generated.tolist()
+    assert out["encoded"] == loaded.tokenizer(TEXT)["input_ids"]
