@@ -13,7 +13,8 @@ the candidate's full head, which otherwise costs about a quarter of a small mode
 Both the exact NLL and the bound use the same fp32 head. In bf16, a logit of 20 is only known to
 +-0.06, which would make any bound loose (and candidate rankings noisy); in fp32 the two
 computations differ by rounding far below ``SLACK``, which is subtracted from the bound per token so
-that it stays below the exact value as computed.
+that it stays below the exact value as computed. "fp32" must mean IEEE fp32: TF32 or oneDNN's bf16
+math mode would round far more, so the head runs inside ``full_fp32_matmul`` (precision.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.methods.depth.precision import in_full_fp32
 from prunekit.models.adapters import Adapter
 
 # Rows of the head the bound keeps, at most (and at most 1/8 of the vocabulary).
@@ -47,6 +49,7 @@ class Fp32Head:
     def vocab_size(self) -> int:
         return self.weight.shape[0]
 
+    @in_full_fp32
     def logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
         return self._cap(F.linear(final_hidden.float(), self.weight, self.bias))
 
@@ -66,6 +69,7 @@ class VocabSubsetBound:
         self.weight, self.bias = head.rows(rows)
 
     @torch.inference_mode()
+    @in_full_fp32
     def window(self, final_hidden: torch.Tensor, input_ids: torch.Tensor, skip_first: int) -> float:
         """The bound for one window: ``final_hidden`` [1, T, d] after the final norm."""
         hidden = final_hidden[0, skip_first:-1].float()
