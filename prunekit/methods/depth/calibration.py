@@ -129,18 +129,35 @@ class BlockRunner:
             self.window_nll(self.run(self.embedded(w), active), w) for w in range(self.num_windows)
         ]
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one candidate's last-layer hidden states over all windows."""
+        return sum(e.numel() * e.element_size() for e in self._embedded)
+
     @torch.inference_mode()
     def suffix_finals(
-        self, active: Sequence[BlockRef], candidates: Sequence[Candidate]
+        self,
+        active: Sequence[BlockRef],
+        candidates: Sequence[Candidate],
+        first: Candidate | None = None,
+        windows: Sequence[int] | None = None,
     ) -> Iterator[tuple[Candidate, list[torch.Tensor]]]:
-        """Each candidate's last-layer hidden states on every window (``active`` minus its blocks).
+        """Each candidate's last-layer hidden states on ``windows`` (default all), with
+        ``active`` minus its blocks.
 
         Prefix reuse: candidates come in position order while one running state per window
         advances through the current model, so each candidate pays only for the blocks after it.
+        ``first`` comes before all others, computed from the embeddings (one extra prefix): the
+        search settles its likely winner first. Batch 1 makes both paths bit-identical.
         """
+        windows = range(self.num_windows) if windows is None else windows
+        if first is not None:
+            rest = [b for b in active if b not in first]
+            yield first, [self.run(self.embedded(w), rest) for w in windows]
         position = {block: i for i, block in enumerate(active)}
-        ordered = sorted(candidates, key=lambda c: (min(position[b] for b in c), c))
-        states = [self.embedded(w) for w in range(self.num_windows)]
+        others = [c for c in candidates if c != first]
+        ordered = sorted(others, key=lambda c: (min(position[b] for b in c), c))
+        states = [self.embedded(w) for w in windows]
         at = 0
         for candidate in ordered:
             start = min(position[b] for b in candidate)
