@@ -38,7 +38,10 @@ def run_greedy(
     """
     setup = prepare_units(loaded, settings, unit, protect)
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
-    expected = search_settings(method, settings, unit=unit, protect_layers=protect)
+    # The dtype is part of what decides the scores: a resumed search must use the same one.
+    expected = search_settings(
+        method, settings, unit=unit, protect_layers=protect, dtype=loaded.dtype_name
+    )
     state = resume_state(loaded, settings, method, expected)
     group_bytes = int(settings.options.get("group_bytes", GROUP_BYTES))
     order = str(settings.options.get("order", "ranked"))
