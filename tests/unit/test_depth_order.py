@@ -68,6 +68,7 @@ def test_first_step_settles_the_lowest_first_window_bound_first() -> None:
     runner = FakeRunner(TABLE, LOWER)
     scores = score_step(runner, [], list(TABLE), Criterion("ppl", 400), group_bytes=0)
     assert scores.first == _c(2) and runner.heads[0] == (_c(2), 0)
+    assert scores.bound_evals == 4 + 4 * 4  # the first-window pass, then every window
     assert scores.best == _c(1) and scores.best_nll == 8.0
 
 
@@ -89,6 +90,7 @@ def test_previous_ranking_is_settled_first_and_saves_heads() -> None:
     assert position.first is None and position_runner.heads[0] == (_c(0), 0)
     assert ranked.best == position.best == _c(1) and ranked.best_nll == position.best_nll
     assert ranked.window_evals == 4 < position.window_evals == 8
+    assert ranked.bound_evals == position.bound_evals == 12  # no first-window pass needed
     assert not ranked.exact[_c(0)] and not ranked.exact[_c(2)]
 
 

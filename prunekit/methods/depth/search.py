@@ -90,15 +90,16 @@ def likely_winner(
     active: Sequence[BlockRef],
     candidates: Sequence[Candidate],
     previous: Sequence[Candidate],
-) -> Candidate:
+) -> tuple[Candidate, int]:
     """The best candidate of the previous step's ranking still in play; at the first step, the
-    one with the lowest bound on the first window (1/n of the step's suffix work, no full head)."""
+    one with the lowest bound on the first window (1/n of the step's suffix work, no full head).
+    Also returns the number of window bounds computed to find it."""
     for candidate in previous:
         if candidate in candidates:
-            return candidate
+            return candidate, 0
     first_window = runner.suffix_finals(active, candidates, windows=[0])
     bounds = {c: runner.window_bound(finals[0], 0) for c, finals in first_window}
-    return min(candidates, key=lambda c: (bounds[c], c))
+    return min(candidates, key=lambda c: (bounds[c], c)), len(bounds)
 
 
 class _StepSearch:
@@ -186,7 +187,7 @@ def score_step(
     group_size = max(1, group_bytes // max(runner.state_bytes, 1))
     first = None
     if order == "ranked" and not exhaustive and group_size < len(candidates):
-        first = likely_winner(runner, active, candidates, previous)
+        first, search.bounds = likely_winner(runner, active, candidates, previous)
         log.debug("settling %s first (groups of %d candidates)", label(first), group_size)
     group: list = []
     for candidate, finals in runner.suffix_finals(active, candidates, first=first):
