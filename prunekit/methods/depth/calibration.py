@@ -14,7 +14,6 @@ import torch
 
 from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
 from prunekit.engine.layerwise import LayerContext, capture_layer_context, embed, run_block
-from prunekit.evaluation.nll import nll_from_final_hidden
 from prunekit.methods.depth.nll_bound import Fp32Head, VocabSubsetBound, build_bound
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
@@ -95,17 +94,8 @@ class BlockRunner:
         The head runs in fp32 (an upcast copy in bf16/fp16 models): candidates' scores differ by
         hundredths of a nat, below what bf16 logits resolve, and the bound needs it.
         """
-        ids = self.windows[window : window + 1]
         final = self.adapter.final_hidden(self.model, hidden)
-        nll = nll_from_final_hidden(
-            self.model,
-            self.adapter,
-            final,
-            ids,
-            skip_first=self.skip_first,
-            logits_fn=self.head.logits,
-        )
-        return float(nll.sum().item())
+        return self.head.nll(final, self.windows[window : window + 1], self.skip_first)
 
     @torch.inference_mode()
     def window_bound(self, hidden: torch.Tensor, window: int) -> float:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.evaluation.nll import nll_from_final_hidden
 from prunekit.methods.depth.precision import in_full_fp32
 from prunekit.models.adapters import Adapter
 
@@ -43,15 +44,32 @@ class Fp32Head:
         self.weight = head.weight.detach().float()  # the same tensor when already fp32
         bias = getattr(head, "bias", None)
         self.bias = None if bias is None else bias.detach().float()
+        self.model, self.adapter = model, adapter
         self._cap = lambda logits: adapter.cap_logits(model, logits)
 
     @property
     def vocab_size(self) -> int:
         return self.weight.shape[0]
 
-    @in_full_fp32
     def logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
+        """Callers run it inside ``full_fp32_matmul`` (once per window, not per chunk: the scope
+        costs tens of microseconds, a chunk's head on a GPU not much more)."""
         return self._cap(F.linear(final_hidden.float(), self.weight, self.bias))
+
+    @torch.inference_mode()
+    @in_full_fp32
+    def nll(self, final_hidden: torch.Tensor, input_ids: torch.Tensor, skip_first: int) -> float:
+        """The exact summed NLL of one window ([1, T, d] after the final norm): what the bound
+        of :class:`VocabSubsetBound` stays below."""
+        nll = nll_from_final_hidden(
+            self.model,
+            self.adapter,
+            final_hidden,
+            input_ids,
+            skip_first=skip_first,
+            logits_fn=self.logits,
+        )
+        return float(nll.sum().item())
 
     def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.weight[rows], None if self.bias is None else self.bias[rows]
@@ -90,6 +108,7 @@ def subset_size(vocab_size: int) -> int:
 
 
 @torch.inference_mode()
+@in_full_fp32
 def predicted_rows(
     head: Fp32Head,
     final_hiddens: Sequence[torch.Tensor],
