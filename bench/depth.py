@@ -4,8 +4,10 @@
 
 One table: dense, ShortGPT, RM, SLEB, layer-PPL, BlockPruner (ppl and ppl-per-param) with the
 achieved ratio_total, WikiText-2 perplexity (seqlen 512) and search wall time; then the wall time
-of the fast exact search against the naive one (same K, same calibration, same removal order).
-Writes docs/results/depth.md and prints it.
+of the fast exact search against the naive one (same K, same calibration, same removal order),
+and the LM heads the bound skips when groups hold one candidate (big models), before (position
+order) and after (likely winner first). Writes docs/results/depth.md and prints it;
+``--speed-only --out X.md`` measures only that section.
 """
 
 from __future__ import annotations
@@ -108,8 +110,20 @@ def run_methods(
     return rows
 
 
+# The searches the speed section compares (same K and calibration): the default fast search, the
+# naive oracle, and the fast search with groups of one candidate (what an 8B model gets at
+# 128 x 2048 calibration tokens, where one candidate's states exceed GROUP_BYTES) in the old
+# position order and in the ranked order (the likely winner settled first).
+SPEED_MODES = {
+    "fast": {},
+    "naive": {"naive": True},
+    "group1-position": {"group_bytes": 1, "order": "position"},
+    "group1-ranked": {"group_bytes": 1, "order": "ranked"},
+}
+
+
 def speed_comparison(dense: LoadedModel, args: argparse.Namespace) -> dict:
-    """Fast exact search vs naive search: same K, same calibration; the orders must agree."""
+    """The ``--speed-modes`` searches at the same K and calibration; their orders must agree."""
     settings = {
         "blocks": args.speed_blocks,
         "calib": "c4",
@@ -117,23 +131,51 @@ def speed_comparison(dense: LoadedModel, args: argparse.Namespace) -> dict:
         "seqlen": args.speed_seqlen,
         "seed": 0,
     }
-    timings, orders, evals = {}, {}, {}
-    for mode in ("fast", "naive"):
-        options = {"naive": mode == "naive"}
+    timings, orders, evals, naive_evals = {}, {}, {}, 0
+    for mode in args.speed_modes:
         started = time.perf_counter()
-        result = prune(fresh(dense), "blockpruner", options=options, **settings)
+        result = prune(fresh(dense), "blockpruner", options=SPEED_MODES[mode], **settings)
         timings[mode] = time.perf_counter() - started
         orders[mode] = result.plan.removed_blocks
         evals[mode] = result.plan.extra["search"]["window_evals"]
-        print(f"speed {mode}: {timings[mode]:.1f} s, order {orders[mode]}", flush=True)
+        naive_evals = result.plan.extra["search"]["naive_window_evals"]
+        print(
+            f"speed {mode}: {timings[mode]:.1f} s, {evals[mode]} of {naive_evals} full LM heads, "
+            f"order {orders[mode]}",
+            flush=True,
+        )
+    both = "fast" in timings and "naive" in timings
     return {
         "settings": settings,
         "seconds": timings,
-        "speedup": timings["naive"] / timings["fast"],
-        "same_order": orders["fast"] == orders["naive"],
-        "order": orders["fast"],
+        "speedup": timings["naive"] / timings["fast"] if both else None,
+        "same_order": len({tuple(order) for order in orders.values()}) == 1,
+        "order": next(iter(orders.values())),
         "window_evals": evals,
+        "naive_window_evals": naive_evals,
     }
+
+
+def group_of_one_lines(speed: dict) -> list[str]:
+    """The skip rate with groups of one candidate, position order vs ranked order."""
+    evals = speed["window_evals"]
+    if not {"group1-position", "group1-ranked"} <= set(evals):
+        return []
+    naive = speed.get("naive_window_evals") or evals["naive"]
+
+    def skipped(mode: str) -> str:
+        return f"{evals[mode]} ({1 - evals[mode] / naive:.0%} skipped)"
+
+    return [
+        "",
+        "Groups of one candidate (`group_bytes=1`: an 8B model at 128 x 2048 calibration tokens "
+        "gets them, since one candidate's final states exceed 1 GiB), same K and calibration: "
+        f"full LM heads of {naive} candidate-window pairs, position order (before) "
+        f"{skipped('group1-position')}, ranked order with the likely winner settled first (after) "
+        f"{skipped('group1-ranked')}; wall time {speed['seconds']['group1-position']:.1f} s vs "
+        f"{speed['seconds']['group1-ranked']:.1f} s. Same removal order in every mode measured "
+        f"({', '.join(speed['seconds'])}): {speed['same_order']}.",
+    ]
 
 
 def render(rows: list[dict], speed: dict | None, args: argparse.Namespace, total_s: float) -> str:
@@ -166,15 +208,8 @@ def render(rows: list[dict], speed: dict | None, args: argparse.Namespace, total
     if speed is None:
         lines.append("(not measured yet)")
         return "\n".join([*lines, ""])
-    s = speed["settings"]
-    lines.append(
-        f"BlockPruner, K={s['blocks']} blocks, calibration {s['n_samples']} x {s['seqlen']} "
-        f"tokens: naive {speed['seconds']['naive']:.1f} s, fast {speed['seconds']['fast']:.1f} s "
-        f"-> **{speed['speedup']:.2f}x**; same removal order: {speed['same_order']} "
-        f"({', '.join(speed['order'])}). Full LM heads computed: {speed['window_evals']['fast']} "
-        f"(fast) vs {speed['window_evals']['naive']} (naive, one per candidate and window); every "
-        "fast evaluation also skips the prefix before its candidate."
-    )
+    lines += fast_vs_naive_lines(speed)
+    lines += group_of_one_lines(speed)
     lines += ["", "Branch and bound over the full searches (greedy rows of the table):", ""]
     for row in rows[1:]:
         if row.get("naive_window_evals"):
@@ -188,6 +223,20 @@ def render(rows: list[dict], speed: dict | None, args: argparse.Namespace, total
     return "\n".join(lines)
 
 
+def fast_vs_naive_lines(speed: dict) -> list[str]:
+    if speed.get("speedup") is None:
+        return []
+    s = speed["settings"]
+    return [
+        f"BlockPruner, K={s['blocks']} blocks, calibration {s['n_samples']} x {s['seqlen']} "
+        f"tokens: naive {speed['seconds']['naive']:.1f} s, fast {speed['seconds']['fast']:.1f} s "
+        f"-> **{speed['speedup']:.2f}x**; same removal order: {speed['same_order']} "
+        f"({', '.join(speed['order'])}). Full LM heads computed: {speed['window_evals']['fast']} "
+        f"(fast) vs {speed['window_evals']['naive']} (naive, one per candidate and window); every "
+        "fast evaluation also skips the prefix before its candidate."
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ratio", type=float, default=0.2)
@@ -197,6 +246,16 @@ def main() -> None:
     parser.add_argument("--speed-blocks", type=int, default=2)
     parser.add_argument("--speed-samples", type=int, default=4)
     parser.add_argument("--speed-seqlen", type=int, default=128)
+    parser.add_argument(
+        "--speed-modes",
+        nargs="+",
+        choices=list(SPEED_MODES),
+        default=list(SPEED_MODES),
+        help="The searches of the speed section (default: all).",
+    )
+    parser.add_argument(
+        "--speed-only", action="store_true", help="Measure only the fast-vs-naive section."
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "depth.md")
     parser.add_argument("--runs", type=Path, default=None, help="Keep the run directories here.")
     parser.add_argument("--only", nargs="+", help="Run only these methods (table names), in order.")
@@ -221,6 +280,16 @@ def main() -> None:
     rows, speed = previous.get("rows", []), previous.get("speed")
     if speed is None:  # a few minutes: measured first so a cut-short run still has it
         speed = speed_comparison(dense, args)
+    if args.speed_only:
+        text = "\n".join(
+            ["## Fast exact search", "", *fast_vs_naive_lines(speed), *group_of_one_lines(speed)]
+        )
+        args.out.write_text(text + "\n")
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"speed": speed, "args": vars(args)}, indent=2, default=str)
+        )
+        sys.stdout.write(text + "\n")
+        return
     rows = run_methods(dense, args, runs, lambda r: write(r, speed), rows)
     sys.stdout.write(write(rows, speed))
 

@@ -169,3 +169,32 @@ def test_plots_are_skipped_without_matplotlib(tmp_path, monkeypatch, capsys) -> 
     assert write_depth_plots(tmp_path, plan, num_layers=4) == []
     err = capsys.readouterr().err
     assert "plots skipped" in err and err.count("\n") == 1
+
+
+def test_resume_refuses_a_different_dtype(calib, tmp_path, monkeypatch) -> None:
+    """Scores of an fp32 search and a bf16 one are not comparable: no mixed trajectory."""
+    real_checkpointer = blockpruner_module.checkpointer
+
+    def interrupting_checkpointer(*args, **kwargs):
+        save = real_checkpointer(*args, **kwargs)
+
+        def save_then_crash(state):
+            save(state)
+            raise KeyboardInterrupt
+
+        return save_then_crash
+
+    monkeypatch.setattr(blockpruner_module, "checkpointer", interrupting_checkpointer)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        prune(_tiny(), "blockpruner", out=run, blocks=3, **calib)
+    monkeypatch.undo()
+    assert json.loads((run / PARTIAL_PLAN_FILE).read_text())["settings"]["dtype"] == "fp32"
+
+    bf16 = from_model(tiny_model("llama").to(torch.bfloat16), tiny_tokenizer(), spec="tiny-llama")
+    with pytest.raises(PlanError) as refused:
+        prune(bf16, "blockpruner", out=run, resume=True, blocks=3, **calib)
+    message = str(refused.value)
+    assert "ran in fp32 and the model is loaded in bf16" in message and "\n" not in message
+    resumed = prune(_tiny(), "blockpruner", out=run, resume=True, blocks=3, **calib).plan
+    assert len(resumed.removed_blocks) == 3 and resumed.settings["dtype"] == "fp32"

@@ -94,9 +94,21 @@ class FakeRunner:
         self.tokens = 100 * self.num_windows
         self.heads: list[tuple[Candidate, int]] = []
 
-    def suffix_finals(self, active: Sequence[BlockRef], candidates: Sequence[Candidate]):
-        for candidate in sorted(candidates):
-            yield candidate, [_Final(candidate)] * self.num_windows
+    @property
+    def state_bytes(self) -> int:
+        return 4 * self.num_windows
+
+    def suffix_finals(
+        self,
+        active: Sequence[BlockRef],
+        candidates: Sequence[Candidate],
+        first: Candidate | None = None,
+        windows: Sequence[int] | None = None,
+    ):
+        count = self.num_windows if windows is None else len(windows)
+        ordered = [first] if first is not None else []
+        for candidate in [*ordered, *(c for c in sorted(candidates) if c != first)]:
+            yield candidate, [_Final(candidate)] * count
 
     def window_nll(self, final: _Final, window: int) -> float:
         self.heads.append((final.candidate, window))

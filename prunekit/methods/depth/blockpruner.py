@@ -15,7 +15,7 @@ from prunekit.methods.depth.common import (
     resume_state,
     search_settings,
 )
-from prunekit.methods.depth.search import greedy_search
+from prunekit.methods.depth.search import GROUP_BYTES, greedy_search
 from prunekit.methods.registry import (
     CALIBRATION,
     DEPTH_BLOCK_UNITS,
@@ -39,11 +39,20 @@ def run_greedy(
     protect: list[int],
     naive: bool = False,
 ) -> PruningPlan:
-    """Greedy search over ``unit``s ("block" or "layer"), then surgery; returns the plan."""
+    """Greedy search over ``unit``s ("block" or "layer"), then surgery; returns the plan.
+
+    ``settings.options`` may set ``group_bytes`` and ``order`` (search.py): benchmarks use them to
+    measure what settling the likely winner first saves when groups hold one candidate.
+    """
     setup = prepare_units(loaded, settings, unit, protect)
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
-    expected = search_settings(method, settings, unit=unit, protect_layers=protect)
+    # The dtype is part of what decides the scores: a resumed search must use the same one.
+    expected = search_settings(
+        method, settings, unit=unit, protect_layers=protect, dtype=loaded.dtype_name
+    )
     state = resume_state(loaded, settings, method, expected)
+    group_bytes = int(settings.options.get("group_bytes", GROUP_BYTES))
+    order = str(settings.options.get("order", "ranked"))
     started = time.perf_counter()
     state = greedy_search(
         runner,
@@ -56,6 +65,8 @@ def run_greedy(
         naive=naive,
         on_step=checkpointer(loaded, method, settings, expected),
         desc=f"{method} search",
+        group_bytes=group_bytes,
+        order=order,
     )
     evals = sum(step.get("window_evals", 0) for step in state.trajectory)
     naive_evals = sum(step.get("naive_window_evals", 0) for step in state.trajectory)
@@ -70,6 +81,8 @@ def run_greedy(
             "calib_tokens": runner.tokens,
             "exhaustive": settings.exhaustive,
             "naive": naive,
+            "group_bytes": group_bytes,
+            "order": order,
         },
     }
     return finish(loaded, method, settings, expected, state, extra)

@@ -14,7 +14,6 @@ import torch
 
 from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
 from prunekit.engine.layerwise import LayerContext, capture_layer_context, embed, run_block
-from prunekit.evaluation.nll import nll_from_final_hidden
 from prunekit.methods.depth.nll_bound import Fp32Head, VocabSubsetBound, build_bound
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
@@ -95,17 +94,8 @@ class BlockRunner:
         The head runs in fp32 (an upcast copy in bf16/fp16 models): candidates' scores differ by
         hundredths of a nat, below what bf16 logits resolve, and the bound needs it.
         """
-        ids = self.windows[window : window + 1]
         final = self.adapter.final_hidden(self.model, hidden)
-        nll = nll_from_final_hidden(
-            self.model,
-            self.adapter,
-            final,
-            ids,
-            skip_first=self.skip_first,
-            logits_fn=self.head.logits,
-        )
-        return float(nll.sum().item())
+        return self.head.nll(final, self.windows[window : window + 1], self.skip_first)
 
     @torch.inference_mode()
     def window_bound(self, hidden: torch.Tensor, window: int) -> float:
@@ -129,18 +119,35 @@ class BlockRunner:
             self.window_nll(self.run(self.embedded(w), active), w) for w in range(self.num_windows)
         ]
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one candidate's last-layer hidden states over all windows."""
+        return sum(e.numel() * e.element_size() for e in self._embedded)
+
     @torch.inference_mode()
     def suffix_finals(
-        self, active: Sequence[BlockRef], candidates: Sequence[Candidate]
+        self,
+        active: Sequence[BlockRef],
+        candidates: Sequence[Candidate],
+        first: Candidate | None = None,
+        windows: Sequence[int] | None = None,
     ) -> Iterator[tuple[Candidate, list[torch.Tensor]]]:
-        """Each candidate's last-layer hidden states on every window (``active`` minus its blocks).
+        """Each candidate's last-layer hidden states on ``windows`` (default all), with
+        ``active`` minus its blocks.
 
         Prefix reuse: candidates come in position order while one running state per window
         advances through the current model, so each candidate pays only for the blocks after it.
+        ``first`` comes before all others, computed from the embeddings (one extra prefix): the
+        search settles its likely winner first. Batch 1 makes both paths bit-identical.
         """
+        windows = range(self.num_windows) if windows is None else windows
+        if first is not None:
+            rest = [b for b in active if b not in first]
+            yield first, [self.run(self.embedded(w), rest) for w in windows]
         position = {block: i for i, block in enumerate(active)}
-        ordered = sorted(candidates, key=lambda c: (min(position[b] for b in c), c))
-        states = [self.embedded(w) for w in range(self.num_windows)]
+        others = [c for c in candidates if c != first]
+        ordered = sorted(others, key=lambda c: (min(position[b] for b in c), c))
+        states = [self.embedded(w) for w in windows]
         at = 0
         for candidate in ordered:
             start = min(position[b] for b in candidate)

@@ -122,6 +122,7 @@ def resume_state(
         raise PlanError(f"nothing to resume: {path} does not exist")
     plan = PruningPlan.load(path)
     plan.check_model(loaded.identity())
+    check_same_dtype(path, plan.settings.get("dtype"), expected.get("dtype"))
     if plan.method != method or plan.settings != json.loads(json.dumps(expected)):
         diff = sorted(
             k for k in set(plan.settings) | set(expected) if plan.settings.get(k) != expected.get(k)
@@ -132,6 +133,15 @@ def resume_state(
         )
     removed = [tuple(BlockRef.parse(b) for b in step["blocks"]) for step in plan.trajectory]
     return SearchState(removed=removed, trajectory=list(plan.trajectory))
+
+
+def check_same_dtype(path: Path, saved: str | None, now: str | None) -> None:
+    """Scores from another dtype are not comparable: a resumed search must run in the same one."""
+    if saved is not None and now is not None and saved != now:
+        raise PlanError(
+            f"cannot resume {path}: its search ran in {saved} and the model is loaded in {now}; "
+            f"calibration scores differ across dtypes (load the model with --dtype {saved})"
+        )
 
 
 def build_plan(

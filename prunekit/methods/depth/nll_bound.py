@@ -13,7 +13,8 @@ the candidate's full head, which otherwise costs about a quarter of a small mode
 Both the exact NLL and the bound use the same fp32 head. In bf16, a logit of 20 is only known to
 +-0.06, which would make any bound loose (and candidate rankings noisy); in fp32 the two
 computations differ by rounding far below ``SLACK``, which is subtracted from the bound per token so
-that it stays below the exact value as computed.
+that it stays below the exact value as computed. "fp32" must mean IEEE fp32: TF32 or oneDNN's bf16
+math mode would round far more, so the head runs inside ``full_fp32_matmul`` (precision.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.evaluation.nll import nll_from_final_hidden
+from prunekit.methods.depth.precision import in_full_fp32
 from prunekit.models.adapters import Adapter
 
 # Rows of the head the bound keeps, at most (and at most 1/8 of the vocabulary).
@@ -41,6 +44,7 @@ class Fp32Head:
         self.weight = head.weight.detach().float()  # the same tensor when already fp32
         bias = getattr(head, "bias", None)
         self.bias = None if bias is None else bias.detach().float()
+        self.model, self.adapter = model, adapter
         self._cap = lambda logits: adapter.cap_logits(model, logits)
 
     @property
@@ -48,7 +52,24 @@ class Fp32Head:
         return self.weight.shape[0]
 
     def logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
+        """Callers run it inside ``full_fp32_matmul`` (once per window, not per chunk: the scope
+        costs tens of microseconds, a chunk's head on a GPU not much more)."""
         return self._cap(F.linear(final_hidden.float(), self.weight, self.bias))
+
+    @torch.inference_mode()
+    @in_full_fp32
+    def nll(self, final_hidden: torch.Tensor, input_ids: torch.Tensor, skip_first: int) -> float:
+        """The exact summed NLL of one window ([1, T, d] after the final norm): what the bound
+        of :class:`VocabSubsetBound` stays below."""
+        nll = nll_from_final_hidden(
+            self.model,
+            self.adapter,
+            final_hidden,
+            input_ids,
+            skip_first=skip_first,
+            logits_fn=self.logits,
+        )
+        return float(nll.sum().item())
 
     def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.weight[rows], None if self.bias is None else self.bias[rows]
@@ -66,6 +87,7 @@ class VocabSubsetBound:
         self.weight, self.bias = head.rows(rows)
 
     @torch.inference_mode()
+    @in_full_fp32
     def window(self, final_hidden: torch.Tensor, input_ids: torch.Tensor, skip_first: int) -> float:
         """The bound for one window: ``final_hidden`` [1, T, d] after the final norm."""
         hidden = final_hidden[0, skip_first:-1].float()
@@ -86,6 +108,7 @@ def subset_size(vocab_size: int) -> int:
 
 
 @torch.inference_mode()
+@in_full_fp32
 def predicted_rows(
     head: Fp32Head,
     final_hiddens: Sequence[torch.Tensor],

@@ -15,6 +15,7 @@ NLL of the current model with that candidate removed, and removes the argmin (ti
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +24,11 @@ from dataclasses import dataclass, field
 from prunekit.errors import SettingsError
 from prunekit.methods.depth.calibration import BlockRunner, Candidate
 from prunekit.models.adapters import BlockRef
-from prunekit.progress import progress
+from prunekit.progress import Bar, progress_bar
 
 CRITERIA = ("ppl", "ppl-per-param")
+
+log = logging.getLogger(__name__)
 
 
 def label(candidate: Candidate) -> str:
@@ -65,6 +68,7 @@ class StepScores:
     exact: dict[Candidate, bool]
     window_evals: int  # exact window NLLs computed (each a full LM head)
     bound_evals: int = 0  # window lower bounds computed (each |S|/V of a head)
+    first: Candidate | None = None  # settled before the others (its score is the first incumbent)
 
     def ranking(self) -> list[Candidate]:
         return sorted(self.values, key=lambda c: (self.values[c], c))
@@ -72,6 +76,82 @@ class StepScores:
 
 # Last-layer hidden states kept at once while a group of candidates waits for its exact scores.
 GROUP_BYTES = 1 << 30
+# "ranked": when a group cannot hold every candidate, settle the likely winner first, so the
+# bound has a good incumbent from the start; "position": candidates in position order (the old
+# behaviour, kept to measure what the ranking saves).
+ORDERS = ("ranked", "position")
+
+# Called after each candidate of a step is decided: (candidate, best so far, its NLL sum).
+Listener = Callable[[Candidate, "Candidate | None", float], None]
+
+
+def likely_winner(
+    runner: BlockRunner,
+    active: Sequence[BlockRef],
+    candidates: Sequence[Candidate],
+    previous: Sequence[Candidate],
+) -> tuple[Candidate, int]:
+    """The best candidate of the previous step's ranking still in play; at the first step, the
+    one with the lowest bound on the first window (1/n of the step's suffix work, no full head).
+    Also returns the number of window bounds computed to find it."""
+    for candidate in previous:
+        if candidate in candidates:
+            return candidate, 0
+    first_window = runner.suffix_finals(active, candidates, windows=[0])
+    bounds = {c: runner.window_bound(finals[0], 0) for c, finals in first_window}
+    return min(candidates, key=lambda c: (bounds[c], c)), len(bounds)
+
+
+class _StepSearch:
+    """The branch and bound of one step (see :func:`score_step`)."""
+
+    def __init__(
+        self, runner: BlockRunner, criterion: Criterion, listener: Listener | None
+    ) -> None:
+        self.runner = runner
+        self.criterion = criterion
+        self.listener = listener
+        self.values: dict[Candidate, float] = {}
+        self.exact: dict[Candidate, bool] = {}
+        self.nlls: dict[Candidate, float] = {}
+        self.heads = self.bounds = 0
+        self.best = math.inf
+        self.best_candidate: Candidate | None = None
+
+    def lower_bounds(self, finals: list) -> list[float]:
+        self.bounds += len(finals)
+        return [self.runner.window_bound(final, w) for w, final in enumerate(finals)]
+
+    def settle(self, candidate: Candidate, finals: list, lower: list[float] | None) -> None:
+        """Exact NLL window by window, unless (exact so far + bounds of the rest) > best."""
+        self._decide(candidate, finals, lower)
+        if self.listener is not None:
+            self.listener(candidate, self.best_candidate, self.nlls.get(self.best_candidate, 0.0))
+
+    def _decide(self, candidate: Candidate, finals: list, lower: list[float] | None) -> None:
+        remaining = sum(lower) if lower is not None else 0.0
+        total = 0.0
+        for w, final in enumerate(finals):
+            if lower is not None:
+                floor = self.criterion.value(candidate, total + remaining)
+                if floor > self.best:
+                    self.values[candidate], self.exact[candidate] = floor, False
+                    return
+                remaining -= lower[w]
+            total += self.runner.window_nll(final, w)
+            self.heads += 1
+        value = self.criterion.value(candidate, total)
+        self.values[candidate], self.exact[candidate] = value, True
+        self.nlls[candidate] = total
+        if (value, candidate) < (self.best, self.best_candidate or candidate):
+            self.best, self.best_candidate = value, candidate
+
+    def flush(self, group: list) -> None:
+        """Settle a group in order of its bound: a likely winner first lowers the incumbent."""
+        group.sort(key=lambda item: (sum(item[2]) if item[2] is not None else 0.0, item[0]))
+        for candidate, finals, lower in group:
+            self.settle(candidate, finals, lower)
+        group.clear()
 
 
 def score_step(
@@ -81,6 +161,9 @@ def score_step(
     criterion: Criterion,
     exhaustive: bool = False,
     group_bytes: int = GROUP_BYTES,
+    previous: Sequence[Candidate] = (),
+    order: str = "ranked",
+    listener: Listener | None = None,
 ) -> StepScores:
     """The exact argmin over ``candidates``, by prefix reuse and branch and bound.
 
@@ -91,53 +174,31 @@ def score_step(
     cannot win and never gets its full head. A settled candidate's exact NLL is summed window by
     window, and it is dropped as soon as (exact so far + bounds of the rest) exceeds the best.
     Comparisons are strict, so ties survive to the tie-break. ``exhaustive`` scores everything.
+
+    Candidates wait for their exact scores in groups of ``group_bytes`` of hidden states. When a
+    group cannot hold them all (big models: one candidate's states can exceed 1 GiB), the order
+    of arrival sets the incumbent, so with ``order="ranked"`` the likely winner (``previous``,
+    the last step's ranking; see :func:`likely_winner`) is settled before all others. The order
+    changes only the work done: the argmin, its score and the tie-break are the naive search's.
     """
-    n = runner.num_windows
-    values: dict[Candidate, float] = {}
-    exact: dict[Candidate, bool] = {}
-    nlls: dict[Candidate, float] = {}
-    heads = bounds = 0
-    best = math.inf
-
-    def settle(candidate: Candidate, finals: list, lower: list[float] | None) -> None:
-        nonlocal heads, best
-        remaining = sum(lower) if lower is not None else 0.0
-        total = 0.0
-        for w in range(n):
-            if lower is not None:
-                floor = criterion.value(candidate, total + remaining)
-                if floor > best:
-                    values[candidate], exact[candidate] = floor, False
-                    return
-                remaining -= lower[w]
-            total += runner.window_nll(finals[w], w)
-            heads += 1
-        values[candidate], exact[candidate] = criterion.value(candidate, total), True
-        nlls[candidate] = total
-        best = min(best, values[candidate])
-
-    def flush(group: list) -> None:
-        group.sort(key=lambda item: (sum(item[2]) if item[2] is not None else 0.0, item[0]))
-        for candidate, finals, lower in group:
-            settle(candidate, finals, lower)
-        group.clear()
-
+    if order not in ORDERS:
+        raise SettingsError(f"unknown search order {order!r}; known: {', '.join(ORDERS)}")
+    search = _StepSearch(runner, criterion, listener)
+    group_size = max(1, group_bytes // max(runner.state_bytes, 1))
+    first = None
+    if order == "ranked" and not exhaustive and group_size < len(candidates):
+        first, search.bounds = likely_winner(runner, active, candidates, previous)
+        log.debug("settling %s first (groups of %d candidates)", label(first), group_size)
     group: list = []
-    group_size = None
-    for candidate, finals in runner.suffix_finals(active, candidates):
-        lower = None
-        if not exhaustive:
-            lower = [runner.window_bound(finals[w], w) for w in range(n)]
-            bounds += n
-        group.append((candidate, finals, lower))
-        if group_size is None:
-            per_candidate = sum(f.numel() * f.element_size() for f in finals)
-            group_size = max(1, group_bytes // max(per_candidate, 1))
-        if len(group) >= group_size:
-            flush(group)
-    flush(group)
+    for candidate, finals in runner.suffix_finals(active, candidates, first=first):
+        group.append((candidate, finals, None if exhaustive else search.lower_bounds(finals)))
+        if len(group) >= group_size or candidate == first:
+            search.flush(group)
+    search.flush(group)
+    exact, values = search.exact, search.values
     winner = min((c for c in candidates if exact[c]), key=lambda c: (values[c], c))
-    return StepScores(winner, nlls[winner], values, exact, heads, bounds)
+    heads, bounds = search.heads, search.bounds
+    return StepScores(winner, search.nlls[winner], values, exact, heads, bounds, first)
 
 
 def score_step_naive(
@@ -145,13 +206,20 @@ def score_step_naive(
     active: Sequence[BlockRef],
     candidates: Sequence[Candidate],
     criterion: Criterion,
+    listener: Listener | None = None,
 ) -> StepScores:
     """The reference: for every candidate and window, a full forward from a fresh embedding."""
     nll = dict.fromkeys(candidates, 0.0)
+    best: Candidate | None = None
     for candidate in candidates:
         rest = [b for b in active if b not in candidate]
         for w in range(runner.num_windows):
             nll[candidate] += runner.window_nll(runner.run(runner.embed(w), rest), w)
+        value = criterion.value(candidate, nll[candidate])
+        if best is None or (value, candidate) < (criterion.value(best, nll[best]), best):
+            best = candidate
+        if listener is not None:
+            listener(candidate, best, nll[best])
     values = {c: criterion.value(c, nll[c]) for c in candidates}
     best = min(candidates, key=lambda c: (values[c], c))
     evals = len(candidates) * runner.num_windows
@@ -214,11 +282,15 @@ def greedy_search(
     naive: bool = False,
     on_step: Callable[[SearchState], None] | None = None,
     desc: str | None = "depth search",
+    group_bytes: int = GROUP_BYTES,
+    order: str = "ranked",
 ) -> SearchState:
     """Remove units greedily until ``target`` is reached; ``state`` continues an earlier run.
 
     After each step ``on_step`` gets the state (to checkpoint it). Each trajectory entry
     records the removed unit, the calibration ppl and ratio_total after it, and the work done.
+    With ``desc``, progress bars show the steps (kept) and each step's candidates with the
+    best so far (cleared when the step ends); each step is also logged at INFO.
     """
     if criterion_name not in CRITERIA:
         raise SettingsError(f"unknown criterion {criterion_name!r}; known: {', '.join(CRITERIA)}")
@@ -229,41 +301,123 @@ def greedy_search(
     if base_nll is None and criterion_name == "ppl-per-param":
         base_nll = sum(runner.model_nll(all_blocks))
     steps = target.estimated_steps(list(unit_params.values()))
-    bar = progress(iter(int, 1), desc=desc, total=steps, initial=len(state.removed), unit="step")
-    for _ in bar:
-        if target.reached(len(state.removed), removed_params):
-            break
-        gone = {b for u in state.removed for b in u}
-        active = [b for b in all_blocks if b not in gone]
-        candidates = [u for u in units if u not in state.removed]
-        if not candidates:
-            break
-        criterion = Criterion(criterion_name, runner.tokens, base_nll or 0.0, dict(unit_params))
-        started = time.perf_counter()
-        if naive:
-            scores = score_step_naive(runner, active, candidates, criterion)
-        else:
-            scores = score_step(runner, active, candidates, criterion, exhaustive)
-        state.removed.append(scores.best)
-        removed_params += unit_params[scores.best]
-        base_nll = scores.best_nll
-        state.trajectory.append(
-            {
-                "step": len(state.removed),
-                "removed": label(scores.best),
-                "blocks": [str(b) for b in scores.best],
-                "calib_ppl": math.exp(scores.best_nll / runner.tokens),
-                "calib_nll": scores.best_nll,
-                "ratio_total": removed_params / target.total_params,
-                "removed_params": removed_params,
-                "score": scores.values[scores.best],
-                "window_evals": scores.window_evals,
-                "bound_evals": scores.bound_evals,
-                "naive_window_evals": len(candidates) * runner.num_windows,
-                "seconds": time.perf_counter() - started,
-                "scores": [[label(c), scores.values[c], scores.exact[c]] for c in scores.ranking()],
-            }
-        )
-        if on_step is not None:
-            on_step(state)
+    log.info(
+        "%s: %d candidates, %d calibration windows (%d tokens), about %d steps%s",
+        desc or "depth search",
+        len(units),
+        runner.num_windows,
+        runner.tokens,
+        steps,
+        f", resuming after {len(state.removed)}" if state.removed else "",
+    )
+    bar = progress_bar(desc, total=steps, initial=len(state.removed), unit="step", leave=True)
+    try:
+        while not target.reached(len(state.removed), removed_params):
+            gone = {b for u in state.removed for b in u}
+            active = [b for b in all_blocks if b not in gone]
+            candidates = [u for u in units if u not in state.removed]
+            if not candidates:
+                break
+            criterion = Criterion(criterion_name, runner.tokens, base_nll or 0.0, dict(unit_params))
+            step = len(state.removed) + 1
+            started = time.perf_counter()
+            step_bar = progress_bar(
+                None if desc is None else f"step {step}", total=len(candidates), unit="cand"
+            )
+            listener = candidate_listener(step_bar, runner.tokens)
+            try:
+                if naive:
+                    scores = score_step_naive(runner, active, candidates, criterion, listener)
+                else:
+                    previous = previous_ranking(state, units)
+                    scores = score_step(
+                        runner,
+                        active,
+                        candidates,
+                        criterion,
+                        exhaustive,
+                        group_bytes,
+                        previous,
+                        order,
+                        listener,
+                    )
+            finally:
+                step_bar.close()
+            state.removed.append(scores.best)
+            removed_params += unit_params[scores.best]
+            base_nll = scores.best_nll
+            entry = step_entry(runner, scores, step, candidates, removed_params, target, started)
+            state.trajectory.append(entry)
+            log_step(entry)
+            bar.update(1)
+            bar.set_postfix_str(f"removed {entry['removed']}, calib ppl {entry['calib_ppl']:.4g}")
+            if on_step is not None:
+                on_step(state)
+    finally:
+        bar.close()
     return state
+
+
+def previous_ranking(state: SearchState, units: Sequence[Candidate]) -> list[Candidate]:
+    """The last step's candidates, best first (from the trajectory, so a resumed run has it)."""
+    if not state.trajectory:
+        return []
+    by_label = {label(u): u for u in units}
+    return [
+        by_label[row[0]] for row in state.trajectory[-1].get("scores", []) if row[0] in by_label
+    ]
+
+
+def candidate_listener(bar: Bar, tokens: int) -> Listener:
+    """Ticks ``bar`` once per decided candidate and shows the best so far as a calib ppl."""
+
+    def on_candidate(candidate: Candidate, best: Candidate | None, best_nll: float) -> None:
+        bar.update(1)
+        if best is not None:
+            bar.set_postfix_str(f"best {label(best)} ppl {math.exp(best_nll / tokens):.4g}")
+
+    return on_candidate
+
+
+def step_entry(
+    runner: BlockRunner,
+    scores: StepScores,
+    step: int,
+    candidates: Sequence[Candidate],
+    removed_params: int,
+    target: Target,
+    started: float,
+) -> dict:
+    """What the trajectory records about one step."""
+    return {
+        "step": step,
+        "removed": label(scores.best),
+        "blocks": [str(b) for b in scores.best],
+        "calib_ppl": math.exp(scores.best_nll / runner.tokens),
+        "calib_nll": scores.best_nll,
+        "ratio_total": removed_params / target.total_params,
+        "removed_params": removed_params,
+        "score": scores.values[scores.best],
+        "window_evals": scores.window_evals,
+        "bound_evals": scores.bound_evals,
+        "naive_window_evals": len(candidates) * runner.num_windows,
+        "settled_first": None if scores.first is None else label(scores.first),
+        "seconds": time.perf_counter() - started,
+        "scores": [[label(c), scores.values[c], scores.exact[c]] for c in scores.ranking()],
+    }
+
+
+def log_step(entry: dict) -> None:
+    skipped = 1 - entry["window_evals"] / max(entry["naive_window_evals"], 1)
+    log.info(
+        "step %d: removed %s, calib ppl %.4f, ratio_total %.4f; %d of %d full LM heads "
+        "(%.0f%% skipped by the bound), %.1f s",
+        entry["step"],
+        entry["removed"],
+        entry["calib_ppl"],
+        entry["ratio_total"],
+        entry["window_evals"],
+        entry["naive_window_evals"],
+        100 * skipped,
+        entry["seconds"],
+    )

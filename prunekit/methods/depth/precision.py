@@ -1,0 +1,125 @@
+"""True fp32 matmuls for the depth search's LM head, whatever the user chose for speed.
+
+The vocabulary-subset bound (nll_bound.py) stays below the exact NLL only if both are computed
+with fp32 arithmetic: its ``SLACK`` covers fp32 rounding (~1e-6 of a logit), not reduced-precision
+math modes that PyTorch applies to fp32 tensors on request. TF32 (10-bit mantissa; Ampere+ GPUs via
+``torch.backends.cuda.matmul.allow_tf32``, ``set_float32_matmul_precision("high")`` or
+``torch.backends.cuda.matmul.fp32_precision = "tf32"``) and oneDNN's bf16 math mode
+(``set_float32_matmul_precision("medium")`` on AMX CPUs: logits of a 576-wide head off by 0.26
+instead of 8e-5, measured) shift a logit by far more than the slack, so the bound could exceed the
+exact NLL and drop the true winner. :func:`full_fp32_matmul` pins every such switch to full fp32
+for the head, the bound and the exact NLL, and puts the user's settings back afterwards.
+
+PyTorch >= 2.9 has two APIs for these switches (the legacy ``allow_tf32`` /
+``float32_matmul_precision`` and the per-backend ``fp32_precision`` tree) and refuses to read a
+legacy value when the two disagree, so both are set consistently and each is restored only if it
+could be read.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+# Nodes of the per-backend fp32_precision tree (torch >= 2.9), parents before children so a
+# restore sets every node to its own saved value.
+PRECISION_NODES = (
+    "",
+    "cuda.matmul",
+    "cudnn",
+    "cudnn.conv",
+    "cudnn.rnn",
+    "mkldnn",
+    "mkldnn.matmul",
+    "mkldnn.conv",
+    "mkldnn.rnn",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _node(name: str) -> Any | None:
+    """``torch.backends.<name>`` if it has an ``fp32_precision`` switch in this torch."""
+    node: Any = torch.backends
+    for part in filter(None, name.split(".")):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    try:
+        node.fp32_precision  # noqa: B018 - probing: older torch raises AttributeError
+    except (AttributeError, RuntimeError):
+        return None
+    return node
+
+
+def _read(getter: Callable[[], Any]) -> Any | None:
+    """A legacy setting, or None where torch refuses to read it (legacy and new API mixed)."""
+    try:
+        return getter()
+    except RuntimeError:
+        return None
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """Every switch that lets PyTorch compute an fp32 matmul or convolution in less precision."""
+
+    float32_matmul: str | None
+    cudnn_allow_tf32: bool | None
+    nodes: dict[str, str]
+
+    @classmethod
+    def current(cls) -> PrecisionSettings:
+        nodes = {name: node.fp32_precision for name in PRECISION_NODES if (node := _node(name))}
+        return cls(
+            _read(torch.get_float32_matmul_precision),
+            _read(lambda: bool(torch.backends.cudnn.allow_tf32)),
+            nodes,
+        )
+
+    def apply(self) -> None:
+        """Set every readable switch back. The legacy switches go first: setting one of them also
+        rewrites nodes of the new tree, which then get their own saved values."""
+        if self.float32_matmul is not None:
+            torch.set_float32_matmul_precision(self.float32_matmul)
+        if self.cudnn_allow_tf32 is not None:
+            torch.backends.cudnn.allow_tf32 = self.cudnn_allow_tf32
+        for name, value in self.nodes.items():
+            node = _node(name)
+            if node is not None:
+                node.fp32_precision = value
+
+
+FULL_FP32 = PrecisionSettings(
+    float32_matmul="highest",
+    cudnn_allow_tf32=False,
+    nodes=dict.fromkeys(PRECISION_NODES, "ieee"),
+)
+
+
+@contextmanager
+def full_fp32_matmul() -> Iterator[None]:
+    """Inside: fp32 matmuls (and convolutions) in full IEEE fp32 on every backend. On exit,
+    also through an exception, the caller's settings are restored."""
+    saved = PrecisionSettings.current()
+    try:
+        FULL_FP32.apply()
+        yield
+    finally:
+        saved.apply()
+
+
+def in_full_fp32(function: F) -> F:
+    """Decorator form of :func:`full_fp32_matmul`."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with full_fp32_matmul():
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
