@@ -7,6 +7,7 @@ calibration forward pass, so FASP's cost is read against it on a machine whose l
 Writes docs/results/width.md (rewritten after every run, so a partial table survives) and prints it.
 
     PRUNEKIT_DATA_DIR=../shared/data python bench/width.py [--eval-windows N] [--sparsities ...]
+    python bench/width.py --dtype bf16 --methods fasp --out docs/results/width_bf16.md
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import copy
 import dataclasses
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -140,6 +142,9 @@ def main() -> None:
     parser.add_argument("--calib", default="c4")
     parser.add_argument("--out", default="docs/results/width.md")
     parser.add_argument("--repeats", type=int, default=3, help="timed FASP runs per sparsity")
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="run only these methods (default: all)"
+    )
     args = parser.parse_args()
     if args.repeats < 1 or args.repeats % 2 == 0:
         parser.error("--repeats must be odd and positive (the table shows the median run)")
@@ -154,6 +159,7 @@ def main() -> None:
         "dtype": dense.dtype_name,
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "repeats": args.repeats,
+        "command": "python bench/width.py " + " ".join(sys.argv[1:]),
         "dense_ppl": dense_ppl.ppl,
         "eval_windows_label": (
             f"the full test set ({dense_ppl.windows} windows)"
@@ -166,6 +172,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for sparsity in args.sparsities:
         for label, method, restore, extra in (*RUNS, *EXTRA_RUNS.get(sparsity, ())):
+            if args.methods is not None and method not in args.methods:
+                continue
             settings = PruneSettings(sparsity=sparsity, restore=restore, **base, **extra)
             row: dict = {"sparsity": sparsity, "label": label, "method": method}
             if label == "FASP":

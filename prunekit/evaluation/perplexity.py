@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from prunekit.data import check_seqlen, corpus_source, corpus_tokens, eval_windows
-from prunekit.evaluation.nll import nll_from_final_hidden
+from prunekit.evaluation.nll import LogitsFn, eval_logits_fn, nll_from_final_hidden
 from prunekit.models.loading import LoadedModel
 from prunekit.progress import progress
 
@@ -26,6 +26,9 @@ class PerplexityResult:
     bos_per_window: bool
     source: str
     seconds: float
+    # "fp32": the LM head itself ran in fp32; "model": the model's own head (an adapter with a
+    # custom head), only the log-softmax in fp32.
+    nll_head: str = "fp32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,10 +36,19 @@ class PerplexityResult:
 
 @torch.inference_mode()
 def windows_nll(
-    loaded: LoadedModel, windows: torch.Tensor, batch_size: int = 1, desc: str | None = None
+    loaded: LoadedModel,
+    windows: torch.Tensor,
+    batch_size: int = 1,
+    desc: str | None = None,
+    logits_fn: LogitsFn | None = None,
 ) -> tuple[float, int]:
-    """Total NLL and predicted-token count over ``windows`` with the model's own forward."""
+    """Total NLL and predicted-token count over ``windows`` with the model's own forward.
+
+    The LM head runs in fp32 (``eval_logits_fn``) unless ``logits_fn`` says otherwise.
+    """
     model, adapter = loaded.model, loaded.adapter
+    if logits_fn is None:
+        logits_fn, _ = eval_logits_fn(model, adapter)
     decoder = adapter.decoder(model)
     skip = 1 if adapter.bos_per_window else 0
     total, count = 0.0, 0
@@ -44,7 +56,13 @@ def windows_nll(
     for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
         batch = windows[start : start + batch_size].to(loaded.device)
         hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state
-        total += nll_from_final_hidden(model, adapter, hidden, batch, skip_first=skip).sum().item()
+        total += (
+            nll_from_final_hidden(
+                model, adapter, hidden, batch, skip_first=skip, logits_fn=logits_fn
+            )
+            .sum()
+            .item()
+        )
         count += batch.shape[0] * (batch.shape[1] - 1 - skip)
     return total, count
 
@@ -62,7 +80,8 @@ def perplexity(
     bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
     windows = eval_windows(tokens, seqlen, max_windows, bos_token_id=bos)
     started = time.perf_counter()
-    nll, count = windows_nll(loaded, windows, batch_size, desc=f"ppl {dataset}")
+    logits_fn, head = eval_logits_fn(loaded.model, loaded.adapter)
+    nll, count = windows_nll(loaded, windows, batch_size, f"ppl {dataset}", logits_fn)
     return PerplexityResult(
         dataset=dataset,
         ppl=math.exp(nll / count),
@@ -74,4 +93,5 @@ def perplexity(
         bos_per_window=bos is not None,
         source=corpus_source(dataset),
         seconds=time.perf_counter() - started,
+        nll_head=head,
     )

@@ -5,6 +5,9 @@ state, so every case runs the models *interleaved*: warm-up of each, then run r 
 of model B, ... and the median over runs is reported. Prefill is one forward over the prompt with
 only the last position's logits (what ``generate()`` computes), decode is ``generate()`` with the
 KV cache for exactly ``new_tokens`` tokens after a short prompt.
+
+Peak memory comes from one more, untimed run of each model: on a CPU it is sampled by a thread,
+which would compete with the timed work for the cores (two on the machines here).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class CaseResult:
     model: str
     seconds: list[float]
     tokens: int  # tokens processed (prefill) or generated (decode) per run
-    peak_memory_mb: float | None  # peak above the pre-run level (CPU: RSS; CUDA: allocated)
+    # Peak above the pre-run level (CPU: sampled RSS; CUDA: allocated), from a separate untimed run.
+    peak_memory_mb: float | None
 
     @property
     def median_s(self) -> float:
@@ -73,6 +77,11 @@ def _rss_bytes() -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+# The CPU memory sampler's thread name (tests check it never runs during a timed run).
+SAMPLER_THREAD = "prunekit-peak-memory"
+SAMPLE_INTERVAL_S = 0.005
+
+
 @contextmanager
 def peak_memory(device: str) -> Iterator[dict]:
     """Peak memory above the level at entry, in MB: CUDA allocator stats, or sampled CPU RSS."""
@@ -93,10 +102,10 @@ def peak_memory(device: str) -> Iterator[dict]:
     stop = threading.Event()
 
     def sample() -> None:
-        while not stop.wait(0.005):
+        while not stop.wait(SAMPLE_INTERVAL_S):
             peak[0] = max(peak[0], _rss_bytes() or 0)
 
-    thread = threading.Thread(target=sample, daemon=True)
+    thread = threading.Thread(target=sample, name=SAMPLER_THREAD, daemon=True)
     thread.start()
     try:
         yield out
@@ -158,23 +167,32 @@ def run_interleaved(
     runs: int,
     warmup: int,
 ) -> list[CaseResult]:
-    """Time every runner ``runs`` times, alternating between them after a warm-up of each."""
+    """Time every runner ``runs`` times, alternating between them after a warm-up of each.
+
+    Peak memory is measured afterwards in one untimed run per runner, so no sampler runs while
+    the clock does.
+    """
     for name, run in runners.items():
         for _ in range(warmup):
             run()
         _sync(devices[name])
     seconds: dict[str, list[float]] = {name: [] for name in runners}
-    peaks: dict[str, float | None] = dict.fromkeys(runners)
     for _ in range(runs):
         for name, run in runners.items():
-            with peak_memory(devices[name]) as peak:
-                start = time.perf_counter()
-                run()
-                _sync(devices[name])
-                seconds[name].append(time.perf_counter() - start)
-            if peak["mb"] is not None:
-                peaks[name] = max(peaks[name] or 0.0, peak["mb"])
+            start = time.perf_counter()
+            run()
+            _sync(devices[name])
+            seconds[name].append(time.perf_counter() - start)
+    peaks = {name: untimed_peak_memory(run, devices[name]) for name, run in runners.items()}
     return [CaseResult(case, name, seconds[name], tokens, peaks[name]) for name in runners]
+
+
+def untimed_peak_memory(run: Callable[[], None], device: str) -> float | None:
+    """Peak memory (MB above the level before) of one run of ``run``, not timed."""
+    with peak_memory(device) as peak:
+        run()
+        _sync(device)
+    return peak["mb"]
 
 
 def measure_speed(models: dict[str, LoadedModel], settings: SpeedSettings) -> list[CaseResult]:
