@@ -109,3 +109,24 @@ def test_load_pruned_prints_nothing(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "" and proc.stderr == ""
+
+
+def test_tokenizer_of_a_heterogeneous_export_loads_without_custom_code(tmp_path):
+    """The documented way around AutoTokenizer's remote-code question: the tokenizer class itself
+    reads no config, so it loads with no prompt (stdin closed) and gives the original ids."""
+    export_model(heterogeneous_llama(), tmp_path / "model")
+    script = (
+        "import sys; from transformers import PreTrainedTokenizerFast; "
+        "tok = PreTrainedTokenizerFast.from_pretrained(sys.argv[1]); "
+        "print(tok('The quick brown fox')['input_ids'])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[y/N]" not in proc.stdout + proc.stderr
+    assert proc.stdout.strip() == str(tiny_tokenizer()("The quick brown fox")["input_ids"])
