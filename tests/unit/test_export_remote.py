@@ -96,17 +96,22 @@ def test_stock_transformers_without_remote_code_refuses_clearly(tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path / "model", trust_remote_code=False)
 
 
-def test_load_pruned_prints_nothing(tmp_path):
-    """No transformers warnings (e.g. "a model of type `prunekit_llama` ... of type ``")."""
-    export_model(heterogeneous_llama(), tmp_path / "model")
-    script = "import prunekit, sys; prunekit.load_pruned(sys.argv[1], device='cpu')"
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "model")],
+def run_without_stdin(script: str, *args) -> subprocess.CompletedProcess:
+    """Run ``script`` in a new interpreter with stdin closed: a prompt fails, never waits."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=240,
     )
+
+
+def test_load_pruned_prints_nothing(tmp_path):
+    """No transformers warnings (e.g. "a model of type `prunekit_llama` ... of type ``")."""
+    export_model(heterogeneous_llama(), tmp_path / "model")
+    script = "import prunekit, sys; prunekit.load_pruned(sys.argv[1], device='cpu')"
+    proc = run_without_stdin(script, tmp_path / "model")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "" and proc.stderr == ""
 
@@ -120,13 +125,7 @@ def test_tokenizer_of_a_heterogeneous_export_loads_without_custom_code(tmp_path)
         "tok = PreTrainedTokenizerFast.from_pretrained(sys.argv[1]); "
         "print(tok('The quick brown fox')['input_ids'])"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "model")],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=240,
-    )
+    proc = run_without_stdin(script, tmp_path / "model")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[y/N]" not in proc.stdout + proc.stderr
     assert proc.stdout.strip() == str(tiny_tokenizer()("The quick brown fox")["input_ids"])
