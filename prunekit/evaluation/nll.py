@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.models.adapters import Adapter
+from prunekit.models.precision import in_full_fp32
 
 # Logits for this many tokens at a time: ~25 MB in fp32 for a 49k vocabulary.
 DEFAULT_CHUNK = 128
@@ -43,8 +44,19 @@ class Fp32LmHead:
             return None
         return cls(model, adapter, head)
 
-    def __call__(self, final_hidden: torch.Tensor) -> torch.Tensor:
+    @property
+    def vocab_size(self) -> int:
+        return self.weight.shape[0]
+
+    def logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits; the caller is inside ``full_fp32_matmul`` (TF32 or oneDNN's bf16 math
+        mode would round the matmul far below fp32)."""
         return self._cap(F.linear(final_hidden.float(), self.weight, self.bias))
+
+    @in_full_fp32
+    def __call__(self, final_hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits under full IEEE fp32 matmul precision, whatever the user's setting."""
+        return self.logits(final_hidden)
 
 
 def eval_logits_fn(model: nn.Module, adapter: Adapter) -> tuple[LogitsFn, str]:

@@ -23,9 +23,9 @@ from prunekit.data import calibration_windows, tokenize_text
 from prunekit.methods.depth import nll_bound
 from prunekit.methods.depth.calibration import BlockRunner
 from prunekit.methods.depth.common import block_units, unit_parameters
-from prunekit.methods.depth.precision import PrecisionSettings, _node, full_fp32_matmul
 from prunekit.methods.depth.search import Target, greedy_search
 from prunekit.models.loading import from_model
+from prunekit.models.precision import PrecisionSettings, _node, full_fp32_matmul
 from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
 from tests.unit.depth_helpers import one_thread  # noqa: F401
 

@@ -116,3 +116,29 @@ def test_adapter_with_its_own_head_keeps_the_model_logits():
     hidden = torch.randn(1, 4, model.config.hidden_size)
     torch.testing.assert_close(logits_fn(hidden), 2 * model.lm_head(hidden))
     assert eval_logits_fn(model, loaded.adapter)[1] == "fp32"
+
+
+def test_fp32_head_runs_in_ieee_fp32_whatever_the_users_matmul_precision(monkeypatch):
+    """TF32 (GPUs) or oneDNN's bf16 math mode (AMX CPUs) would round the "fp32" head: perplexity
+    forces full precision for the head and gives the user's setting back."""
+    import prunekit.evaluation.nll as nll
+
+    seen = []
+    real_linear = F.linear
+
+    def recording_linear(*args, **kwargs):
+        seen.append(torch.get_float32_matmul_precision())
+        return real_linear(*args, **kwargs)
+
+    loaded = from_model(tiny_model("llama"), tiny_tokenizer())
+    head, kind = eval_logits_fn(loaded.model, loaded.adapter)
+    assert kind == "fp32"
+    monkeypatch.setattr(nll.F, "linear", recording_linear)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        head(torch.randn(1, 4, loaded.model.config.hidden_size))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen == ["highest"]

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.evaluation.nll import nll_from_final_hidden
-from prunekit.methods.depth.precision import in_full_fp32
+from prunekit.evaluation.nll import Fp32LmHead, nll_from_final_hidden
 from prunekit.models.adapters import Adapter
+from prunekit.models.precision import in_full_fp32
 
 # Rows of the head the bound keeps, at most (and at most 1/8 of the vocabulary).
 SUBSET_SIZE = 4096
@@ -36,25 +36,14 @@ SUBSET_SIZE = 4096
 SLACK = 1e-4
 
 
-class Fp32Head:
-    """The model's LM head (and logit capping) in fp32; the weights are upcast once."""
+class Fp32Head(Fp32LmHead):
+    """The model's LM head in fp32 (``Fp32LmHead``) with what the search adds: the exact NLL of
+    a window, and head rows for the bound. ``logits`` runs in the caller's fp32 scope, entered
+    once per window rather than per chunk (the scope costs tens of microseconds)."""
 
     def __init__(self, model: nn.Module, adapter: Adapter) -> None:
-        head = model.get_output_embeddings()
-        self.weight = head.weight.detach().float()  # the same tensor when already fp32
-        bias = getattr(head, "bias", None)
-        self.bias = None if bias is None else bias.detach().float()
+        super().__init__(model, adapter, model.get_output_embeddings())
         self.model, self.adapter = model, adapter
-        self._cap = lambda logits: adapter.cap_logits(model, logits)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.weight.shape[0]
-
-    def logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
-        """Callers run it inside ``full_fp32_matmul`` (once per window, not per chunk: the scope
-        costs tens of microseconds, a chunk's head on a GPU not much more)."""
-        return self._cap(F.linear(final_hidden.float(), self.weight, self.bias))
 
     @torch.inference_mode()
     @in_full_fp32
