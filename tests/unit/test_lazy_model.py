@@ -305,3 +305,21 @@ def test_peak_anonymous_memory_is_a_few_layers_not_the_model(tmp_path):
     # Negative control: the whole model in bf16 (≈109 MB) does not fit the bound.
     assert results["eager"]["peak_above"] > bound
     assert results["eager"]["peak_above"] > 0.8 * num_parameters * 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_parts_onload_to_the_gpu_and_run_there(tmp_path):
+    directory = save_sharded(tmp_path / "g", "gemma3")
+    eager = load_model(str(directory), dtype="bf16", device="cpu").model
+    lazy = LazyModel(directory, dtype="bf16", device="cuda")
+    ids = torch.randint(3, TINY_VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = eager(input_ids=ids).logits.float()
+        lazy.onload(*lazy.parts)
+        try:
+            assert all(t.device.type == "cuda" for t in state(lazy.model).values())
+            logits = lazy.model(input_ids=ids.cuda()).logits.float().cpu()
+        finally:
+            lazy.release_all()
+    assert all(p.is_meta for p in lazy.model.parameters())
+    torch.testing.assert_close(logits, expected, rtol=0.05, atol=0.05)
