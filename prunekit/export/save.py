@@ -112,6 +112,42 @@ def _export_config(loaded: LoadedModel, shapes: list[LayerShape], requested: str
     return fmt, config, shim
 
 
+def write_beside_weights(
+    directory: Path,
+    loaded: LoadedModel,
+    shapes: list[LayerShape],
+    fmt: str,
+    dtype: torch.dtype,
+    written: WrittenWeights,
+    plan: PruningPlan | None,
+    report: dict | None,
+) -> Format:
+    """Everything but the weights: config (checked against ``loaded.model``'s tensor shapes,
+    which may be meta tensors), generation config, tokenizer, shim, plan and report."""
+    fmt_chosen, config, shim = _export_config(loaded, shapes, fmt)
+    config.dtype = dtype
+    config.save_pretrained(directory)
+    generation = getattr(loaded.model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(directory)
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(directory)
+    if shim is not None:
+        shutil.copyfile(shim.path, directory / shim.path.name)
+    if plan is not None:
+        plan.save(directory / "plan.json")
+    section = {
+        "format": fmt_chosen,
+        "dtype": dtype_name(dtype),
+        "weight_bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors")),
+        "parameters": written.parameters,
+        "base_model_type": getattr(config, "base_model_type", None) or config.model_type,
+        "layers": describe_for_report(shapes),
+    }
+    write_json_atomic(directory / "report.json", {**(report or {}), EXPORT_KEY: section})
+    return fmt_chosen
+
+
 def export_model(
     loaded: LoadedModel,
     out: str | Path,
@@ -131,30 +167,11 @@ def export_model(
     target = Path(out)
     torch_dtype = loaded.dtype if dtype in (None, "auto") else resolve_dtype(dtype)
     shapes = describe_layers(loaded.model, loaded.adapter)
-    fmt_chosen, config, shim = _export_config(loaded, shapes, fmt)
-    config.dtype = torch_dtype
+    fmt_chosen, _, _ = _export_config(loaded, shapes, fmt)  # refuse a bad format before writing
     with staging_dir(target, overwrite) as tmp:
         written = write_weights(loaded.model, tmp, torch_dtype, max_shard_size)
-        config.save_pretrained(tmp)
-        generation = getattr(loaded.model, "generation_config", None)
-        if generation is not None:
-            generation.save_pretrained(tmp)
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(tmp)
-        if shim is not None:
-            shutil.copyfile(shim.path, tmp / shim.path.name)
-        if plan is not None:
-            plan.save(tmp / "plan.json")
-        weight_bytes = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
-        section = {
-            "format": fmt_chosen,
-            "dtype": dtype_name(torch_dtype),
-            "weight_bytes": weight_bytes,
-            "parameters": written.parameters,
-            "base_model_type": getattr(config, "base_model_type", None) or config.model_type,
-            "layers": describe_for_report(shapes),
-        }
-        write_json_atomic(tmp / "report.json", {**(report or {}), EXPORT_KEY: section})
+        write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
+    weight_bytes = sum(p.stat().st_size for p in target.glob("*.safetensors"))
     return ExportResult(target, fmt_chosen, dtype_name(torch_dtype), weight_bytes, shapes)
 
 

@@ -45,6 +45,9 @@ class LoadedModel:
     device: str
     # Set when a plan was replayed with force=True onto weights that are not the plan's.
     forced_model_mismatch: dict | None = None
+    # prunekit.engine.residency.Streamed when the weights stay in their shards (a LazyModel's
+    # skeleton on meta, onloaded part by part); None: the model is in memory.
+    residency: Any = None
 
     def identity(self) -> dict:
         """What a plan records to refuse being applied to another model later: the structure,
