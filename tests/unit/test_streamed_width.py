@@ -15,6 +15,7 @@ import torch
 
 from prunekit.api import prune, prune_streamed
 from prunekit.data import load_corpus
+from prunekit.errors import SettingsError
 from prunekit.export.load import load_pruned
 from prunekit.export.shim import SHIMS
 from prunekit.models.adapters import adapter_for_config
@@ -185,3 +186,76 @@ def test_streamed_fasp_memory_stays_near_one_layer(tmp_path):
     )
     assert streamed["growth"] <= bound
     assert in_memory["growth"] > bound  # negative control: the measurement can fail
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_stream_needs_save(tmp_path):
+    source = save_small_shards("llama", tmp_path / "dense")
+    done = run_cli(
+        "prune", "--method", "fasp", "--model", str(source), "--sparsity", "0.3", "--stream"
+    )
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "--stream needs --save" in lines[0], done.stderr
+
+
+def test_cli_stream_refuses_depth_methods(tmp_path):
+    source = save_small_shards("llama", tmp_path / "dense")
+    done = run_cli(
+        "prune",
+        "--method",
+        "blockpruner",
+        "--model",
+        str(source),
+        "--blocks",
+        "1",
+        "--stream",
+        "--save",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "depth streaming is not implemented yet" in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_stream_prunes_and_saves(tmp_path):
+    source = save_small_shards("llama", tmp_path / "dense")
+    done = run_cli(
+        "prune",
+        "--method",
+        "fasp",
+        "--model",
+        str(source),
+        "--sparsity",
+        "0.3",
+        "--calib",
+        "wikitext2",
+        "--n-samples",
+        "4",
+        "--seqlen",
+        "32",
+        "--stream",
+        "--save",
+        str(tmp_path / "pruned"),
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["mode"] == "streamed"
+    assert load_pruned(tmp_path / "pruned", device="cpu").model is not None
+
+
+def test_flap_refuses_to_stream(tmp_path):
+    source = save_small_shards("llama", tmp_path / "dense")
+    with pytest.raises(SettingsError, match="global threshold"):
+        prune_streamed(str(source), "flap", save=tmp_path / "pruned", sparsity=0.3)
