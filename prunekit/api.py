@@ -9,9 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prunekit.engine.residency import Streamed
+from prunekit.errors import ModelNotFoundError, SettingsError
 from prunekit.evaluation.perplexity import perplexity
-from prunekit.methods.registry import PruneSettings, get_method
-from prunekit.models.loading import LoadedModel, load_model
+from prunekit.export.per_layer import describe_layers
+from prunekit.export.save import check_target, staging_dir, write_beside_weights
+from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE, ShardWriter
+from prunekit.export.streamed import PartWriter
+from prunekit.methods.registry import Method, PruneSettings, get_method
+from prunekit.models.dtype import resolve_dtype
+from prunekit.models.lazy import LazyModel
+from prunekit.models.loading import LoadedModel, default_device, load_model
 from prunekit.plan import PruningPlan
 from prunekit.report.accounting import parameter_counts, pruning_ratios
 from prunekit.report.run_dir import check_run_target, clear_run, write_run_dir
@@ -186,3 +194,104 @@ def prune(
     )
     run_dir = write_run_dir(out, plan, report) if out else None
     return PruneResult(loaded, plan, report, run_dir)
+
+
+def streaming_refusal(method: Method) -> str | None:
+    """Why ``method`` cannot run streamed (None when it can)."""
+    if method.family == "depth":
+        return "depth streaming is not implemented yet; run depth methods in memory"
+    if not method.streams:
+        return f"{method.name} cannot run streamed: {method.no_stream_reason}"
+    return None
+
+
+def prune_streamed(
+    model: str,
+    method: str,
+    *,
+    save: str | Path,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    fmt: str = "auto",
+    save_dtype: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    dtype: str = "auto",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+    **settings: Any,
+) -> PruneResult:
+    """Prune ``model`` (a spec with safetensors shards) one decoder layer at a time, exporting
+    the pruned model to ``save`` as it goes: memory holds about one layer, never the model.
+
+    The weights stay in their shards (``LazyModel``); each layer is onloaded, calibrated,
+    pruned, written to ``save``'s shards and released (``prunekit.engine.residency``). ``save``
+    is the exported model (the formats ``export_model`` writes; it appears only once complete);
+    ``out`` the run directory (plan.json, report.json). The result's model is the skeleton on
+    the meta device, in its pruned shapes: load ``save`` to use the pruned model.
+    """
+    chosen = get_method(method)
+    refusal = streaming_refusal(chosen)
+    if refusal:
+        raise SettingsError(refusal)
+    chosen.check_settings(settings, spell=str)
+    options = PruneSettings(**settings)
+    if out is not None:
+        options.run_dir = str(out)
+    options.validate()
+    check_run_target(out, resume=options.resume, overwrite=overwrite)
+    check_target(save, overwrite)
+    check_inputs(options if "calib" in chosen.takes else None, None, None, None)
+    device = device or default_device()
+    lazy = LazyModel.open(
+        model, dtype=dtype, device=device, attn_implementation=attn_implementation
+    )
+    loaded = lazy_loaded(lazy, model)
+    if overwrite and out is not None:
+        clear_run(out)
+    torch_dtype = lazy.dtype if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
+    before = parameter_counts(loaded.model, loaded.adapter)
+    started = time.perf_counter()
+    with staging_dir(Path(save), overwrite) as tmp:
+        with ShardWriter(tmp, dtype=torch_dtype, max_shard_size=max_shard_size) as writer:
+            residency = Streamed(lazy, PartWriter(lazy, writer))
+            loaded.residency = residency
+            log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
+            plan = chosen.prune(loaded, options)
+            residency.finish_outside_layers()
+        timings = {"prune": time.perf_counter() - started}
+        report = build_report(
+            method=chosen.name,
+            family=chosen.family,
+            model={
+                **plan.model,
+                "source": loaded.source,
+                "dtype": loaded.dtype_name,
+                "device": loaded.device,
+            },
+            settings=dataclasses.asdict(options),
+            params=pruning_ratios(before, parameter_counts(loaded.model, loaded.adapter)),
+            evals={},
+            timings=timings,
+            versions=library_versions(),
+            extra={"mode": "streamed"},
+        )
+        shapes = describe_layers(loaded.model, loaded.adapter)
+        written = writer.close()
+        write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
+    run_dir = write_run_dir(out, plan, report) if out else None
+    return PruneResult(loaded, plan, report, run_dir)
+
+
+def lazy_loaded(lazy: LazyModel, spec: str) -> LoadedModel:
+    """A LoadedModel around a lazy model's skeleton (weights on meta until onloaded)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(lazy.directory))
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"cannot load the tokenizer of {spec!r}: {str(exc).splitlines()[0]}"
+        ) from exc
+    return LoadedModel(
+        lazy.model, tokenizer, lazy.adapter, spec, str(lazy.directory), lazy.dtype, str(lazy.device)
+    )

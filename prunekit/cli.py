@@ -380,6 +380,11 @@ def prune_command(
         None, help="Also export the pruned model to this directory (as `prunekit export`)."
     ),
     save_format: str = typer.Option("auto", help="--save format: auto, hf or prunekit."),
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="Width: one layer in memory at a time, read from the shards; needs --save.",
+    ),
 ) -> None:
     """Prune a model and write the run directory. Flags the method does not take are refused."""
     from prunekit.methods.registry import get_method
@@ -390,6 +395,8 @@ def prune_command(
     settings = _given_settings(ctx, chosen.takes)
     chosen.check_settings(settings)  # before any value is parsed: the first error is the real one
     settings = _parse_settings(settings)
+    if stream:
+        _check_stream(chosen, save, ctx)
     ppl = _deprecated(ctx, "--eval", "--ppl")
     ppl_seqlen = _deprecated(ctx, "--eval-seqlen", "--ppl-seqlen")
     ppl_max_windows = _deprecated(ctx, "--eval-max-windows", "--ppl-max-windows")
@@ -402,6 +409,9 @@ def prune_command(
         from prunekit.export.save import check_target
 
         check_target(save, overwrite)  # fail before the search, not after it
+    if stream:
+        _prune_streamed(model, method, out, save, save_format, overwrite, dtype, device, settings)
+        return
     from prunekit.api import prune
 
     result = prune(
@@ -443,6 +453,45 @@ def prune_command(
             overwrite=overwrite,
         )
         console.print(f"model saved: {saved.path} ({saved.format} format, {saved.dtype})")
+
+
+def _check_stream(chosen, save: Path | None, ctx: typer.Context) -> None:
+    """--stream is a run option: refused for methods that cannot stream, without --save (the
+    pruned model exists only as the export) and with evaluation (not streamed yet)."""
+    from prunekit.api import streaming_refusal
+
+    refusal = streaming_refusal(chosen)
+    if refusal:
+        raise SettingsError(f"--stream: {refusal}")
+    if save is None:
+        raise SettingsError("--stream needs --save DIR: the pruned model is written as it is made")
+    evals = ("ppl", "eval_ppl", "tasks")
+    if any(_given(ctx, name) and ctx.params.get(name) for name in evals):
+        raise SettingsError("--stream does not evaluate yet; evaluate the --save directory after")
+
+
+def _prune_streamed(model, method, out, save, save_format, overwrite, dtype, device, settings):
+    from prunekit.api import prune_streamed
+
+    result = prune_streamed(
+        model,
+        method,
+        save=save,
+        out=out,
+        overwrite=overwrite,
+        fmt=save_format,
+        dtype=dtype,
+        device=device,
+        **settings,
+    )
+    params = result.report["params"]
+    console.print(
+        f"[bold]{method}[/] (streamed): {params['before'] / 1e6:.2f} M -> "
+        f"{params['after'] / 1e6:.2f} M parameters (ratio_total {params['ratio_total']:.4f})"
+    )
+    if result.run_dir:
+        console.print(f"run directory: {result.run_dir}")
+    console.print(f"model saved: {save}")
 
 
 # The prune options that are method settings: option name -> PruneSettings field.

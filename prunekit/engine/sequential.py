@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from prunekit.engine.layerwise import batches, capture_layer_context, embed, run_block
+from prunekit.engine.residency import Residency, Resident
 from prunekit.errors import NumericalError
 from prunekit.models.adapters import BLOCK_KINDS, BlockKind
+from prunekit.models.lazy import EMBEDDINGS, REST
 from prunekit.models.loading import LoadedModel
 from prunekit.progress import progress
 
@@ -141,6 +143,7 @@ def sequential_pass(
     method: SequentialMethod,
     batch_size: int = 1,
     replay_consumers: bool = True,
+    residency: Residency | None = None,
 ) -> int:
     """Run the calibration windows through the model block by block, letting ``method`` prune.
 
@@ -148,80 +151,104 @@ def sequential_pass(
     unchanged reuse the outputs of the statistics pass, so a method that only records (FLAP)
     costs one calibration pass; attention blocks changed only through o_proj (``ConsumerOnly``)
     are replayed from o_proj's recorded inputs (``replay_consumers=False`` reruns them: tests).
+    ``residency`` (default: the model is in memory) onloads each part before it runs and is told
+    when a layer is final, so a streamed model holds one layer at a time.
     """
+    residency = residency or Resident()
     model, adapter = loaded.model, loaded.adapter
-    context = capture_layer_context(model, adapter, windows[:1])
-    hidden = [embed(model, adapter, batch) for batch in batches(windows, batch_size)]
+    with residency.onloaded(EMBEDDINGS, REST):
+        context = capture_layer_context(model, adapter, windows[:1])
+        hidden = [embed(model, adapter, batch) for batch in batches(windows, batch_size)]
+        residency.finished(EMBEDDINGS, model.get_input_embeddings())
     layers = adapter.layers(model)
-    final_kinds = [k for k in BLOCK_KINDS if adapter.has_block(layers[-1], k)]
-    last = (len(layers) - 1, final_kinds[-1]) if final_kinds else None
     for index in progress(range(len(layers)), desc="calibrate+prune", unit="layer"):
-        layer, kwargs = layers[index], context.kwargs[index]
-        for kind in BLOCK_KINDS:
-            if not adapter.has_block(layer, kind):
-                continue
-            watched = method.watched(layer, kind)
-            final = (index, kind) == last  # nothing reads the last block's outputs
-            if final and not watched:
-                break
-            stats = {
-                name: InputStatistics(
-                    module.weight.shape[1], method.needs_gram, module.weight.device
-                )
-                for name, module in watched.items()
-            }
-            inputs: dict[str, list[torch.Tensor]] = {name: [] for name in watched}
-            # A block the method will change is recomputed after the decision anyway, so the
-            # statistics pass stops at the consumer's input: the dense consumer (a quarter of
-            # the block's work for an MLP) never runs. An attention block's consumer input (the
-            # size of a hidden state) is kept for the replay.
-            stop = (method.changes_blocks or final) and len(watched) == 1
-            keep_inputs = (
-                kind == "attn" and method.changes_blocks and replay_consumers and not final
+        final = index == len(layers) - 1
+        with residency.onloaded(index):
+            hidden = _process_layer(
+                loaded, index, hidden, context.kwargs[index], method, final, replay_consumers
             )
-            handles = [
-                module.register_forward_pre_hook(
-                    _recorder(stats[name], inputs[name] if keep_inputs else None, stop)
-                )
-                for name, module in watched.items()
-            ]
-            try:
-                outputs = None if stop else []
-                for h in hidden:
-                    try:
-                        out = run_block(adapter, layer, kind, h, kwargs)
-                    except _StopBlock:
-                        continue
-                    if outputs is not None:
-                        outputs.append(out)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            for name, stat in stats.items():
-                stat.check_finite(f"layer {index} {name}")
-            change = method.decide(index, layer, kind, stats) if watched else False
-            if final:
-                break  # no rerun, no replay
-            if isinstance(change, ConsumerOnly) and keep_inputs:
-                consumer, kept = watched[change.name], change.kept
-                outputs = [
-                    h + adapter.attn_from_o_proj(layer, consumer(x[..., kept]))
-                    for h, x in zip(hidden, inputs[change.name], strict=True)
-                ]
-            elif change or outputs is None:
-                outputs = [run_block(adapter, layer, kind, h, kwargs) for h in hidden]
-            hidden = outputs
+            residency.finished(index, layers[index])
     return windows.numel()
 
 
+def _process_layer(
+    loaded: LoadedModel,
+    index: int,
+    hidden: list[torch.Tensor],
+    kwargs: dict,
+    method: SequentialMethod,
+    final_layer: bool,
+    replay_consumers: bool,
+) -> list[torch.Tensor]:
+    """Statistics, decision and outputs of one layer's blocks; returns the next layer's inputs
+    (nothing for the last layer: no one reads them)."""
+    adapter = loaded.adapter
+    layer = adapter.layers(loaded.model)[index]
+    kinds = [k for k in BLOCK_KINDS if adapter.has_block(layer, k)]
+    for kind in kinds:
+        watched = method.watched(layer, kind)
+        final = final_layer and kind == kinds[-1]  # nothing reads the last block's outputs
+        if final and not watched:
+            break
+        stats = {
+            name: InputStatistics(module.weight.shape[1], method.needs_gram, module.weight.device)
+            for name, module in watched.items()
+        }
+        inputs: dict[str, list[torch.Tensor]] = {name: [] for name in watched}
+        # A block the method will change is recomputed after the decision anyway, so the
+        # statistics pass stops at the consumer's input: the dense consumer (a quarter of
+        # the block's work for an MLP) never runs. An attention block's consumer input (the
+        # size of a hidden state) is kept for the replay.
+        stop = (method.changes_blocks or final) and len(watched) == 1
+        keep_inputs = kind == "attn" and method.changes_blocks and replay_consumers and not final
+        handles = [
+            module.register_forward_pre_hook(
+                _recorder(stats[name], inputs[name] if keep_inputs else None, stop)
+            )
+            for name, module in watched.items()
+        ]
+        try:
+            outputs = None if stop else []
+            for h in hidden:
+                try:
+                    out = run_block(adapter, layer, kind, h, kwargs)
+                except _StopBlock:
+                    continue
+                if outputs is not None:
+                    outputs.append(out)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, stat in stats.items():
+            stat.check_finite(f"layer {index} {name}")
+        change = method.decide(index, layer, kind, stats) if watched else False
+        if final:
+            break  # no rerun, no replay
+        if isinstance(change, ConsumerOnly) and keep_inputs:
+            consumer, kept = watched[change.name], change.kept
+            outputs = [
+                h + adapter.attn_from_o_proj(layer, consumer(x[..., kept]))
+                for h, x in zip(hidden, inputs[change.name], strict=True)
+            ]
+        elif change or outputs is None:
+            outputs = [run_block(adapter, layer, kind, h, kwargs) for h in hidden]
+        hidden = outputs
+    return [] if final_layer else hidden
+
+
 @torch.no_grad()
-def prune_without_data(loaded: LoadedModel, method: SequentialMethod) -> None:
+def prune_without_data(
+    loaded: LoadedModel, method: SequentialMethod, residency: Residency | None = None
+) -> None:
     """The same per-block decisions for methods that need no statistics (magnitude)."""
+    residency = residency or Resident()
     adapter = loaded.adapter
     for index, layer in enumerate(adapter.layers(loaded.model)):
-        for kind in BLOCK_KINDS:
-            if adapter.has_block(layer, kind) and method.watched(layer, kind):
-                method.decide(index, layer, kind, {})
+        with residency.onloaded(index):
+            for kind in BLOCK_KINDS:
+                if adapter.has_block(layer, kind) and method.watched(layer, kind):
+                    method.decide(index, layer, kind, {})
+            residency.finished(index, layer)
 
 
 GRAM_BLOCK = 384  # columns per block of the triangular Gram update (measured best on 576/1536)

@@ -1,6 +1,7 @@
 """Write a pruned model as a directory that loads anywhere (DESIGN.md principle 4).
 
-The directory holds safetensors weights (sharded above ``max_shard_size``), config.json,
+The directory holds safetensors weights (sharded above ``max_shard_size``, written tensor by
+tensor through ``ShardWriter`` so the host never holds a copy of the whole model), config.json,
 generation_config.json, the tokenizer, plan.json and report.json, and for heterogeneous models
 the shim modeling file. It is assembled in a hidden temp directory beside the target and renamed
 into place at the end, so a crash or a full disk never leaves a directory that looks complete.
@@ -32,11 +33,11 @@ from prunekit.export.formats import (
     tensor_shapes,
 )
 from prunekit.export.per_layer import LayerShape, describe_for_report, describe_layers
+from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE, ShardWriter, WrittenWeights
 from prunekit.models.dtype import dtype_name, resolve_dtype
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan, write_json_atomic
 
-DEFAULT_MAX_SHARD_SIZE = "2GB"
 EXPORT_KEY = "export"  # the section of report.json describing the export
 
 
@@ -49,15 +50,22 @@ class ExportResult:
     layers: list[LayerShape] = field(default_factory=list)
 
 
-def weights_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The tensors to save: tied duplicates dropped (the embedding stays), floats cast to dtype."""
+def weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors to save, by reference (no copy): tied duplicates dropped, the embedding stays."""
     keep = tensor_shapes(model)
-    state = model.state_dict()
-    return {
-        name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
-        for name, t in state.items()
-        if name in keep
-    }
+    for name, tensor in model.state_dict().items():
+        if name in keep:
+            yield name, tensor
+
+
+def write_weights(
+    model: nn.Module, directory: Path, dtype: torch.dtype, max_shard_size: int | str
+) -> WrittenWeights:
+    """Save the model's weights in ``dtype``, one tensor cast and copied at a time."""
+    with ShardWriter(directory, dtype=dtype, max_shard_size=max_shard_size) as writer:
+        for name, tensor in weight_tensors(model):
+            writer.add(name, tensor)
+    return writer.close()
 
 
 def check_target(target: str | Path, overwrite: bool) -> None:
@@ -104,6 +112,42 @@ def _export_config(loaded: LoadedModel, shapes: list[LayerShape], requested: str
     return fmt, config, shim
 
 
+def write_beside_weights(
+    directory: Path,
+    loaded: LoadedModel,
+    shapes: list[LayerShape],
+    fmt: str,
+    dtype: torch.dtype,
+    written: WrittenWeights,
+    plan: PruningPlan | None,
+    report: dict | None,
+) -> Format:
+    """Everything but the weights: config (checked against ``loaded.model``'s tensor shapes,
+    which may be meta tensors), generation config, tokenizer, shim, plan and report."""
+    fmt_chosen, config, shim = _export_config(loaded, shapes, fmt)
+    config.dtype = dtype
+    config.save_pretrained(directory)
+    generation = getattr(loaded.model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(directory)
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(directory)
+    if shim is not None:
+        shutil.copyfile(shim.path, directory / shim.path.name)
+    if plan is not None:
+        plan.save(directory / "plan.json")
+    section = {
+        "format": fmt_chosen,
+        "dtype": dtype_name(dtype),
+        "weight_bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors")),
+        "parameters": written.parameters,
+        "base_model_type": getattr(config, "base_model_type", None) or config.model_type,
+        "layers": describe_for_report(shapes),
+    }
+    write_json_atomic(directory / "report.json", {**(report or {}), EXPORT_KEY: section})
+    return fmt_chosen
+
+
 def export_model(
     loaded: LoadedModel,
     out: str | Path,
@@ -120,36 +164,14 @@ def export_model(
     ``fmt``: auto (hf whenever every layer has the same shape), hf or prunekit. ``dtype``: the
     dtype of the saved weights; None keeps the model's. ``overwrite`` replaces an existing ``out``.
     """
-    from huggingface_hub import save_torch_state_dict
-
     target = Path(out)
     torch_dtype = loaded.dtype if dtype in (None, "auto") else resolve_dtype(dtype)
     shapes = describe_layers(loaded.model, loaded.adapter)
-    fmt_chosen, config, shim = _export_config(loaded, shapes, fmt)
-    config.dtype = torch_dtype
-    state = weights_state_dict(loaded.model, torch_dtype)
+    fmt_chosen, _, _ = _export_config(loaded, shapes, fmt)  # refuse a bad format before writing
     with staging_dir(target, overwrite) as tmp:
-        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size, metadata={"format": "pt"})
-        config.save_pretrained(tmp)
-        generation = getattr(loaded.model, "generation_config", None)
-        if generation is not None:
-            generation.save_pretrained(tmp)
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(tmp)
-        if shim is not None:
-            shutil.copyfile(shim.path, tmp / shim.path.name)
-        if plan is not None:
-            plan.save(tmp / "plan.json")
-        weight_bytes = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
-        section = {
-            "format": fmt_chosen,
-            "dtype": dtype_name(torch_dtype),
-            "weight_bytes": weight_bytes,
-            "parameters": sum(t.numel() for t in state.values()),
-            "base_model_type": getattr(config, "base_model_type", None) or config.model_type,
-            "layers": describe_for_report(shapes),
-        }
-        write_json_atomic(tmp / "report.json", {**(report or {}), EXPORT_KEY: section})
+        written = write_weights(loaded.model, tmp, torch_dtype, max_shard_size)
+        write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
+    weight_bytes = sum(p.stat().st_size for p in target.glob("*.safetensors"))
     return ExportResult(target, fmt_chosen, dtype_name(torch_dtype), weight_bytes, shapes)
 
 

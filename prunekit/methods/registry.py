@@ -97,6 +97,10 @@ class Method:
     prune: Callable[..., Any]
     # The PruneSettings fields this method reads; any other one given by the user is refused.
     takes: tuple[str, ...] = ()
+    # Whether the method runs streamed (one layer in memory at a time, ``--stream``), and why
+    # not when it cannot.
+    streams: bool = False
+    no_stream_reason: str = "it has not been made to run layer by layer yet"
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.takes if name not in SETTING_NAMES]

@@ -45,6 +45,9 @@ class LoadedModel:
     device: str
     # Set when a plan was replayed with force=True onto weights that are not the plan's.
     forced_model_mismatch: dict | None = None
+    # prunekit.engine.residency.Streamed when the weights stay in their shards (a LazyModel's
+    # skeleton on meta, onloaded part by part); None: the model is in memory.
+    residency: Any = None
 
     def identity(self) -> dict:
         """What a plan records to refuse being applied to another model later: the structure,
@@ -134,6 +137,52 @@ def dequantized_gguf_dir(gguf: Path) -> Path:
     return target
 
 
+def resolve_source(spec: str) -> str:
+    """A spec -> a local model directory or a hub id; one clear error for anything else.
+
+    A ``.gguf`` file (or the alias naming one) becomes its dequantized safetensors cache.
+    """
+    source = resolve_spec(spec)
+    path = Path(source)
+    if source.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {source}")
+        return str(dequantized_gguf_dir(path))
+    if path.exists() and not path.is_dir():
+        raise ModelNotFoundError(f"{source} is a file, not a model directory or .gguf file")
+    if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise ModelNotFoundError(f"model directory not found: {source}")
+    if not path.exists() and "/" not in source:
+        raise ModelNotFoundError(
+            f"unknown model {spec!r}: not an alias ({', '.join(ALIASES)}), a local directory, "
+            "a .gguf file or a hub id (org/name)"
+        )
+    return source
+
+
+# What a lazily loaded model needs from a hub repository: config, weights, tokenizer.
+_SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """A spec -> a local directory holding config.json and the weights, without loading them.
+
+    Hub ids resolve to their snapshot (downloaded unless HF_HUB_OFFLINE is set, in which case
+    only the local cache is used), so weights can be memory-mapped from the files themselves.
+    """
+    source = resolve_source(spec)
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=_SNAPSHOT_PATTERNS))
+    except Exception as exc:  # huggingface_hub raises many types (offline, missing, auth)
+        raise ModelNotFoundError(
+            f"cannot fetch model {source!r} from the hub: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
 def _load_config(source: str) -> Any:
     from transformers import AutoConfig
 
@@ -164,22 +213,7 @@ def load_model(
     quiet_transformers_unless_progress()
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    source = resolve_spec(spec)
-    path = Path(source)
-    if source.lower().endswith(".gguf"):
-        if not path.is_file():
-            raise ModelNotFoundError(f"GGUF file not found: {source}")
-        source = str(dequantized_gguf_dir(path))
-    elif path.exists() and not path.is_dir():
-        raise ModelNotFoundError(f"{source} is a file, not a model directory or .gguf file")
-    elif not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise ModelNotFoundError(f"model directory not found: {source}")
-    elif not path.exists() and "/" not in source:
-        raise ModelNotFoundError(
-            f"unknown model {spec!r}: not an alias ({', '.join(ALIASES)}), a local directory, "
-            "a .gguf file or a hub id (org/name)"
-        )
-
+    source = resolve_source(spec)
     config = _load_config(source)
     adapter = adapter_for_config(config)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}

@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
+from prunekit.engine.residency import Resident
 from prunekit.engine.sequential import SequentialMethod, prune_without_data, sequential_pass
 from prunekit.errors import SettingsError
 from prunekit.methods.registry import PruneSettings
 from prunekit.methods.width.selection import kept_count
 from prunekit.methods.width.structure import LayerUnits, layer_units
+from prunekit.models.lazy import EMBEDDINGS
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 from prunekit.surgery.width import RESTORED_FILE, save_rewritten_consumers
@@ -46,7 +48,9 @@ class WidthRun:
         self.notes: dict[str, dict] = {}
         self.rewritten: dict[str, nn.Linear] = {}
         self.tokens = 0
-        self.identity = loaded.identity()  # of the base model, before any pruning
+        self.residency = loaded.residency or Resident()
+        with self.residency.onloaded(*fingerprint_parts(loaded)):
+            self.identity = loaded.identity()  # of the base model, before any pruning
         self._names = {id(m): n for n, m in loaded.model.named_modules()}
 
     @property
@@ -83,6 +87,13 @@ class WidthRun:
             if linear.bias is not None:
                 tensors[f"{name}.bias"] = linear.bias.detach().cpu()
         return tensors
+
+
+def fingerprint_parts(loaded: LoadedModel) -> tuple:
+    """The parts the weight fingerprint reads (``fingerprint_tensors``): embedding, first and
+    last layers."""
+    last = loaded.adapter.num_layers(loaded.model) - 1
+    return (EMBEDDINGS, *sorted({0, last}))
 
 
 def validate_width_settings(settings: PruneSettings) -> None:
@@ -160,12 +171,18 @@ def run_width_method(
         sparsity = sparsity_for_ratio(loaded, settings, attn_unit)
     run = WidthRun(loaded, settings, sparsity)
     method = make(run)
+    finish = getattr(method, "finish", None)
+    if finish is not None and run.residency.streamed:
+        raise SettingsError(
+            f"{name} cannot run streamed: it prunes only once every layer's scores are known "
+            "(a global threshold); run it in memory"
+        )
     started = time.perf_counter()
     if needs_data:
-        run.tokens = sequential_pass(loaded, calibration_data(loaded, settings), method)
+        windows = calibration_data(loaded, settings)
+        run.tokens = sequential_pass(loaded, windows, method, residency=run.residency)
     else:
-        prune_without_data(loaded, method)
-    finish = getattr(method, "finish", None)
+        prune_without_data(loaded, method, residency=run.residency)
     if finish is not None:
         finish()
     seconds = time.perf_counter() - started
@@ -182,7 +199,11 @@ def build_plan(name: str, run: WidthRun, seconds: float) -> PruningPlan:
         "layers": run.notes,
         "restored_weights": None,
     }
-    if run.rewritten:
+    if run.rewritten and run.residency.streamed:
+        # The restored consumers went to the export layer by layer; keeping them for a
+        # separate file would hold a third of the model in memory.
+        extra["restored_weights_note"] = "in the streamed export only (not saved beside the plan)"
+    elif run.rewritten:
         extra["restored_weights"] = RESTORED_FILE
         if settings.run_dir:
             save_rewritten_consumers(

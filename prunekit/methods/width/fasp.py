@@ -42,5 +42,6 @@ register(
         summary="FASP: coupled MLP/value channels, Wanda-style score, least-squares restoration",
         prune=prune_fasp,
         takes=WIDTH_TARGET + UNIFORM_WIDTH + RESTORATION + CALIBRATION,
+        streams=True,
     )
 )

@@ -191,5 +191,6 @@ register(
         summary="FLAP: fluctuation scores, global threshold (adaptive widths), bias compensation",
         prune=prune_flap,
         takes=WIDTH_TARGET + CALIBRATION,
+        no_stream_reason="its global threshold needs every layer's scores before it prunes any",
     )
 )

@@ -37,5 +37,6 @@ register(
         summary="Magnitude: consumer column norms, no calibration data",
         prune=prune_magnitude,
         takes=WIDTH_TARGET + UNIFORM_WIDTH,
+        streams=True,
     )
 )

@@ -39,5 +39,6 @@ register(
         summary="Wanda-sp: |W|·‖X‖ channel scores, whole attention heads, no restoration",
         prune=prune_wanda_sp,
         takes=WIDTH_TARGET + UNIFORM_WIDTH + CALIBRATION,
+        streams=True,
     )
 )

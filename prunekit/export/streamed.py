@@ -1,0 +1,47 @@
+"""The streamed export: each part of a lazily loaded model written to the output shards once final.
+
+The engine hands a part over (``prunekit.engine.residency.Streamed``) while it is still onloaded:
+a decoder layer right after its last decision, the embeddings once the calibration windows are
+embedded, the rest (final norm, positions) and the LM head at the end. The tensors are copied
+into a ``ShardWriter`` (at most one shard buffered) and the part is released, so the host never
+holds the pruned model. The config, tokenizer and shim are written at the end from the skeleton,
+which by then carries every layer's pruned shapes on the meta device (``write_beside_weights``).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from prunekit.export.formats import tensor_shapes
+from prunekit.export.shards import ShardWriter
+from prunekit.models.lazy import LazyModel, Part
+
+
+class PartWriter:
+    """The sink of a streamed run: a finished part's tensors go to ``writer``."""
+
+    def __init__(self, lazy: LazyModel, writer: ShardWriter):
+        self.lazy = lazy
+        self.writer = writer
+        # What from_pretrained reads: tied duplicates (an LM head tied to the embedding) dropped.
+        self.saved_names = set(tensor_shapes(lazy.model))
+        self.layer_prefix = {
+            index: _module_name(lazy.model, layer)
+            for index, layer in enumerate(lazy.adapter.layers(lazy.model))
+        }
+
+    def __call__(self, part: Part, module: nn.Module) -> None:
+        if isinstance(part, int):
+            # A pruned layer: its own tensors as they are now (shapes and new biases included).
+            prefix = self.layer_prefix[part] + "."
+            for name, tensor in module.state_dict(prefix=prefix).items():
+                self.writer.add(name, tensor)
+            return
+        state = self.lazy.model.state_dict(keep_vars=True)  # references, no copies
+        for name in self.lazy.tensor_names(part):
+            if name in self.saved_names and name in state:
+                self.writer.add(name, state[name])
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, candidate in model.named_modules() if candidate is module)
