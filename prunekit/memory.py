@@ -229,6 +229,8 @@ def _weight_terms(
         terms.append(MemoryTerm("slicing copies", size, compute, phase, "kept block + consumer"))
     if not settings.streamed:
         model = s.total_params * b
+        if compute == "device":  # load_model reads the model on the host, then moves it
+            terms.append(MemoryTerm("weights (loading)", model, "host", "start", "before .to()"))
         return [MemoryTerm("weights (whole model)", model, compute, ALWAYS, "load_model"), *terms]
     terms.append(
         MemoryTerm(
