@@ -183,6 +183,23 @@ def resolve_model_dir(spec: str) -> Path:
         ) from exc
 
 
+def load_config(spec: str) -> Any:
+    """The transformers config of a model spec, reading no weight (a GGUF file's own metadata,
+    not its dequantized copy); the same one-line errors as ``load_model``."""
+    from transformers import AutoConfig
+
+    source = resolve_spec(spec)
+    if not source.lower().endswith(".gguf"):
+        return _load_config(resolve_source(spec))
+    path = Path(source)
+    if not path.is_file():
+        raise ModelNotFoundError(f"GGUF file not found: {source}")
+    try:
+        return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:  # transformers raises many types for a bad file
+        raise ModelNotFoundError(f"cannot read GGUF file {source}: {exc}".splitlines()[0]) from exc
+
+
 def _load_config(source: str) -> Any:
     from transformers import AutoConfig
 

@@ -160,29 +160,39 @@ def measure(mode: str, source: Path, save: Path, calib: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_streamed_fasp_memory_stays_near_one_layer(tmp_path):
+def measure_fasp_peaks(tmp_path: Path) -> dict:
+    """Save the big random Llama and measure both modes (used through ``measured_peaks``)."""
     model = tiny_model("llama", **BIG).to(torch.bfloat16)
     model.save_pretrained(tmp_path / "dense", max_shard_size=SHARD)
     tiny_tokenizer().save_pretrained(tmp_path / "dense")
     config = model.config
     layer_bytes = sum(p.numel() for p in model.model.layers[0].parameters()) * 4  # fp32
     model_bytes = sum(p.numel() for p in model.parameters()) * 4
-    widest = max(config.hidden_size, config.intermediate_size)
     del model
+    calib = tmp_path / "calib.txt"
+    calib.write_text(load_corpus("wikitext2")[:CALIBRATION_CHARS])
+    return {
+        "config": config,
+        "layer_bytes": layer_bytes,
+        "model_bytes": model_bytes,
+        "streamed": measure("streamed", tmp_path / "dense", tmp_path / "pruned", calib),
+        "in-memory": measure("in-memory", tmp_path / "dense", tmp_path / "unused", calib),
+    }
+
+
+def test_streamed_fasp_memory_stays_near_one_layer(measured_peaks):
+    config, layer_bytes = measured_peaks["config"], measured_peaks["layer_bytes"]
+    widest = max(config.hidden_size, config.intermediate_size)
     windows = MEMORY_SETTINGS["n_samples"] * MEMORY_SETTINGS["seqlen"]
     states = windows * config.hidden_size * 4 * 3  # hidden states in, out, and o_proj inputs
     statistics = 4 * widest * widest * 8  # a Gram matrix and the solve's fp64 copies
     shard_buffer = 16 * 10**6
     constant = 32 * 2**20  # tokenizer, calibration corpus, allocator slack
     bound = 2 * layer_bytes + shard_buffer + states + statistics + constant
-
-    calib = tmp_path / "calib.txt"
-    calib.write_text(load_corpus("wikitext2")[:CALIBRATION_CHARS])
-    streamed = measure("streamed", tmp_path / "dense", tmp_path / "pruned", calib)
-    in_memory = measure("in-memory", tmp_path / "dense", tmp_path / "unused", calib)
+    streamed, in_memory = measured_peaks["streamed"], measured_peaks["in-memory"]
     print(
-        f"bound {bound / 2**20:.0f} MiB, model {model_bytes / 2**20:.0f} MiB, layer "
-        f"{layer_bytes / 2**20:.0f} MiB; streamed {streamed}, in-memory {in_memory}"
+        f"bound {bound / 2**20:.0f} MiB, model {measured_peaks['model_bytes'] / 2**20:.0f} MiB, "
+        f"layer {layer_bytes / 2**20:.0f} MiB; streamed {streamed}, in-memory {in_memory}"
     )
     assert streamed["growth"] <= bound
     assert in_memory["growth"] > bound  # negative control: the measurement can fail

@@ -1,0 +1,347 @@
+"""Predict the peak host and device memory of a pruning run from the model's config alone.
+
+``plan_memory(config, MemorySettings(...))`` reads no weight: the shapes come from the config
+(``prunekit.models.shapes``), the rest from the settings. The prediction is a list of named
+terms, each the bytes one thing the run holds, read off the code that holds it:
+
+weights
+    In memory (``load_model``): the whole model in the compute dtype, for the whole run.
+    Streamed (``LazyModel`` + ``engine.residency.Streamed``): one decoder layer at a time; at the
+    start the input embedding and the first and last layers are onloaded together (the weight
+    fingerprint of ``WidthRun`` reads them), then the embedding (with the small rest), then each
+    layer, then an untied LM head.
+fingerprint samples
+    ``models.fingerprint.weight_fingerprint``: up to 2^18 values of the embedding and of every
+    matrix of the first and last layers, as bf16 samples, their fp32 concatenation and the
+    ±1 sketch vector (int8, then fp32 twice): about 15 bytes a sampled value, on the host.
+slicing copies
+    Pruning a block builds its sliced weights while the dense ones still exist (and FASP clones
+    the consumer before writing the restored columns): the kept part of the MLP block plus one
+    consumer matrix.
+shard buffer (streamed)
+    ``export.shards.ShardWriter`` holds the current output shard (up to ``max_shard_size``) and
+    the host copy of the tensor being added, on the host.
+calibration hidden states
+    ``engine.sequential``: n_samples × seqlen × hidden_size in the compute dtype, twice while a
+    block runs (its inputs and its outputs); for an attention block a method changes (FASP,
+    Wanda-sp) the o_proj inputs of every window are kept for the replay (n_samples × seqlen ×
+    num_heads × head_dim) as well. Methods without data (magnitude) hold none.
+statistics
+    ``InputStatistics``: with restoration (FASP) a fp32 Gram matrix width² of the watched
+    consumer's input (down_proj: intermediate_size; o_proj: num_heads × head_dim), one block at
+    a time; otherwise fp64 sums (negligible).
+restoration solve
+    ``methods.width.restoration.restore_consumer`` for an out × in consumer keeping k columns:
+    W·H (fp32, out·in), H[S,S] in fp64 and its Cholesky factor (2 × 8k²), the fp64 right-hand
+    side, solution and the solver's transposed copy (3 × 8·out·k), W[:, S] (fp32, out·k) and,
+    below fp32, the fp32 copy of W.
+block activations
+    One batch through one block: for the MLP the gate, up, activation and product
+    (4 × batch·seqlen·intermediate_size), plus the fp32 copy the Gram update makes below fp32;
+    for attention q, k, v and their rotated copies, and the T×T scores with eager attention.
+layer kwargs
+    ``engine.layerwise.capture_layer_context``: the rotary cos/sin tables (2 × seqlen × head_dim,
+    one set per rotary kind) shared by every layer, and with eager attention the seqlen² mask
+    (one per mask kind); SDPA needs no mask tensor.
+framework
+    The imports (torch, transformers, tokenizers, prunekit): ~300 MiB of host memory measured with
+    ``RssAnon``; on a GPU, the CUDA context and kernels (~0.5 GiB of device memory, not counted by
+    ``torch.cuda.max_memory_allocated``). A small run slack (allocator, tokenizer state) beside it.
+
+The peak is the terms held for the whole run plus the largest sum of one *phase* (start,
+embedding, attention block, MLP block, head): phases do not overlap. On a CPU the compute device
+is the host, so every term is host memory and the device peak is None. Depth methods run in
+memory only for now; their estimate is the model plus the cached states and one batch's logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunekit.errors import SettingsError
+from prunekit.models.shapes import ModelShapes, model_shapes
+
+MiB = 2**20
+GiB = 2**30
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
+FINGERPRINT_SAMPLES = 1 << 18  # models.fingerprint.SAMPLE_ELEMENTS
+FINGERPRINT_BYTES_PER_SAMPLE = 15  # bf16 samples 2 + fp32 values 4 + signs int8 1 + fp32 4 + 4
+FRAMEWORK_HOST = 300 * MiB  # RssAnon after importing torch, transformers and prunekit
+CUDA_CONTEXT = 512 * MiB
+RUN_SLACK = 8 * MiB  # measured: a streamed FASP run of a tiny model grows RssAnon by 7-10 MB
+
+# What each width method does with the data (engine.sequential's needs_gram/changes_blocks).
+WIDTH_METHODS = {
+    "fasp": dict(data=True, restore=True, changes_blocks=True),
+    "wanda-sp": dict(data=True, restore=False, changes_blocks=True),
+    "magnitude": dict(data=False, restore=False, changes_blocks=True),
+    "flap": dict(data=True, restore=False, changes_blocks=False),
+}
+STREAMABLE = ("fasp", "wanda-sp", "magnitude")
+ALWAYS = "whole run"  # the phase of terms held from start to end
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    method: str = "fasp"
+    streamed: bool = False
+    n_samples: int = 16
+    seqlen: int = 1024
+    dtype: str = "bf16"
+    batch_size: int = 1
+    device: str = "cpu"  # cpu, or cuda[:i]: where the model computes
+    sparsity: float = 0.2  # fraction of columns removed (sizes the restoration and slicing)
+    targets: tuple[str, ...] = ("mlp", "attn")
+    max_shard_size: int = 2 * 10**9  # the export's shard size (ShardWriter's default "2GB")
+    attn_implementation: str = "sdpa"
+
+
+@dataclass(frozen=True)
+class MemoryTerm:
+    name: str
+    bytes: int
+    where: str  # "host" or "device"
+    phase: str  # ALWAYS, or the phase holding it
+    note: str
+
+
+@dataclass
+class MemoryPlan:
+    settings: MemorySettings
+    shapes: ModelShapes
+    terms: list[MemoryTerm] = field(default_factory=list)
+
+    def peak(self, where: str) -> int | None:
+        """Peak bytes on ``where`` ("host"/"device"); None for the device when it is the CPU."""
+        if where == "device" and not self.on_gpu:
+            return None
+        held = [t for t in self.terms if t.where == where]
+        always = sum(t.bytes for t in held if t.phase == ALWAYS)
+        phases: dict[str, int] = {}
+        for t in held:
+            if t.phase != ALWAYS:
+                phases[t.phase] = phases.get(t.phase, 0) + t.bytes
+        return always + max(phases.values(), default=0)
+
+    def peak_phase(self, where: str) -> str | None:
+        sums: dict[str, int] = {}
+        for t in self.terms:
+            if t.where == where and t.phase != ALWAYS:
+                sums[t.phase] = sums.get(t.phase, 0) + t.bytes
+        return max(sums, key=sums.__getitem__) if sums else None
+
+    def growth(self, where: str = "host") -> int:
+        """The peak without the framework's imports: what a run adds to a started process."""
+        framework = sum(
+            t.bytes for t in self.terms if t.where == where and t.name.startswith("framework")
+        )
+        return (self.peak(where) or 0) - framework
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.settings.device.startswith("cuda")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "settings": {**self.settings.__dict__, "targets": list(self.settings.targets)},
+            "parameters": self.shapes.total_params,
+            "terms": [t.__dict__ for t in self.terms],
+            "peak_host_bytes": self.peak("host"),
+            "peak_device_bytes": self.peak("device"),
+            "peak_host_phase": self.peak_phase("host"),
+        }
+
+
+def plan_memory(config: Any, settings: MemorySettings) -> MemoryPlan:
+    """The memory terms of a run of ``settings`` on the model ``config`` describes."""
+    shapes = model_shapes(config)
+    bytes_per = _dtype_bytes(settings.dtype)
+    plan = MemoryPlan(settings, shapes)
+    compute = "device" if plan.on_gpu else "host"
+    terms = _framework_terms(plan.on_gpu)
+    if settings.method in WIDTH_METHODS:
+        terms += _width_terms(shapes, settings, bytes_per, compute)
+    else:
+        terms += _depth_terms(shapes, settings, bytes_per, compute)
+    plan.terms = [t for t in terms if t.bytes > 0]
+    return plan
+
+
+def plan_memory_for(spec: str, settings: MemorySettings) -> MemoryPlan:
+    """``plan_memory`` for a model spec (alias, local directory, hub id, .gguf): config only."""
+    from prunekit.models.loading import load_config
+
+    return plan_memory(load_config(spec), settings)
+
+
+def _dtype_bytes(dtype: str) -> int:
+    if dtype not in DTYPE_BYTES:
+        raise SettingsError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    return DTYPE_BYTES[dtype]
+
+
+def _framework_terms(on_gpu: bool) -> list[MemoryTerm]:
+    terms = [
+        MemoryTerm("framework (imports)", FRAMEWORK_HOST, "host", ALWAYS, "torch, transformers"),
+        MemoryTerm("run slack", RUN_SLACK, "host", ALWAYS, "allocator, tokenizer state"),
+    ]
+    if on_gpu:
+        terms.append(
+            MemoryTerm("framework (CUDA context)", CUDA_CONTEXT, "device", ALWAYS, "kernels")
+        )
+    return terms
+
+
+def _width_terms(
+    s: ModelShapes, settings: MemorySettings, b: int, compute: str
+) -> list[MemoryTerm]:
+    profile = WIDTH_METHODS[settings.method]
+    if settings.streamed and settings.method not in STREAMABLE:
+        raise SettingsError(
+            f"{settings.method} cannot run streamed (it prunes after a global threshold)"
+        )
+    terms = _weight_terms(s, settings, b, compute)
+    if profile["data"]:
+        terms += _calibration_terms(s, settings, b, compute, profile)
+    return terms
+
+
+def _weight_terms(
+    s: ModelShapes, settings: MemorySettings, b: int, compute: str
+) -> list[MemoryTerm]:
+    keep = 1.0 - settings.sparsity
+    layer, embedding = s.layer_params * b, s.embedding_params * b
+    slicing = {
+        "attention block": int(keep * s.attn_params * b) + s.hidden_size * s.attn_width * b,
+        "MLP block": int(keep * s.mlp_params * b) + s.hidden_size * s.intermediate_size * b,
+    }
+    terms = [
+        MemoryTerm(
+            "fingerprint samples",
+            _fingerprint_samples(s) * FINGERPRINT_BYTES_PER_SAMPLE,
+            "host",
+            "start",
+            "≤2^18 values per tensor, bf16 + fp32 + sketch",
+        )
+    ]
+    for phase, size in slicing.items():
+        terms.append(MemoryTerm("slicing copies", size, compute, phase, "kept block + consumer"))
+    if not settings.streamed:
+        model = s.total_params * b
+        if compute == "device":  # load_model reads the model on the host, then moves it
+            terms.append(MemoryTerm("weights (loading)", model, "host", "start", "before .to()"))
+        return [MemoryTerm("weights (whole model)", model, compute, ALWAYS, "load_model"), *terms]
+    terms.append(
+        MemoryTerm(
+            "weights (embedding + first and last layers)",
+            embedding + 2 * layer,
+            compute,
+            "start",
+            "onloaded together for the fingerprint",
+        )
+    )
+    terms.append(MemoryTerm("weights (embedding)", embedding, compute, "embedding", "+ rest"))
+    for phase in ("attention block", "MLP block"):
+        terms.append(MemoryTerm("weights (one layer)", layer, compute, phase, "from the shards"))
+    if s.head_params:
+        terms.append(MemoryTerm("weights (LM head)", s.head_params * b, compute, "head", "untied"))
+    buffer = min(settings.max_shard_size, s.total_params * b) + s.largest_tensor * b
+    for phase in ("embedding", "attention block", "MLP block", "head"):
+        terms.append(
+            MemoryTerm("shard buffer", buffer, "host", phase, "one output shard + a tensor copy")
+        )
+    return terms
+
+
+def _fingerprint_samples(s: ModelShapes) -> int:
+    """Sampled values of the fingerprint: the embedding and each matrix of two layers."""
+    h, i, q, kv = s.hidden_size, s.intermediate_size, s.attn_width, s.num_kv_heads * s.head_dim
+    matrices = [h * q, h * kv, h * kv, q * h] + [h * i] * (2 if s.family == "opt" else 3)
+    per_layer = sum(min(m, FINGERPRINT_SAMPLES) for m in matrices)
+    layers = 1 if s.num_layers == 1 else 2
+    return min(s.embedding_params, FINGERPRINT_SAMPLES) + layers * per_layer
+
+
+def _calibration_terms(
+    s: ModelShapes, settings: MemorySettings, b: int, compute: str, profile: dict
+) -> list[MemoryTerm]:
+    tokens = settings.n_samples * settings.seqlen
+    batch_tokens = settings.batch_size * settings.seqlen
+    state = tokens * s.hidden_size * b
+    terms = [
+        MemoryTerm("calibration states (in)", state, compute, ALWAYS, "N×T×hidden"),
+        MemoryTerm("calibration states (out)", state, compute, "attention block", "next inputs"),
+        MemoryTerm("calibration states (out)", state, compute, "MLP block", "next inputs"),
+        MemoryTerm("layer kwargs", _kwargs_bytes(s, settings, b), compute, ALWAYS, "rotary, mask"),
+    ]
+    attn_targeted = "attn" in settings.targets
+    if attn_targeted and profile["changes_blocks"]:
+        kept = tokens * s.attn_width * b
+        terms.append(
+            MemoryTerm("o_proj inputs (replay)", kept, compute, "attention block", "N×T×heads·hd")
+        )
+    widths = {"attention block": (s.attn_width, attn_targeted), "MLP block": None}
+    widths["MLP block"] = (s.intermediate_size, "mlp" in settings.targets)
+    for phase, (width, targeted) in widths.items():
+        terms.append(
+            MemoryTerm(
+                "block activations",
+                _activation_bytes(s, phase, batch_tokens, b),
+                compute,
+                phase,
+                "one batch",
+            )
+        )
+        if not (targeted and profile["restore"]):
+            continue
+        kept = round((1.0 - settings.sparsity) * width)
+        terms.append(
+            MemoryTerm("Gram matrix (fp32)", 4 * width * width, compute, phase, f"{width}²")
+        )
+        terms.append(
+            MemoryTerm(
+                "restoration solve",
+                _restoration_bytes(s.hidden_size, width, kept, b),
+                compute,
+                phase,
+                "fp64 Cholesky",
+            )
+        )
+    return terms
+
+
+def _kwargs_bytes(s: ModelShapes, settings: MemorySettings, b: int) -> int:
+    kinds = 2 if s.family == "gemma3" else 1  # Gemma 3: local and global rotary and masks
+    rotary = 0 if s.family == "opt" else kinds * 2 * settings.seqlen * s.head_dim * b
+    mask = kinds * settings.seqlen**2 * b if settings.attn_implementation == "eager" else 0
+    return rotary + mask
+
+
+def _activation_bytes(s: ModelShapes, phase: str, batch_tokens: int, b: int) -> int:
+    if phase == "MLP block":
+        gram_copy = batch_tokens * s.intermediate_size * 4 if b < 4 else 0
+        return 4 * batch_tokens * s.intermediate_size * b + gram_copy
+    qkv = (s.num_heads + 2 * s.num_kv_heads) * s.head_dim
+    return 2 * batch_tokens * qkv * b
+
+
+def _restoration_bytes(out: int, width: int, kept: int, b: int) -> int:
+    w_copy = 4 * out * width if b < 4 else 0
+    return 4 * out * width + 16 * kept * kept + 24 * out * kept + 4 * out * kept + w_copy
+
+
+def _depth_terms(
+    s: ModelShapes, settings: MemorySettings, b: int, compute: str
+) -> list[MemoryTerm]:
+    if settings.streamed:
+        raise SettingsError("depth streaming is not implemented yet: plan it in memory")
+    tokens = settings.n_samples * settings.seqlen
+    state = tokens * s.hidden_size * b
+    logits = settings.batch_size * settings.seqlen * s.vocab_size * 4
+    return [
+        MemoryTerm("weights (whole model)", s.total_params * b, compute, ALWAYS, "load_model"),
+        MemoryTerm("calibration states", 2 * state, compute, ALWAYS, "cached in and out"),
+        MemoryTerm("logits (one batch, fp32)", logits, compute, "search", "LM head output"),
+        MemoryTerm("layer kwargs", _kwargs_bytes(s, settings, b), compute, ALWAYS, "rotary, mask"),
+    ]
