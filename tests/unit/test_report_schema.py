@@ -32,9 +32,14 @@ def runs(base_dir, tmp_path_factory, data_dir):
     """One tiny run per registered method (shared by the tests below)."""
     root = tmp_path_factory.mktemp("runs")
     return {
-        m.name: api.prune(_load(base_dir), m.name, out=root / m.name, **EVAL, **CALIB)
+        m.name: api.prune(_load(base_dir), m.name, out=root / m.name, **EVAL, **taken(m, CALIB))
         for m in all_methods()
     }
+
+
+def taken(method, settings: dict) -> dict:
+    """The settings ``method`` reads (a method refuses the others)."""
+    return {k: v for k, v in settings.items() if k in method.takes}
 
 
 @pytest.mark.parametrize("method", [m.name for m in all_methods()])

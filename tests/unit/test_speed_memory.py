@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
 import threading
-
-import torch
 
 from prunekit.evaluation.speed import SAMPLER_THREAD, run_interleaved
 
@@ -21,9 +20,12 @@ def recording_runner(seen: list[bool]):
 
     def run() -> None:
         seen.append(sampler_alive())
-        block = torch.ones(HELD_MB * 2**20 // 4, dtype=torch.float32)
+        # Fresh pages from the kernel, touched: a tensor could come from heap memory an earlier
+        # test freed but the allocator kept resident, and RSS would not move.
+        block = mmap.mmap(-1, HELD_MB * 2**20)
+        block.write(b"\x01" * len(block))
         threading.Event().wait(0.05)  # long enough for several 5 ms samples
-        del block
+        block.close()
 
     return run
 
