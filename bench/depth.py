@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from results_notes import NOTES_MARKER, kept_notes
 
 from prunekit.api import prune
 from prunekit.evaluation.perplexity import perplexity
@@ -290,7 +291,7 @@ def main() -> None:
         # A table rendered again from --reuse keeps the minutes of the run that measured it.
         minutes = previous.get("table_minutes") or (time.perf_counter() - started) / 60
         text = render(rows, speed, args, minutes)
-        args.out.write_text(text)
+        args.out.write_text(f"{text}\n{NOTES_MARKER}\n\n{kept_notes(args.out)}")
         record = {"rows": rows, "speed": speed, "args": vars(args), "table_minutes": minutes}
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
         return text

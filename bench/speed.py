@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_notes import NOTES_MARKER, kept_notes
 
 from prunekit.api import prune
 from prunekit.evaluation.speed import SPEED_COLUMNS, SpeedSettings, speed_report, speed_rows
@@ -99,9 +100,6 @@ def export_and_reload(name: str, run_dir: Path, work: Path, args) -> tuple:
     return load_pruned(work / name, dtype=args.dtype, device="cpu"), info
 
 
-NOTES_MARKER = "<!-- Notes below are written by hand; bench/speed.py keeps them. -->"
-
-
 def variant_rows(report: dict) -> list[str]:
     """One row per pruned model. Two sizes, each with its dtype: the weights as timed (in memory,
     the dtype of the timing) and the exported safetensors (the dtype the export was saved in)."""
@@ -120,14 +118,6 @@ def variant_rows(report: dict) -> list[str]:
             f"| {ideal['decode']:.2f}x |"
         )
     return rows
-
-
-def kept_notes(path: Path) -> str:
-    """The hand-written part of an existing speed.md (after NOTES_MARKER), or nothing."""
-    if not path.exists():
-        return ""
-    text = path.read_text()
-    return text.split(NOTES_MARKER, 1)[1].lstrip("\n") if NOTES_MARKER in text else ""
 
 
 def write_markdown(report: dict, path: Path) -> None:
