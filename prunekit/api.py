@@ -177,20 +177,8 @@ def prune(
     if wants_eval:
         run_eval("pruned")
 
-    report = build_report(
-        method=chosen.name,
-        family=chosen.family,
-        model={
-            **identity,
-            "source": loaded.source,
-            "dtype": loaded.dtype_name,
-            "device": loaded.device,
-        },
-        settings=dataclasses.asdict(options),
-        params=pruning_ratios(before, after),
-        evals=evals,
-        timings=timings,
-        versions=library_versions(),
+    report = run_report(
+        chosen, loaded, identity, options, pruning_ratios(before, after), evals, timings
     )
     run_dir = write_run_dir(out, plan, report) if out else None
     return PruneResult(loaded, plan, report, run_dir)
@@ -259,22 +247,9 @@ def prune_streamed(
             plan = chosen.prune(loaded, options)
             residency.finish_outside_layers()
         timings = {"prune": time.perf_counter() - started}
-        report = build_report(
-            method=chosen.name,
-            family=chosen.family,
-            model={
-                **plan.model,
-                "source": loaded.source,
-                "dtype": loaded.dtype_name,
-                "device": loaded.device,
-            },
-            settings=dataclasses.asdict(options),
-            params=pruning_ratios(before, parameter_counts(loaded.model, loaded.adapter)),
-            evals={},
-            timings=timings,
-            versions=library_versions(),
-            extra={"mode": "streamed"},
-        )
+        after = parameter_counts(loaded.model, loaded.adapter)
+        params = pruning_ratios(before, after)
+        report = run_report(chosen, loaded, plan.model, options, params, {}, timings, "streamed")
         shapes = describe_layers(loaded.model, loaded.adapter)
         written = writer.close()
         write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
@@ -294,4 +269,33 @@ def lazy_loaded(lazy: LazyModel, spec: str) -> LoadedModel:
         ) from exc
     return LoadedModel(
         lazy.model, tokenizer, lazy.adapter, spec, str(lazy.directory), lazy.dtype, str(lazy.device)
+    )
+
+
+def run_report(
+    chosen: Method,
+    loaded: LoadedModel,
+    identity: dict,
+    options: PruneSettings,
+    params: dict,
+    evals: dict,
+    timings: dict,
+    mode: str | None = None,
+) -> dict:
+    """report.json of one pruning run (``mode``: "streamed" when the model never sat in memory)."""
+    return build_report(
+        method=chosen.name,
+        family=chosen.family,
+        model={
+            **identity,
+            "source": loaded.source,
+            "dtype": loaded.dtype_name,
+            "device": loaded.device,
+        },
+        settings=dataclasses.asdict(options),
+        params=params,
+        evals=evals,
+        timings=timings,
+        versions=library_versions(),
+        extra={"mode": mode} if mode else None,
     )
