@@ -131,12 +131,7 @@ def prune(
     both evaluated in this run and both recorded.
     """
     chosen = get_method(method)
-    chosen.check_settings(settings, spell=str)
-    options = PruneSettings(**settings)
-    if out is not None:
-        options.run_dir = str(out)
-    options.validate()
-    check_run_target(out, resume=options.resume, overwrite=overwrite)
+    options = checked_settings(chosen, settings, out, overwrite)
     check_inputs(options if "calib" in chosen.takes else None, eval_datasets, eval_tasks, task_data)
     if not isinstance(model, LoadedModel):
         log.info("loading %s", model)
@@ -221,12 +216,7 @@ def prune_streamed(
     refusal = streaming_refusal(chosen)
     if refusal:
         raise SettingsError(refusal)
-    chosen.check_settings(settings, spell=str)
-    options = PruneSettings(**settings)
-    if out is not None:
-        options.run_dir = str(out)
-    options.validate()
-    check_run_target(out, resume=options.resume, overwrite=overwrite)
+    options = checked_settings(chosen, settings, out, overwrite)
     check_target(save, overwrite)
     check_inputs(options if "calib" in chosen.takes else None, None, None, None)
     device = device or default_device()
@@ -270,6 +260,20 @@ def lazy_loaded(lazy: LazyModel, spec: str) -> LoadedModel:
     return LoadedModel(
         lazy.model, tokenizer, lazy.adapter, spec, str(lazy.directory), lazy.dtype, str(lazy.device)
     )
+
+
+def checked_settings(
+    chosen: Method, settings: dict[str, Any], out: str | Path | None, overwrite: bool
+) -> PruneSettings:
+    """The method's settings, refused before any model loads: a setting the method does not
+    take, a bad value, or an ``out`` holding a run the flags do not allow to touch."""
+    chosen.check_settings(settings, spell=str)
+    options = PruneSettings(**settings)
+    if out is not None:
+        options.run_dir = str(out)
+    options.validate()
+    check_run_target(out, resume=options.resume, overwrite=overwrite)
+    return options
 
 
 def run_report(
