@@ -410,7 +410,18 @@ def prune_command(
 
         check_target(save, overwrite)  # fail before the search, not after it
     if stream:
-        _prune_streamed(model, method, out, save, save_format, overwrite, dtype, device, settings)
+        _prune_streamed(
+            model,
+            method,
+            out,
+            save,
+            save_format,
+            overwrite,
+            dtype,
+            device,
+            attn_implementation,
+            settings,
+        )
         return
     from prunekit.api import prune
 
@@ -431,11 +442,7 @@ def prune_command(
         attn_implementation=attn_implementation,
         **settings,
     )
-    params = result.report["params"]
-    console.print(
-        f"[bold]{method}[/]: {params['before'] / 1e6:.2f} M -> {params['after'] / 1e6:.2f} M "
-        f"parameters (ratio_total {params['ratio_total']:.4f})"
-    )
+    _print_params(method, result.report["params"])
     for side in ("dense", "pruned"):
         if side in result.report["eval"]:
             _print_eval(side, result.report["eval"][side])
@@ -455,6 +462,13 @@ def prune_command(
         console.print(f"model saved: {saved.path} ({saved.format} format, {saved.dtype})")
 
 
+def _print_params(title: str, params: dict) -> None:
+    console.print(
+        f"[bold]{title}[/]: {params['before'] / 1e6:.2f} M -> {params['after'] / 1e6:.2f} M "
+        f"parameters (ratio_total {params['ratio_total']:.4f})"
+    )
+
+
 def _check_stream(chosen, save: Path | None, ctx: typer.Context) -> None:
     """--stream is a run option: refused for methods that cannot stream, without --save (the
     pruned model exists only as the export) and with evaluation (not streamed yet)."""
@@ -470,7 +484,9 @@ def _check_stream(chosen, save: Path | None, ctx: typer.Context) -> None:
         raise SettingsError("--stream does not evaluate yet; evaluate the --save directory after")
 
 
-def _prune_streamed(model, method, out, save, save_format, overwrite, dtype, device, settings):
+def _prune_streamed(
+    model, method, out, save, save_format, overwrite, dtype, device, attn_implementation, settings
+):
     from prunekit.api import prune_streamed
 
     result = prune_streamed(
@@ -482,13 +498,10 @@ def _prune_streamed(model, method, out, save, save_format, overwrite, dtype, dev
         fmt=save_format,
         dtype=dtype,
         device=device,
+        attn_implementation=attn_implementation,
         **settings,
     )
-    params = result.report["params"]
-    console.print(
-        f"[bold]{method}[/] (streamed): {params['before'] / 1e6:.2f} M -> "
-        f"{params['after'] / 1e6:.2f} M parameters (ratio_total {params['ratio_total']:.4f})"
-    )
+    _print_params(f"{method} (streamed)", result.report["params"])
     if result.run_dir:
         console.print(f"run directory: {result.run_dir}")
     console.print(f"model saved: {save}")

@@ -269,3 +269,26 @@ def test_flap_refuses_to_stream(tmp_path):
     source = save_small_shards("llama", tmp_path / "dense")
     with pytest.raises(SettingsError, match="global threshold"):
         prune_streamed(str(source), "flap", save=tmp_path / "pruned", sparsity=0.3)
+
+
+def test_cli_stream_passes_every_load_option(tmp_path, monkeypatch):
+    """--stream must not drop a flag the in-memory path honours (--attn-implementation was)."""
+    from typer.testing import CliRunner
+
+    import prunekit.api
+    from prunekit.cli import app
+
+    seen = {}
+
+    def fake_prune_streamed(model, method, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(prunekit.api, "prune_streamed", fake_prune_streamed)
+    source = save_small_shards("llama", tmp_path / "dense")
+    args = ["prune", "--method", "fasp", "--model", str(source), "--sparsity", "0.3"]
+    args += ["--stream", "--save", str(tmp_path / "pruned"), "--attn-implementation", "eager"]
+    args += ["--device", "cpu", "--dtype", "fp32"]
+    CliRunner().invoke(app, args)
+    assert seen["attn_implementation"] == "eager"
+    assert (seen["device"], seen["dtype"]) == ("cpu", "fp32")
