@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -112,16 +113,55 @@ def _cached_hub_readme(hub_id: str) -> Path | None:
 
 
 def _gguf_license(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
     try:
-        from gguf import GGUFReader
-
-        field_ = GGUFReader(str(path)).fields.get("general.license")
-        value = field_.contents() if field_ is not None else None
-    except Exception:  # a GGUF without readable metadata: no license, the export goes on
+        value = gguf_metadata_string(path, "general.license")
+    except (OSError, ValueError, struct.error):  # not a readable GGUF: no license, export goes on
         return {}
-    return {"license": str(value)} if value else {}
+    return {"license": value} if value else {}
+
+
+# GGUF metadata value types: fixed sizes (struct format), 8 = string, 9 = array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?"}
+_GGUF_SCALARS.update({10: "Q", 11: "q", 12: "d"})
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata_string(path: Path, key: str) -> str | None:
+    """One string from a GGUF file's metadata, reading the header only (the gguf package's
+    reader maps every tensor first: seconds for a small model, the time of an export)."""
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        _version, _tensors, entries = struct.unpack("<IQQ", handle.read(20))
+        for _ in range(entries):
+            name = _gguf_read_string(handle)
+            kind = struct.unpack("<I", handle.read(4))[0]
+            if name == key and kind == _GGUF_STRING:
+                return _gguf_read_string(handle)
+            _gguf_skip_value(handle, kind)
+    return None
+
+
+def _gguf_read_string(handle: BinaryIO) -> str:
+    (length,) = struct.unpack("<Q", handle.read(8))
+    return handle.read(length).decode("utf-8", errors="replace")
+
+
+def _gguf_skip_value(handle: BinaryIO, kind: int) -> None:
+    if kind == _GGUF_STRING:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        handle.seek(length, os.SEEK_CUR)
+    elif kind == _GGUF_ARRAY:
+        item, count_ = struct.unpack("<IQ", handle.read(12))
+        if item in _GGUF_SCALARS:
+            handle.seek(count_ * struct.calcsize("<" + _GGUF_SCALARS[item]), os.SEEK_CUR)
+        else:
+            for _ in range(count_):
+                _gguf_skip_value(handle, item)
+    elif kind in _GGUF_SCALARS:
+        handle.seek(struct.calcsize("<" + _GGUF_SCALARS[kind]), os.SEEK_CUR)
+    else:
+        raise ValueError(f"unknown GGUF metadata type {kind}")
 
 
 def read_front_matter(text: str) -> dict:
@@ -446,7 +486,9 @@ def render_model_card(
     base = base or BaseModelInfo()
     model = report.get("model", {})
     meta = yaml.safe_dump(front_matter(report, base, fmt), sort_keys=False, allow_unicode=True)
-    title = f"{model.get('spec', 'model')} pruned by {report.get('method', 'prunekit')}"
+    # The hub id, else the directory or file name: a local path says nothing on a hub page.
+    base_name = base.hub_id or Path(model.get("spec") or "model").name
+    title = f"{base_name} pruned by {report.get('method', 'prunekit')}"
     lines = [
         "---",
         meta.rstrip("\n"),

@@ -18,6 +18,7 @@ from prunekit.export.card import (
     BaseModelInfo,
     base_model_info,
     read_front_matter,
+    removed_blocks_text,
     render_model_card,
     write_model_card,
 )
@@ -191,9 +192,16 @@ def test_depth_card_front_matter_and_numbers_equal_report(depth_export):
     check_eval_numbers(text, report)
     assert f"{100 * report['params']['ratio_total']:.2f} % of the parameters" in text
     assert "Not measured in this run (`prunekit bench-speed" in text
-    assert "Removed 3 blocks:" in text
-    for block in plan["removed_blocks"]:  # every removed block's original layer is named
-        assert re.search(rf"\b{block.split('.')[0]}\b", text.split("Removed 3 blocks:")[1])
+    assert "# base pruned by blockpruner\n" in text  # the base's name, not its local path
+    removed = removed_blocks_text(plan["removed_blocks"])
+    layers = f"{len(report['export']['layers'])} of {report['model']['num_hidden_layers']} layers"
+    assert f"Removed 3 blocks: {removed} (original layer indices); {layers} remain." in text
+
+
+def test_removed_blocks_are_grouped_by_original_layer():
+    removed = ["12.attn", "3.mlp", "3.attn", "20.mlp", "7.attn", "1.mlp", "1.attn"]
+    expected = "whole layers: 1, 3; attention of layers: 7, 12; MLP of layers: 20"
+    assert removed_blocks_text(removed) == expected
 
 
 def test_depth_card_says_how_to_load_its_format(depth_export):
@@ -236,6 +244,7 @@ def test_streamed_export_has_a_card_written_before_the_rename(tmp_path):
     )
     front, text, report = read_card(tmp_path / "pruned")
     assert report["mode"] == "streamed" and "streamed, one layer at a time" in text
+    assert 'prunekit.load_pruned("pruned")' in text  # the final name, not the staging one
     assert "license" not in front  # the base has no card: no license invented
     assert "## Perplexity\n\nNot measured" in text
     check_numbers_equal_report(text, report, {})
@@ -299,6 +308,13 @@ def test_gguf_base_license_comes_from_its_metadata(tmp_path):
 
     def write(path: Path, license_: str | None) -> str:
         writer = GGUFWriter(str(path), "llama")
+        # Keys of every shape before the license: the header reader must skip each one exactly.
+        writer.add_array("tokenizer.ggml.tokens", ["<s>", "a", "bé"])
+        writer.add_array("tokenizer.ggml.scores", [0.5, 1.5, 2.5])
+        writer.add_array("prunekit.nested", [[1, 2], [3]])
+        writer.add_uint32("llama.block_count", 4)
+        writer.add_bool("prunekit.flag", True)
+        writer.add_float64("prunekit.x", 0.25)
         if license_:
             writer.add_license(license_)
         writer.write_header_to_file()
@@ -309,6 +325,10 @@ def test_gguf_base_license_comes_from_its_metadata(tmp_path):
 
     assert base_model_info(write(tmp_path / "a.gguf", "mit")).license == {"license": "mit"}
     assert base_model_info(write(tmp_path / "b.gguf", None)) == BaseModelInfo()
+    (tmp_path / "c.gguf").write_bytes(b"GGUF\x03\x00")  # truncated: no license, no error
+    (tmp_path / "d.gguf").write_bytes(b"not a gguf file at all")
+    assert base_model_info(str(tmp_path / "c.gguf")) == BaseModelInfo()
+    assert base_model_info(str(tmp_path / "d.gguf")) == BaseModelInfo()
 
 
 def test_base_model_hub_id_only_when_known(tmp_path):
