@@ -258,13 +258,21 @@ def removed_text(report: dict, plan: PruningPlan | None) -> str:
     base_layers = report.get("model", {}).get("num_hidden_layers")
     kept = f"{len(layers)} of {base_layers} layers remain" if layers and base_layers else ""
     if plan is not None and plan.removed_blocks:
-        what = f"Removed {len(plan.removed_blocks)} blocks: " + removed_blocks_text(
-            plan.removed_blocks
-        )
-        return f"{what} (original layer indices); {kept}." if kept else f"{what}."
+        what = "Removed (original layer indices) " + removed_blocks_text(plan.removed_blocks)
+        return f"{what}; {kept}." if kept else f"{what}."
     if layers and report.get("family") == "width":
         return f"No layer removed; what each layer kept: {widths_text(layers)}."
     return "What was removed is not recorded in report.json or plan.json."
+
+
+def _base_text(model: dict) -> str:
+    """The spec as typed, with what an alias stands for (its weights are not the hub model's)."""
+    from prunekit.models.loading import ALIASES
+
+    spec = model.get("spec", "–")
+    alias = ALIASES.get(str(spec).lower())
+    kind = f"{alias}; {model.get('model_type', '–')}" if alias else model.get("model_type", "–")
+    return f"`{spec}` ({kind})"
 
 
 def _made_rows(report: dict) -> list[list[str]]:
@@ -281,7 +289,7 @@ def _made_rows(report: dict) -> list[list[str]]:
     weight_bytes = export.get("weight_bytes")
     rows = [
         ["method", f"{report.get('method', '–')} ({report.get('family', '–')} pruning)"],
-        ["base model", f"`{model.get('spec', '–')}` ({model.get('model_type', '–')})"],
+        ["base model", _base_text(model)],
         ["target", _target(settings)],
         ["calibration", calib],
         [
