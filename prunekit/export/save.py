@@ -2,9 +2,10 @@
 
 The directory holds safetensors weights (sharded above ``max_shard_size``, written tensor by
 tensor through ``ShardWriter`` so the host never holds a copy of the whole model), config.json,
-generation_config.json, the tokenizer, plan.json and report.json, and for heterogeneous models
-the shim modeling file. It is assembled in a hidden temp directory beside the target and renamed
-into place at the end, so a crash or a full disk never leaves a directory that looks complete.
+generation_config.json, the tokenizer, plan.json, report.json and the model card (README.md,
+``prunekit.export.card``), and for heterogeneous models the shim modeling file. It is assembled
+in a hidden temp directory beside the target and renamed into place at the end, so a crash or a
+full disk never leaves a directory that looks complete.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ExportError
+from prunekit.export.card import base_model_info, write_model_card
 from prunekit.export.formats import (
     Format,
     choose_format,
@@ -39,6 +41,7 @@ from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan, write_json_atomic
 
 EXPORT_KEY = "export"  # the section of report.json describing the export
+PARTIAL = ".partial-"  # staging directories are named .NAME.partial-XXXXXX
 
 
 @dataclass
@@ -82,7 +85,7 @@ def staging_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     """A temp directory that becomes ``target`` only if the block completes."""
     check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL}", dir=target.parent))
     try:
         yield tmp
         old = None
@@ -95,6 +98,14 @@ def staging_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def final_name(directory: Path) -> str:
+    """The name ``directory`` will have once renamed into place (itself when not staging)."""
+    name = directory.name
+    if name.startswith(".") and PARTIAL in name:
+        return name[1:].rpartition(PARTIAL)[0]
+    return name
 
 
 def _export_config(loaded: LoadedModel, shapes: list[LayerShape], requested: str) -> tuple:
@@ -123,7 +134,7 @@ def write_beside_weights(
     report: dict | None,
 ) -> Format:
     """Everything but the weights: config (checked against ``loaded.model``'s tensor shapes,
-    which may be meta tensors), generation config, tokenizer, shim, plan and report."""
+    which may be meta tensors), generation config, tokenizer, shim, plan, report and card."""
     fmt_chosen, config, shim = _export_config(loaded, shapes, fmt)
     config.dtype = dtype
     config.save_pretrained(directory)
@@ -144,7 +155,10 @@ def write_beside_weights(
         "base_model_type": getattr(config, "base_model_type", None) or config.model_type,
         "layers": describe_for_report(shapes),
     }
-    write_json_atomic(directory / "report.json", {**(report or {}), EXPORT_KEY: section})
+    exported = {**(report or {}), EXPORT_KEY: section}
+    write_json_atomic(directory / "report.json", exported)
+    base = base_model_info(loaded.spec, loaded.source)
+    write_model_card(directory, exported, plan, base=base, name=final_name(directory))
     return fmt_chosen
 
 
