@@ -64,12 +64,49 @@ def evaluate_ppl(
     seqlen: int = 2048,
     max_windows: int | None = None,
     batch_size: int = 1,
+    max_memory: int | str | None = None,
 ) -> dict:
-    """{dataset: PerplexityResult as dict} for each dataset."""
+    """{dataset: PerplexityResult as dict} for each dataset.
+
+    A lazily loaded model (``open_streamed``) is evaluated layer by layer, holding at most
+    ``max_memory`` (bytes, or a size such as "2GB"; None: every window in one chunk)."""
+    if loaded.residency is None:
+        if max_memory is not None:
+            raise SettingsError(
+                "max_memory bounds a streamed evaluation: open the model with open_streamed"
+            )
+        return {
+            name: perplexity(loaded, name, seqlen, max_windows, batch_size).to_dict()
+            for name in datasets
+        }
+    from prunekit.evaluation.streamed import parse_memory_budget, perplexity_streamed
+
+    budget = None if max_memory is None else parse_memory_budget(max_memory)
     return {
-        name: perplexity(loaded, name, seqlen, max_windows, batch_size).to_dict()
+        name: perplexity_streamed(loaded, name, seqlen, max_windows, batch_size, budget).to_dict()
         for name in datasets
     }
+
+
+def open_streamed(
+    model: str,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """``model`` (a spec with safetensors shards) with its weights left in their files: the
+    skeleton on meta, each part onloaded only while the engine runs it. ``evaluate_ppl`` then
+    evaluates it layer by layer."""
+    lazy = LazyModel.open(
+        model,
+        dtype=dtype,
+        device=device or default_device(),
+        attn_implementation=attn_implementation,
+    )
+    loaded = lazy_loaded(lazy, model)
+    loaded.residency = Streamed(lazy)
+    return loaded
 
 
 def evaluate(
