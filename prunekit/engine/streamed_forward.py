@@ -113,7 +113,8 @@ def chunk_memory(lazy: LazyModel, seqlen: int, batch_size: int) -> ChunkMemory:
     widest = max(m.out_features for m in lazy.module(0).modules() if isinstance(m, nn.Linear))
     heads = lazy.config.num_attention_heads
     layer_work = tokens * (3 * widest + 4 * hidden_size) * item + batch_size * heads * seqlen**2 * 4
-    logits = 3 * batch_size * _LOGIT_TOKENS * head.shape[0] * 4  # logits, log-softmax, gather
+    # Logits, their log-softmax and a copy, for one token chunk of one batch (fp32).
+    logits = 3 * batch_size * min(_LOGIT_TOKENS, seqlen) * head.shape[0] * 4
     return ChunkMemory(
         weights=weights,
         batch_work=max(layer_work, logits) + tokens * hidden_size * item,
@@ -140,4 +141,8 @@ def chunk_windows_for_budget(
 
 
 def _mb(size: int) -> str:
-    return f"{size / 2**20:.0f} MB"
+    """Bytes in the decimal units --max-memory takes."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 10**3:.0f} KB"
