@@ -54,6 +54,8 @@ def parse_memory_budget(size: int | str) -> int:
     from prunekit.errors import ExportError
     from prunekit.export.shards import parse_shard_size
 
+    if isinstance(size, str) and size.strip().isdigit():
+        size = int(size.strip())  # plain bytes, as the command line passes them
     try:
         return parse_shard_size(size)
     except ExportError:
