@@ -4,6 +4,8 @@ in-memory perplexity; zero-shot on the model dispatched by accelerate equals the
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -211,3 +213,64 @@ def run_cli(monkeypatch, *args: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+# Runs in a subprocess: ``python -c PROBE MODE MODEL_DIR TEXT BUDGET`` prints the RssAnon peak.
+MEMORY_PROBE = """
+import json, sys
+import torch
+from tests.unit.memory_probe import PeakSampler, rss_anon_bytes
+from prunekit.api import open_streamed
+from prunekit.data import corpus_tokens
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.evaluation.streamed import perplexity_streamed
+from prunekit.models.loading import load_model
+
+mode, directory, text, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+torch.set_num_threads(1)
+streamed = open_streamed(directory, dtype="bf16", device="cpu")
+corpus_tokens(streamed.tokenizer, text)  # data set-up belongs to the baseline
+baseline = rss_anon_bytes()
+with PeakSampler() as sampler:
+    if mode == "streamed":
+        result = perplexity_streamed(streamed, text, 128, 8, 2, max_memory=budget)
+    else:
+        result = perplexity(load_model(directory, dtype="bf16", device="cpu"), text, 128, 8, 2)
+print(json.dumps({"peak_above": sampler.peak - baseline, "ppl": result.ppl}))
+"""
+
+
+def test_streamed_perplexity_stays_within_the_budget(text, tmp_path):
+    """A ≈109 MB (bf16) model evaluated under a 32 MB budget: the peak anonymous memory above
+    the baseline stays under the budget; the in-memory evaluation of the same model exceeds it
+    (the negative control: the measurement can fail)."""
+    from tests.unit.test_lazy_model import _write_random_llama
+
+    directory = tmp_path / "llama"
+    _write_random_llama(directory)
+    budget = 32 * 10**6
+    env = os.environ | {
+        "MALLOC_ARENA_MAX": "2",
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    runs = {
+        mode: subprocess.Popen(
+            [sys.executable, "-c", MEMORY_PROBE, mode, str(directory), text, str(budget)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for mode in ("streamed", "in-memory")
+    }
+    results = {}
+    for mode, process in runs.items():
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-2000:]
+        results[mode] = json.loads(out.strip().splitlines()[-1])
+    print({mode: f"{r['peak_above'] / 1e6:.1f} MB" for mode, r in results.items()})
+    assert results["streamed"]["ppl"] == pytest.approx(results["in-memory"]["ppl"], rel=1e-3)
+    assert results["streamed"]["peak_above"] <= budget
+    assert results["in-memory"]["peak_above"] > budget
