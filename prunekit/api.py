@@ -64,12 +64,49 @@ def evaluate_ppl(
     seqlen: int = 2048,
     max_windows: int | None = None,
     batch_size: int = 1,
+    max_memory: int | str | None = None,
 ) -> dict:
-    """{dataset: PerplexityResult as dict} for each dataset."""
+    """{dataset: PerplexityResult as dict} for each dataset.
+
+    A lazily loaded model (``open_streamed``) is evaluated layer by layer, holding at most
+    ``max_memory`` (bytes, or a size such as "2GB"; None: every window in one chunk)."""
+    if loaded.residency is None:
+        if max_memory is not None:
+            raise SettingsError(
+                "max_memory bounds a streamed evaluation: open the model with open_streamed"
+            )
+        return {
+            name: perplexity(loaded, name, seqlen, max_windows, batch_size).to_dict()
+            for name in datasets
+        }
+    from prunekit.evaluation.streamed import parse_memory_budget, perplexity_streamed
+
+    budget = None if max_memory is None else parse_memory_budget(max_memory)
     return {
-        name: perplexity(loaded, name, seqlen, max_windows, batch_size).to_dict()
+        name: perplexity_streamed(loaded, name, seqlen, max_windows, batch_size, budget).to_dict()
         for name in datasets
     }
+
+
+def open_streamed(
+    model: str,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """``model`` (a spec with safetensors shards) with its weights left in their files: the
+    skeleton on meta, each part onloaded only while the engine runs it. ``evaluate_ppl`` then
+    evaluates it layer by layer."""
+    lazy = LazyModel.open(
+        model,
+        dtype=dtype,
+        device=device or default_device(),
+        attn_implementation=attn_implementation,
+    )
+    loaded = lazy_loaded(lazy, model)
+    loaded.residency = Streamed(lazy)
+    return loaded
 
 
 def evaluate(
@@ -101,6 +138,72 @@ def evaluate(
             loaded, tasks, limit=limit, batch_size=batch_size, task_data=task_data
         ).to_dict()
     return result
+
+
+def evaluate_streamed(
+    model: str,
+    *,
+    ppl: list[str] | None = None,
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    ppl_batch_size: int = 1,
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    task_data: str | Path | None = None,
+    max_memory: int | str | None = None,
+    offload_folder: str | Path | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+) -> dict:
+    """``evaluate`` for a model bigger than memory (a spec or an exported directory): the same
+    entries, computed without ever holding the whole model.
+
+    Perplexity runs layer by layer from the shards (``open_streamed``, chunk of windows from
+    ``max_memory``); zero-shot runs in lm-eval on the model dispatched by accelerate (at most
+    ``max_memory`` of weights on ``device``, the rest offloaded: read from the checkpoint or
+    written to ``offload_folder``, a temporary directory by default).
+    """
+    import tempfile
+
+    from prunekit.evaluation.dispatched import load_dispatched
+    from prunekit.evaluation.streamed import parse_memory_budget
+    from prunekit.evaluation.zeroshot import check_tasks, zeroshot
+
+    if tasks:
+        check_tasks(tasks, task_data)
+    budget = None if max_memory is None else parse_memory_budget(max_memory)
+    common = {"dtype": dtype, "device": device, "attn_implementation": attn_implementation}
+    result: dict = {}
+    if ppl:
+        check_streamable(model)
+        result["ppl"] = evaluate_ppl(
+            open_streamed(model, **common), ppl, seqlen, max_windows, ppl_batch_size, budget
+        )
+    if tasks:
+        with tempfile.TemporaryDirectory(prefix="prunekit-offload-") as scratch:
+            loaded = load_dispatched(
+                model, max_memory=budget, offload_folder=offload_folder or scratch, **common
+            )
+            result["zeroshot"] = zeroshot(
+                loaded, tasks, limit=limit, batch_size=batch_size, task_data=task_data
+            ).to_dict()
+    return result
+
+
+def check_streamable(model: str) -> None:
+    """Refuse, in one line, a model the lazy loader cannot read (a prunekit-format export)."""
+    from prunekit.export.load import is_export_dir, read_config
+    from prunekit.export.shim import shim_for_model_type
+
+    path = Path(model).expanduser()
+    exported = path.is_dir() and is_export_dir(path)
+    if exported and shim_for_model_type(read_config(path).model_type) is not None:
+        raise SettingsError(
+            f"{model} is a prunekit-format export (per-layer widths): its perplexity cannot "
+            "be computed layer by layer yet; evaluate it without --stream"
+        )
 
 
 def prune(

@@ -248,6 +248,24 @@ def eval_command(
     attn_implementation: str = AttnOpt,
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     force: bool = ForceOpt,
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="For models bigger than memory: perplexity layer by layer from the weight files, "
+        "zero-shot on the model dispatched by accelerate (weights beyond --max-memory offloaded).",
+    ),
+    max_memory: str = typer.Option(
+        None,
+        "--max-memory",
+        help="Memory budget on the compute device, e.g. 24GB or 200MB (implies --stream): bounds "
+        "the windows evaluated per layer read and the weights accelerate keeps on the device.",
+    ),
+    offload_folder: Path = typer.Option(
+        None,
+        "--offload-folder",
+        help="With --stream and --tasks: where accelerate writes weights it cannot read from the "
+        "checkpoint itself (default: a temporary directory, removed afterwards).",
+    ),
 ) -> None:
     """Perplexity and zero-shot accuracy of a model, a run directory or an exported model."""
     import time
@@ -258,6 +276,7 @@ def eval_command(
     spec = target or model
     if not spec:
         raise SettingsError("name a model or run directory: prunekit eval MODEL_OR_RUN_DIR")
+    stream = stream or max_memory is not None
     task_list = _split(tasks)
     datasets = _split(ppl) if ppl is not None else ([] if task_list else ["wikitext2"])
     if ppl is not None and not datasets and not task_list:
@@ -274,6 +293,29 @@ def eval_command(
         check_tasks(task_list, task_data)
     _check_device(device)
     started = time.perf_counter()
+    if stream:
+        _eval_streamed(
+            spec,
+            model if target else None,
+            ppl=datasets,
+            seqlen=seqlen,
+            max_windows=max_windows,
+            ppl_batch_size=ppl_batch_size,
+            tasks=task_list,
+            limit=limit,
+            batch_size=batch_size,
+            task_data=task_data,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+            dtype=dtype,
+            device=device,
+            attn_implementation=attn_implementation,
+            json_out=json_out,
+            started=started,
+        )
+        return
+    if offload_folder is not None:
+        raise SettingsError("--offload-folder applies to --stream (or --max-memory) only")
     loaded_target = load_for_eval(
         spec,
         base=model if target else None,
@@ -302,6 +344,42 @@ def eval_command(
             "model": {**loaded_target.describe(), "dtype": loaded.dtype_name},
             **result,
             **_forced_record(loaded),
+            "seconds": time.perf_counter() - started,
+            "versions": library_versions(),
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _eval_streamed(
+    spec: str, base: str | None, *, json_out: Path | None, started: float, **options
+) -> None:
+    """``eval --stream``: a model or an export evaluated without ever holding it whole."""
+    import time
+
+    from prunekit.api import evaluate_streamed
+    from prunekit.report.run_dir import PARTIAL_PLAN_FILE, is_run_dir
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and (is_run_dir(path) or (path / PARTIAL_PLAN_FILE).is_file()):
+        raise SettingsError(
+            f"--stream evaluates a model or an exported directory; {spec} is a run directory "
+            "(its plan is replayed in memory): export it first, or evaluate without --stream"
+        )
+    if base is not None and base != spec:
+        raise SettingsError("--model with a target applies to a run directory, not to --stream")
+    result = evaluate_streamed(spec, **options)
+    device = options["device"] or "default device"
+    budget = options["max_memory"] or "no budget"
+    _print_eval(f"{spec} (streamed, {options['dtype']}, {device}, {budget})", result)
+    if json_out:
+        from prunekit.report.versions import library_versions
+
+        record = {
+            "model": {"spec": spec, "kind": "streamed", "dtype": options["dtype"]},
+            "mode": "streamed",
+            "max_memory": options["max_memory"],
+            **result,
             "seconds": time.perf_counter() - started,
             "versions": library_versions(),
         }

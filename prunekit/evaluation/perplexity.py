@@ -29,9 +29,14 @@ class PerplexityResult:
     # "fp32": the LM head itself ran in fp32; "model": the model's own head (an adapter with a
     # custom head), only the log-softmax in fp32.
     nll_head: str = "fp32"
+    # Layer by layer (``perplexity_streamed``): windows per chunk, chunks, the budget in bytes.
+    streamed: dict | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if record["streamed"] is None:
+            del record["streamed"]  # in-memory results keep their schema
+        return record
 
 
 @torch.inference_mode()

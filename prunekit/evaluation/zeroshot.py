@@ -2,7 +2,8 @@
 
 lm-eval is given the loaded ``nn.Module`` (``HFLM(pretrained=model)``), never a path: a pruned
 model with removed blocks or per-layer widths only exists in memory (or behind prunekit's own
-loader), so this is the one way every model prunekit makes can be evaluated the same way.
+loader), so this is the one way every model prunekit makes can be evaluated the same way. A model
+bigger than memory is given the same way, dispatched by accelerate (``evaluation.dispatched``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from prunekit.errors import MissingExtraError
 from prunekit.evaluation.baselines import AnswerBaselines, answer_baselines
+from prunekit.evaluation.dispatched import is_dispatched
 from prunekit.evaluation.tasks import (
     TaskSpec,
     check_offline_files,
@@ -183,6 +187,11 @@ def zeroshot(
             batch_size=batch_size,
             device=loaded.device,
         )
+        if is_dispatched(loaded.model):
+            # lm-eval takes an instance's device from ``model.device``, which is ``meta`` when
+            # the first weights are offloaded; inputs go to the compute device, where
+            # accelerate's hooks expect them.
+            lm._device = torch.device(loaded.device)
         results: dict[str, TaskResult] = {}
         total = time.perf_counter()
         for spec in specs:

@@ -1,0 +1,117 @@
+"""Perplexity of a model that never sits in memory: layer by layer, from its safetensors shards.
+
+The windows, the fp32 LM head and the NLL are the in-memory ``perplexity``'s (PROTOCOL.md); only
+the order of work differs: the engine (``prunekit.engine.streamed_forward``) applies each layer
+to a chunk of windows at once, reading the layer from disk once per chunk. The chunk is as large
+as the memory budget allows, so a budget that holds every window's hidden states reads each
+layer exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from prunekit.data import check_seqlen, corpus_source, corpus_tokens, eval_windows
+from prunekit.engine.residency import Streamed
+from prunekit.engine.streamed_forward import (
+    FinalBatches,
+    chunk_windows_for_budget,
+    forward_layer_major,
+)
+from prunekit.errors import SettingsError
+from prunekit.evaluation.nll import eval_logits_fn, nll_from_final_hidden
+from prunekit.evaluation.perplexity import PerplexityResult
+from prunekit.models.loading import LoadedModel
+
+
+class _NllTotal:
+    """Sums token NLL over the chunks the engine hands over, exactly as ``windows_nll`` does."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.skip = 1 if loaded.adapter.bos_per_window else 0
+        self.total = 0.0
+        self.count = 0
+        self.head = "fp32"
+
+    def __call__(self, chunk: FinalBatches) -> None:
+        model, adapter = self.loaded.model, self.loaded.adapter
+        # Built per chunk: the head is onloaded only while the chunk's batches are consumed.
+        logits_fn, self.head = eval_logits_fn(model, adapter)
+        for batch, final in chunk:
+            nll = nll_from_final_hidden(
+                model, adapter, final, batch, skip_first=self.skip, logits_fn=logits_fn
+            )
+            self.total += nll.sum().item()
+            self.count += batch.shape[0] * (batch.shape[1] - 1 - self.skip)
+
+
+def parse_memory_budget(size: int | str) -> int:
+    """Bytes in a memory budget: an int, or a string such as "2GB" or "200MB" (decimal units)."""
+    from prunekit.errors import ExportError
+    from prunekit.export.shards import parse_shard_size
+
+    if isinstance(size, str) and size.strip().isdigit():
+        size = int(size.strip())  # plain bytes, as the command line passes them
+    try:
+        return parse_shard_size(size)
+    except ExportError:
+        raise SettingsError(
+            f"cannot read the memory budget {size!r}; use bytes or a number with TB, GB, MB or KB"
+        ) from None
+
+
+def streamed_residency(loaded: LoadedModel) -> Streamed:
+    """The model's ``Streamed`` residency, or a one-line error for a model in memory."""
+    if not isinstance(loaded.residency, Streamed):
+        raise SettingsError(
+            "streamed perplexity needs a lazily loaded model (prunekit.api.open_streamed)"
+        )
+    return loaded.residency
+
+
+@torch.inference_mode()
+def perplexity_streamed(
+    loaded: LoadedModel,
+    dataset: str = "wikitext2",
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+    max_memory: int | None = None,
+) -> PerplexityResult:
+    """``perplexity`` of a lazily loaded model, layer by layer.
+
+    ``max_memory`` (bytes) bounds what the pass holds on the compute device (chunk size from
+    ``chunk_windows_for_budget``); None puts every window in one chunk (each layer read once).
+    """
+    residency = streamed_residency(loaded)
+    check_seqlen(seqlen, loaded.model.config)
+    tokens = corpus_tokens(loaded.tokenizer, dataset)
+    bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
+    windows = eval_windows(tokens, seqlen, max_windows, bos_token_id=bos)
+    count = windows.shape[0]
+    chunk = (
+        count
+        if max_memory is None
+        else chunk_windows_for_budget(residency.lazy, seqlen, batch_size, max_memory, count)
+    )
+    started = time.perf_counter()
+    nll = _NllTotal(loaded)
+    forward_layer_major(loaded, windows, residency, nll, chunk_windows=chunk, batch_size=batch_size)
+    return PerplexityResult(
+        dataset=dataset,
+        ppl=math.exp(nll.total / nll.count),
+        nll_sum=nll.total,
+        tokens=nll.count,
+        windows=count,
+        seqlen=seqlen,
+        max_windows=max_windows,
+        bos_per_window=bos is not None,
+        source=corpus_source(dataset),
+        seconds=time.perf_counter() - started,
+        nll_head=nll.head,
+        streamed={"chunk_windows": chunk, "chunks": -(-count // chunk), "max_memory": max_memory},
+    )
