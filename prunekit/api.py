@@ -165,53 +165,55 @@ def prune(
     )
     if not isinstance(model, LoadedModel):
         import_model_code(model)
-    peaks = PeakMemory(_run_device(model, device)).start()
-    if not isinstance(model, LoadedModel):
-        log.info("loading %s", model)
-    loaded = (
-        model
-        if isinstance(model, LoadedModel)
-        else load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
-    )
-    residency_before = loaded.residency
-    if residency_before is None:
-        loaded.residency = Resident(_offloads(choice, offload_activations))
-    if overwrite and out is not None:
-        clear_run(out)
-    timings: dict[str, float] = {}
-    before = parameter_counts(loaded.model, loaded.adapter)
-    identity = loaded.identity()
-    evals: dict[str, dict] = {}
-    wants_eval = bool(eval_datasets or eval_tasks)
-
-    def run_eval(side: str) -> None:
-        started = time.perf_counter()
-        evals[side] = evaluate(
-            loaded,
-            ppl=eval_datasets,
-            seqlen=eval_seqlen,
-            max_windows=eval_max_windows,
-            tasks=eval_tasks,
-            limit=eval_limit,
-            batch_size=eval_batch_size,
-            task_data=task_data,
+    with PeakMemory(_run_device(model, device)) as peaks:  # stopped on any exit
+        if not isinstance(model, LoadedModel):
+            log.info("loading %s", model)
+        loaded = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(
+                model, dtype=dtype, device=device, attn_implementation=attn_implementation
+            )
         )
-        timings[f"eval_{side}"] = time.perf_counter() - started
+        residency_before = loaded.residency
+        if residency_before is None:
+            loaded.residency = Resident(_offloads(choice, offload_activations))
+        if overwrite and out is not None:
+            clear_run(out)
+        timings: dict[str, float] = {}
+        before = parameter_counts(loaded.model, loaded.adapter)
+        identity = loaded.identity()
+        evals: dict[str, dict] = {}
+        wants_eval = bool(eval_datasets or eval_tasks)
 
-    if wants_eval:
-        run_eval("dense")
-    log.info("pruning %s with %s", loaded.spec, chosen.name)
-    started = time.perf_counter()
-    try:
-        plan = chosen.prune(loaded, options)
-    finally:
-        loaded.residency = residency_before
-    timings["prune"] = time.perf_counter() - started
-    after = parameter_counts(loaded.model, loaded.adapter)
-    if wants_eval:
-        run_eval("pruned")
+        def run_eval(side: str) -> None:
+            started = time.perf_counter()
+            evals[side] = evaluate(
+                loaded,
+                ppl=eval_datasets,
+                seqlen=eval_seqlen,
+                max_windows=eval_max_windows,
+                tasks=eval_tasks,
+                limit=eval_limit,
+                batch_size=eval_batch_size,
+                task_data=task_data,
+            )
+            timings[f"eval_{side}"] = time.perf_counter() - started
 
-    memory = memory_record("in-memory", choice, budget, peaks.stop())
+        if wants_eval:
+            run_eval("dense")
+        log.info("pruning %s with %s", loaded.spec, chosen.name)
+        started = time.perf_counter()
+        try:
+            plan = chosen.prune(loaded, options)
+        finally:
+            loaded.residency = residency_before
+        timings["prune"] = time.perf_counter() - started
+        after = parameter_counts(loaded.model, loaded.adapter)
+        if wants_eval:
+            run_eval("pruned")
+
+        memory = memory_record("in-memory", choice, budget, peaks.stop())
     report = run_report(
         chosen, loaded, identity, options, pruning_ratios(before, after), evals, timings, memory
     )
@@ -358,36 +360,36 @@ def prune_streamed(
     )
     shard_size = shard_size_for(budget, device, parse_shard_size(max_shard_size))
     import_model_code(model)
-    peaks = PeakMemory(device).start()
-    lazy = LazyModel.open(
-        model, dtype=dtype, device=device, attn_implementation=attn_implementation
-    )
-    loaded = lazy_loaded(lazy, model)
-    if overwrite and out is not None:
-        clear_run(out)
-    torch_dtype = lazy.dtype if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
-    before = parameter_counts(loaded.model, loaded.adapter)
-    started = time.perf_counter()
-    with staging_dir(Path(save), overwrite) as tmp:
-        with ShardWriter(tmp, dtype=torch_dtype, max_shard_size=shard_size) as writer:
-            residency = Streamed(
-                lazy,
-                PartWriter(lazy, writer),
-                row_slice_bytes=row_slice_bytes_for(budget, device),
-                offload_activations=_offloads(choice, offload_activations),
-            )
-            loaded.residency = residency
-            log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
-            plan = chosen.prune(loaded, options)
-            residency.finish_outside_layers()
-        timings = {"prune": time.perf_counter() - started}
-        after = parameter_counts(loaded.model, loaded.adapter)
-        params = pruning_ratios(before, after)
-        memory = memory_record("streamed", choice, budget, peaks.stop(), shard_size)
-        report = run_report(chosen, loaded, plan.model, options, params, {}, timings, memory)
-        shapes = describe_layers(loaded.model, loaded.adapter)
-        written = writer.close()
-        write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
+    with PeakMemory(device) as peaks:  # stopped on any exit, read once the pruning is done
+        lazy = LazyModel.open(
+            model, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
+        loaded = lazy_loaded(lazy, model)
+        if overwrite and out is not None:
+            clear_run(out)
+        torch_dtype = lazy.dtype if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
+        before = parameter_counts(loaded.model, loaded.adapter)
+        started = time.perf_counter()
+        with staging_dir(Path(save), overwrite) as tmp:
+            with ShardWriter(tmp, dtype=torch_dtype, max_shard_size=shard_size) as writer:
+                residency = Streamed(
+                    lazy,
+                    PartWriter(lazy, writer),
+                    row_slice_bytes=row_slice_bytes_for(budget, device),
+                    offload_activations=_offloads(choice, offload_activations),
+                )
+                loaded.residency = residency
+                log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
+                plan = chosen.prune(loaded, options)
+                residency.finish_outside_layers()
+            timings = {"prune": time.perf_counter() - started}
+            after = parameter_counts(loaded.model, loaded.adapter)
+            params = pruning_ratios(before, after)
+            memory = memory_record("streamed", choice, budget, peaks.stop(), shard_size)
+            report = run_report(chosen, loaded, plan.model, options, params, {}, timings, memory)
+            shapes = describe_layers(loaded.model, loaded.adapter)
+            written = writer.close()
+            write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
     run_dir = write_run_dir(out, plan, report) if out else None
     return PruneResult(loaded, plan, report, run_dir)
 

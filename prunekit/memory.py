@@ -57,6 +57,14 @@ The peak is the terms held for the whole run plus the largest sum of one *phase*
 embedding, attention block, MLP block, head): phases do not overlap. On a CPU the compute device
 is the host, so every term is host memory and the device peak is None. Depth methods run in
 memory only for now; their estimate is the model plus the cached states and one batch's logits.
+
+One budget. ``MemoryBudget`` holds ``--max-memory`` (the compute device; on a CPU the process's
+anonymous memory) and ``--max-host-memory`` in bytes above the started process (the framework
+terms are not counted against it). ``choose_run`` predicts, from the config alone, the first of
+in memory, in memory with the calibration states offloaded (GPU), streamed, streamed and
+offloaded that fits, and says so in one line; nothing fitting is a one-line error naming the
+predicted need. Other engines size their chunks and buffers from ``MemoryBudget.compute_limit``
+and ``host_limit`` (the export's shards: ``shard_size_for``; row slices: ``row_slice_bytes_for``).
 """
 
 from __future__ import annotations
