@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -9,17 +10,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunekit.engine.residency import Streamed
-from prunekit.errors import ModelNotFoundError, SettingsError
+from prunekit.engine.residency import Resident, Streamed
+from prunekit.errors import ModelNotFoundError, PrunekitError, SettingsError
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.export.per_layer import describe_layers
 from prunekit.export.save import check_target, staging_dir, write_beside_weights
-from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE, ShardWriter
+from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE, ShardWriter, parse_shard_size
 from prunekit.export.streamed import PartWriter
+from prunekit.memory import (
+    MemoryBudget,
+    MemorySettings,
+    RunChoice,
+    choose_run,
+    memory_record,
+    row_slice_bytes_for,
+    shard_size_for,
+)
+from prunekit.memory_usage import PeakMemory
 from prunekit.methods.registry import Method, PruneSettings, get_method
-from prunekit.models.dtype import resolve_dtype
+from prunekit.models.dtype import dtype_name, resolve_dtype
 from prunekit.models.lazy import LazyModel
-from prunekit.models.loading import LoadedModel, default_device, load_model
+from prunekit.models.loading import LoadedModel, default_device, load_config, load_model
 from prunekit.plan import PruningPlan
 from prunekit.report.accounting import parameter_counts, pruning_ratios
 from prunekit.report.run_dir import check_run_target, clear_run, write_run_dir
@@ -222,6 +233,8 @@ def prune(
     dtype: str = "auto",
     device: str | None = None,
     attn_implementation: str | None = None,
+    budget: MemoryBudget | None = None,
+    offload_activations: bool | None = None,
     **settings: Any,
 ) -> PruneResult:
     """Prune ``model`` with ``method`` and return the pruned model, its plan and its report.
@@ -232,51 +245,80 @@ def prune(
     (an unfinished search) or ``overwrite`` (replace it) is given. With ``eval_datasets``
     (perplexity) and/or ``eval_tasks`` (zero-shot, lm-eval) the dense and the pruned model are
     both evaluated in this run and both recorded.
+
+    ``budget`` (bytes the run may add on the compute device and the host): refused in one line
+    before any weight is read when the in-memory run cannot fit it (``prune_streamed`` can run
+    in less; ``choose_mode`` says which); with ``offload_activations`` (None: as the budget
+    needs, on a GPU) the calibration states wait on the host. report.json's ``memory`` records
+    the mode, the budget, the predicted and the measured peaks.
     """
     chosen = get_method(method)
     options = checked_settings(chosen, settings, out, overwrite)
     check_inputs(options if "calib" in chosen.takes else None, eval_datasets, eval_tasks, task_data)
-    if not isinstance(model, LoadedModel):
-        log.info("loading %s", model)
-    loaded = (
-        model
-        if isinstance(model, LoadedModel)
-        else load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    budget = budget or MemoryBudget()
+    choice = choose_mode(
+        model,
+        chosen,
+        options,
+        budget,
+        dtype=dtype,
+        device=device,
+        stream=False,
+        offload_activations=offload_activations,
     )
-    if overwrite and out is not None:
-        clear_run(out)
-    timings: dict[str, float] = {}
-    before = parameter_counts(loaded.model, loaded.adapter)
-    identity = loaded.identity()
-    evals: dict[str, dict] = {}
-    wants_eval = bool(eval_datasets or eval_tasks)
-
-    def run_eval(side: str) -> None:
-        started = time.perf_counter()
-        evals[side] = evaluate(
-            loaded,
-            ppl=eval_datasets,
-            seqlen=eval_seqlen,
-            max_windows=eval_max_windows,
-            tasks=eval_tasks,
-            limit=eval_limit,
-            batch_size=eval_batch_size,
-            task_data=task_data,
+    if not isinstance(model, LoadedModel):
+        import_model_code(model)
+    with PeakMemory(_run_device(model, device)) as peaks:  # stopped on any exit
+        if not isinstance(model, LoadedModel):
+            log.info("loading %s", model)
+        loaded = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(
+                model, dtype=dtype, device=device, attn_implementation=attn_implementation
+            )
         )
-        timings[f"eval_{side}"] = time.perf_counter() - started
+        residency_before = loaded.residency
+        if residency_before is None:
+            loaded.residency = Resident(_offloads(choice, offload_activations))
+        if overwrite and out is not None:
+            clear_run(out)
+        timings: dict[str, float] = {}
+        before = parameter_counts(loaded.model, loaded.adapter)
+        identity = loaded.identity()
+        evals: dict[str, dict] = {}
+        wants_eval = bool(eval_datasets or eval_tasks)
 
-    if wants_eval:
-        run_eval("dense")
-    log.info("pruning %s with %s", loaded.spec, chosen.name)
-    started = time.perf_counter()
-    plan = chosen.prune(loaded, options)
-    timings["prune"] = time.perf_counter() - started
-    after = parameter_counts(loaded.model, loaded.adapter)
-    if wants_eval:
-        run_eval("pruned")
+        def run_eval(side: str) -> None:
+            started = time.perf_counter()
+            evals[side] = evaluate(
+                loaded,
+                ppl=eval_datasets,
+                seqlen=eval_seqlen,
+                max_windows=eval_max_windows,
+                tasks=eval_tasks,
+                limit=eval_limit,
+                batch_size=eval_batch_size,
+                task_data=task_data,
+            )
+            timings[f"eval_{side}"] = time.perf_counter() - started
 
+        if wants_eval:
+            run_eval("dense")
+        log.info("pruning %s with %s", loaded.spec, chosen.name)
+        started = time.perf_counter()
+        try:
+            plan = chosen.prune(loaded, options)
+        finally:
+            loaded.residency = residency_before
+        timings["prune"] = time.perf_counter() - started
+        after = parameter_counts(loaded.model, loaded.adapter)
+        if wants_eval:
+            run_eval("pruned")
+
+        memory = memory_record("in-memory", choice, budget, peaks.stop())
     report = run_report(
-        chosen, loaded, identity, options, pruning_ratios(before, after), evals, timings
+        chosen, loaded, identity, options, pruning_ratios(before, after), evals, timings, memory
     )
     run_dir = write_run_dir(out, plan, report) if out else None
     return PruneResult(loaded, plan, report, run_dir)
@@ -289,6 +331,84 @@ def streaming_refusal(method: Method) -> str | None:
     if not method.streams:
         return f"{method.name} cannot run streamed: {method.no_stream_reason}"
     return None
+
+
+def choose_mode(
+    model: str | LoadedModel,
+    method: Method,
+    options: PruneSettings,
+    budget: MemoryBudget,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    stream: bool | None = None,
+    offload_activations: bool | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> RunChoice | None:
+    """In memory or streamed, calibration states offloaded or not: decided from the config and
+    the memory model before any weight is read (``prunekit.memory.choose_run``).
+
+    ``stream``/``offload_activations``: True or False force, None lets the budget decide. A model
+    already in memory runs in memory. None when the memory model cannot describe the model and no
+    budget asks for it (the run then records no prediction).
+    """
+    device = _run_device(model, device)
+    if offload_activations and not device.startswith("cuda"):
+        log.warning(
+            "--offload-activations has no effect on %s: the calibration states are already in "
+            "host memory",
+            device,
+        )
+    if isinstance(model, LoadedModel):
+        config, torch_dtype, stream = model.model.config, model.dtype, False
+    else:
+        config, torch_dtype = load_config(model), resolve_dtype(dtype, device)
+    settings = MemorySettings(
+        method=method.name,
+        n_samples=options.n_samples,
+        seqlen=options.seqlen,
+        dtype=dtype_name(torch_dtype),
+        batch_size=options.batch_size,
+        device=device,
+        sparsity=options.sparsity if options.sparsity is not None else options.ratio or 0.2,
+        targets=tuple(options.targets),
+        max_shard_size=shard_size_for(budget, device, parse_shard_size(max_shard_size)),
+        row_slice_bytes=row_slice_bytes_for(budget, device),
+    )
+    try:
+        return choose_run(
+            config,
+            settings,
+            budget,
+            stream=stream,
+            offload_activations=offload_activations,
+            stream_refusal=streaming_refusal(method),
+        )
+    except PrunekitError:
+        if budget.given:
+            raise
+        return None  # no prediction for this model; without a budget nothing depends on one
+
+
+def import_model_code(spec: str) -> None:
+    """Import the model's transformers code and the tokenizer classes before a run measures its
+    memory: imports are the framework's cost (~100 MB of a process's anonymous memory), not the
+    run's, and the memory model counts them apart (its ``framework`` term)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    # A model transformers resolves otherwise (remote code) is measured with its import.
+    with contextlib.suppress(PrunekitError, KeyError, AttributeError, ImportError):
+        AutoModelForCausalLM._model_mapping[type(load_config(spec))]
+
+
+def _offloads(choice: RunChoice | None, requested: bool | None) -> bool:
+    return choice.offload_activations if choice else bool(requested)
+
+
+def _run_device(model: str | LoadedModel, device: str | None) -> str:
+    if isinstance(model, LoadedModel):
+        return str(model.device)
+    return device or default_device()
 
 
 def prune_streamed(
@@ -304,6 +424,8 @@ def prune_streamed(
     dtype: str = "auto",
     device: str | None = None,
     attn_implementation: str | None = None,
+    budget: MemoryBudget | None = None,
+    offload_activations: bool | None = None,
     **settings: Any,
 ) -> PruneResult:
     """Prune ``model`` (a spec with safetensors shards) one decoder layer at a time, exporting
@@ -314,6 +436,10 @@ def prune_streamed(
     is the exported model (the formats ``export_model`` writes; it appears only once complete);
     ``out`` the run directory (plan.json, report.json). The result's model is the skeleton on
     the meta device, in its pruned shapes: load ``save`` to use the pruned model.
+
+    ``budget``: refused in one line, before any weight is read, when even this run cannot fit;
+    it sizes the output shards and the row slices of the big tensors. ``offload_activations``
+    as for ``prune``. report.json's ``memory`` records the prediction and the measured peaks.
     """
     chosen = get_method(method)
     refusal = streaming_refusal(chosen)
@@ -323,29 +449,50 @@ def prune_streamed(
     check_target(save, overwrite)
     check_inputs(options if "calib" in chosen.takes else None, None, None, None)
     device = device or default_device()
-    lazy = LazyModel.open(
-        model, dtype=dtype, device=device, attn_implementation=attn_implementation
+    budget = budget or MemoryBudget()
+    choice = choose_mode(
+        model,
+        chosen,
+        options,
+        budget,
+        dtype=dtype,
+        device=device,
+        stream=True,
+        offload_activations=offload_activations,
+        max_shard_size=max_shard_size,
     )
-    loaded = lazy_loaded(lazy, model)
-    if overwrite and out is not None:
-        clear_run(out)
-    torch_dtype = lazy.dtype if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
-    before = parameter_counts(loaded.model, loaded.adapter)
-    started = time.perf_counter()
-    with staging_dir(Path(save), overwrite) as tmp:
-        with ShardWriter(tmp, dtype=torch_dtype, max_shard_size=max_shard_size) as writer:
-            residency = Streamed(lazy, PartWriter(lazy, writer))
-            loaded.residency = residency
-            log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
-            plan = chosen.prune(loaded, options)
-            residency.finish_outside_layers()
-        timings = {"prune": time.perf_counter() - started}
-        after = parameter_counts(loaded.model, loaded.adapter)
-        params = pruning_ratios(before, after)
-        report = run_report(chosen, loaded, plan.model, options, params, {}, timings, "streamed")
-        shapes = describe_layers(loaded.model, loaded.adapter)
-        written = writer.close()
-        write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
+    shard_size = shard_size_for(budget, device, parse_shard_size(max_shard_size))
+    import_model_code(model)
+    with PeakMemory(device) as peaks:  # stopped on any exit, read once the pruning is done
+        lazy = LazyModel.open(
+            model, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
+        loaded = lazy_loaded(lazy, model)
+        if overwrite and out is not None:
+            clear_run(out)
+        torch_dtype = lazy.dtype if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
+        before = parameter_counts(loaded.model, loaded.adapter)
+        started = time.perf_counter()
+        with staging_dir(Path(save), overwrite) as tmp:
+            with ShardWriter(tmp, dtype=torch_dtype, max_shard_size=shard_size) as writer:
+                residency = Streamed(
+                    lazy,
+                    PartWriter(lazy, writer),
+                    row_slice_bytes=row_slice_bytes_for(budget, device),
+                    offload_activations=_offloads(choice, offload_activations),
+                )
+                loaded.residency = residency
+                log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
+                plan = chosen.prune(loaded, options)
+                residency.finish_outside_layers()
+            timings = {"prune": time.perf_counter() - started}
+            after = parameter_counts(loaded.model, loaded.adapter)
+            params = pruning_ratios(before, after)
+            memory = memory_record("streamed", choice, budget, peaks.stop(), shard_size)
+            report = run_report(chosen, loaded, plan.model, options, params, {}, timings, memory)
+            shapes = describe_layers(loaded.model, loaded.adapter)
+            written = writer.close()
+            write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
     run_dir = write_run_dir(out, plan, report) if out else None
     return PruneResult(loaded, plan, report, run_dir)
 
@@ -387,9 +534,15 @@ def run_report(
     params: dict,
     evals: dict,
     timings: dict,
-    mode: str | None = None,
+    memory: dict | None = None,
 ) -> dict:
-    """report.json of one pruning run (``mode``: "streamed" when the model never sat in memory)."""
+    """report.json of one pruning run; ``memory`` (``prunekit.memory.memory_record``) also sets
+    the top-level ``mode`` to "streamed" when the model never sat in memory."""
+    extra: dict[str, Any] = {}
+    if memory is not None:
+        extra["memory"] = memory
+        if memory["mode"] == "streamed":
+            extra["mode"] = "streamed"
     return build_report(
         method=chosen.name,
         family=chosen.family,
@@ -404,5 +557,5 @@ def run_report(
         evals=evals,
         timings=timings,
         versions=library_versions(),
-        extra={"mode": mode} if mode else None,
+        extra=extra or None,
     )

@@ -463,6 +463,18 @@ def prune_command(
         "--stream",
         help="Width: one layer in memory at a time, read from the shards; needs --save.",
     ),
+    max_memory: str = typer.Option(
+        None,
+        help="Compute-device budget, e.g. 80MB, 2GiB, 24GB (on a CPU: the process's memory). "
+        "A model that does not fit is streamed layer by layer (needs --save).",
+    ),
+    max_host_memory: str = typer.Option(None, help="Host memory budget, e.g. 64GB."),
+    offload_activations: bool = typer.Option(
+        None,
+        "--offload-activations",
+        help="Keep the calibration states on the host (GPU; default: when the budget needs it).",
+        show_default=False,
+    ),
 ) -> None:
     """Prune a model and write the run directory. Flags the method does not take are refused."""
     from prunekit.methods.registry import get_method
@@ -473,6 +485,14 @@ def prune_command(
     settings = _given_settings(ctx, chosen.takes)
     chosen.check_settings(settings)  # before any value is parsed: the first error is the real one
     settings = _parse_settings(settings)
+    from prunekit.memory import MemoryBudget
+
+    budget = MemoryBudget.parse(max_memory, max_host_memory)
+    if budget.given and not stream:
+        _check_device(device)
+        stream = _stream_for_budget(
+            model, chosen, settings, budget, dtype, device, offload_activations, save
+        )
     if stream:
         _check_stream(chosen, save, ctx)
     ppl = _deprecated(ctx, "--eval", "--ppl")
@@ -499,6 +519,8 @@ def prune_command(
             device,
             attn_implementation,
             settings,
+            budget,
+            offload_activations,
         )
         return
     from prunekit.api import prune
@@ -518,6 +540,8 @@ def prune_command(
         dtype=dtype,
         device=device,
         attn_implementation=attn_implementation,
+        budget=budget,
+        offload_activations=offload_activations,
         **settings,
     )
     _print_params(method, result.report["params"])
@@ -562,8 +586,48 @@ def _check_stream(chosen, save: Path | None, ctx: typer.Context) -> None:
         raise SettingsError("--stream does not evaluate yet; evaluate the --save directory after")
 
 
+def _stream_for_budget(
+    model, chosen, settings, budget, dtype, device, offload_activations, save
+) -> bool:
+    """Whether the run must stream to fit ``budget`` (predicted from the config, before any
+    weight is read); prints the one line saying so. Streaming needs --save."""
+    from prunekit.api import choose_mode
+
+    options = PruneSettings(**settings)
+    options.validate()
+    choice = choose_mode(
+        model,
+        chosen,
+        options,
+        budget,
+        dtype=dtype,
+        device=device,
+        offload_activations=offload_activations,
+    )
+    if choice is None or choice.message is None:
+        return False
+    if choice.streamed and save is None:
+        raise SettingsError(
+            f"{choice.message} needs --save DIR (the pruned model is written as it is made)"
+        )
+    logging.getLogger("prunekit.cli").info(choice.message)
+    console.print(choice.message, soft_wrap=True)
+    return choice.streamed
+
+
 def _prune_streamed(
-    model, method, out, save, save_format, overwrite, dtype, device, attn_implementation, settings
+    model,
+    method,
+    out,
+    save,
+    save_format,
+    overwrite,
+    dtype,
+    device,
+    attn_implementation,
+    settings,
+    budget=None,
+    offload_activations=None,
 ):
     from prunekit.api import prune_streamed
 
@@ -577,6 +641,8 @@ def _prune_streamed(
         dtype=dtype,
         device=device,
         attn_implementation=attn_implementation,
+        budget=budget,
+        offload_activations=offload_activations,
         **settings,
     )
     _print_params(f"{method} (streamed)", result.report["params"])

@@ -17,16 +17,32 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.models.fingerprint import (
+    fingerprint_of_samples,
+    fingerprint_tensors,
+    sample_of_row_slices,
+)
 from prunekit.models.lazy import EMBEDDINGS, HEAD, REST, LazyModel, Part
+from prunekit.models.loading import LoadedModel
 
-# What a streamed run writes once a part is final: (part, the part's module).
+# What a streamed run writes once a part is final: (part, the part's module). A sink that also
+# has ``write_from_checkpoint(part, row_slice_bytes)`` gets the parts the engine never changes
+# (the LM head) without their being onloaded: copied from the checkpoint a row slice at a time.
 PartSink = Callable[[Part, nn.Module], None]
+DEFAULT_ROW_SLICE_BYTES = 64 * 2**20  # prunekit.memory.DEFAULT_ROW_SLICE_BYTES
 
 
 class Resident:
-    """Every weight is already in memory: nothing to onload, nothing to release."""
+    """Every weight is already in memory: nothing to onload, nothing to release.
+
+    ``offload_activations``: the engine keeps the calibration hidden states on the host and
+    moves one batch at a time to the compute device (a no-op when that device is the CPU).
+    """
 
     streamed = False
+
+    def __init__(self, offload_activations: bool = False):
+        self.offload_activations = offload_activations
 
     @contextmanager
     def onloaded(self, *parts: Part) -> Iterator[None]:
@@ -35,21 +51,62 @@ class Resident:
     def finished(self, part: Part, module: nn.Module) -> None:
         pass
 
+    def identity(self, loaded: LoadedModel) -> dict:
+        """The model's identity (structure and weight fingerprint), as ``loaded.identity()``."""
+        return loaded.identity()
+
 
 class Streamed:
     """Weights read from the checkpoint's shards part by part and released after use.
 
     A released layer keeps meta tensors of its *pruned* shapes, so at the end the skeleton
     describes the pruned model (what the export's config and shape checks read) while holding
-    no weight memory.
+    no weight memory. ``row_slice_bytes`` bounds what the fingerprint and the LM head's copy read
+    at a time; ``offload_activations`` as for ``Resident``.
     """
 
     streamed = True
 
-    def __init__(self, lazy: LazyModel, sink: PartSink | None = None):
+    def __init__(
+        self,
+        lazy: LazyModel,
+        sink: PartSink | None = None,
+        row_slice_bytes: int = DEFAULT_ROW_SLICE_BYTES,
+        offload_activations: bool = False,
+    ):
         self.lazy = lazy
         self.sink = sink
+        self.row_slice_bytes = row_slice_bytes
+        self.offload_activations = offload_activations
         self.done: set[Part] = set()
+
+    def identity(self, loaded: LoadedModel) -> dict:
+        """``loaded.identity()`` with the weight fingerprint read from the shards one row slice
+        at a time: the same fingerprint as the model in memory, never a whole part resident."""
+        identity = loaded.identity()  # the structure; on meta the fingerprint is None
+        identity["fingerprint"] = self.fingerprint()
+        return identity
+
+    def fingerprint(self) -> dict:
+        model = self.lazy.model
+        names = {id(p): name for name, p in model.named_parameters()}
+        picks = fingerprint_tensors(model, self.lazy.adapter)
+        samples = (
+            (
+                label,
+                tuple(tensor.shape),
+                sample_of_row_slices(tuple(tensor.shape), self.row_slices(names[id(tensor)])),
+            )
+            for label, tensor in picks
+        )
+        return fingerprint_of_samples(samples, self.lazy.dtype)
+
+    def row_slices(self, name: str) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, rows) of a checkpoint tensor in the compute dtype, on the device, each at
+        most ``row_slice_bytes`` (one row at least)."""
+        shape = self.lazy.model.get_parameter(name).shape
+        row_bytes = max(1, shape[1:].numel() * self.lazy.dtype.itemsize)
+        return self.lazy.row_slices(name, max(1, self.row_slice_bytes // row_bytes))
 
     @contextmanager
     def onloaded(self, *parts: Part) -> Iterator[None]:
@@ -76,10 +133,16 @@ class Streamed:
 
     def finish_outside_layers(self) -> None:
         """Write the parts the width engine never changes: what is left beside the layers."""
+        write_rows = getattr(self.sink, "write_from_checkpoint", None)
         for part in (EMBEDDINGS, REST, HEAD):
-            if part not in self.done:
-                with self.onloaded(part):
-                    self.finished(part, self.lazy.module(part))
+            if part in self.done:
+                continue
+            if part == HEAD and write_rows is not None:
+                write_rows(part, self.row_slice_bytes)
+                self.done.add(part)
+                continue
+            with self.onloaded(part):
+                self.finished(part, self.lazy.module(part))
 
 
 def _meta_copies(module: nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:

@@ -5,7 +5,9 @@ processed block by block (attention, then MLP): forward pre-hooks on the modules
 watches accumulate running statistics of their inputs (``InputStatistics``), the method decides
 (and prunes the block in place), and the *pruned* block's outputs become the next block's inputs.
 Only the windows' hidden states are kept between blocks; activations inside a block are reduced
-to statistics as they stream past, never stored.
+to statistics as they stream past, never stored. The kept states (and the o_proj inputs an
+attention replay needs) live on the compute device, or on the host when the residency says
+``offload_activations``: then each batch visits the device for its block only.
 """
 
 from __future__ import annotations
@@ -156,19 +158,46 @@ def sequential_pass(
     """
     residency = residency or Resident()
     model, adapter = loaded.model, loaded.adapter
+    store = ActivationStore(torch.device(loaded.device), residency.offload_activations)
     with residency.onloaded(EMBEDDINGS, REST):
         context = capture_layer_context(model, adapter, windows[:1])
-        hidden = [embed(model, adapter, batch) for batch in batches(windows, batch_size)]
+        hidden = [store.keep(embed(model, adapter, b)) for b in batches(windows, batch_size)]
         residency.finished(EMBEDDINGS, model.get_input_embeddings())
     layers = adapter.layers(model)
     for index in progress(range(len(layers)), desc="calibrate+prune", unit="layer"):
         final = index == len(layers) - 1
         with residency.onloaded(index):
             hidden = _process_layer(
-                loaded, index, hidden, context.kwargs[index], method, final, replay_consumers
+                loaded,
+                index,
+                hidden,
+                context.kwargs[index],
+                method,
+                final,
+                replay_consumers,
+                store,
             )
             residency.finished(index, layers[index])
     return windows.numel()
+
+
+@dataclass(frozen=True)
+class ActivationStore:
+    """Where the calibration states wait between blocks: on the compute device, or offloaded
+    to the host (only where the compute device is not the host)."""
+
+    device: torch.device
+    offload: bool = False
+
+    @property
+    def on_host(self) -> bool:
+        return self.offload and self.device.type != "cpu"
+
+    def keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to("cpu") if self.on_host else tensor
+
+    def use(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device) if self.on_host else tensor
 
 
 def _process_layer(
@@ -179,10 +208,12 @@ def _process_layer(
     method: SequentialMethod,
     final_layer: bool,
     replay_consumers: bool,
+    store: ActivationStore | None = None,
 ) -> list[torch.Tensor]:
     """Statistics, decision and outputs of one layer's blocks; returns the next layer's inputs
     (nothing for the last layer: no one reads them)."""
     adapter = loaded.adapter
+    store = store or ActivationStore(torch.device(loaded.device))
     layer = adapter.layers(loaded.model)[index]
     kinds = [k for k in BLOCK_KINDS if adapter.has_block(layer, k)]
     for kind in kinds:
@@ -203,7 +234,7 @@ def _process_layer(
         keep_inputs = kind == "attn" and method.changes_blocks and replay_consumers and not final
         handles = [
             module.register_forward_pre_hook(
-                _recorder(stats[name], inputs[name] if keep_inputs else None, stop)
+                _recorder(stats[name], inputs[name] if keep_inputs else None, stop, store)
             )
             for name, module in watched.items()
         ]
@@ -211,11 +242,11 @@ def _process_layer(
             outputs = None if stop else []
             for h in hidden:
                 try:
-                    out = run_block(adapter, layer, kind, h, kwargs)
+                    out = run_block(adapter, layer, kind, store.use(h), kwargs)
                 except _StopBlock:
                     continue
                 if outputs is not None:
-                    outputs.append(out)
+                    outputs.append(store.keep(out))
         finally:
             for handle in handles:
                 handle.remove()
@@ -227,11 +258,16 @@ def _process_layer(
         if isinstance(change, ConsumerOnly) and keep_inputs:
             consumer, kept = watched[change.name], change.kept
             outputs = [
-                h + adapter.attn_from_o_proj(layer, consumer(x[..., kept]))
+                store.keep(
+                    store.use(h)
+                    + adapter.attn_from_o_proj(layer, consumer(store.use(x)[..., kept]))
+                )
                 for h, x in zip(hidden, inputs[change.name], strict=True)
             ]
         elif change or outputs is None:
-            outputs = [run_block(adapter, layer, kind, h, kwargs) for h in hidden]
+            outputs = [
+                store.keep(run_block(adapter, layer, kind, store.use(h), kwargs)) for h in hidden
+            ]
         hidden = outputs
     return [] if final_layer else hidden
 
@@ -266,11 +302,16 @@ class _StopBlock(Exception):
     """Raised by a recording hook once the block's remaining work is not needed."""
 
 
-def _recorder(stat: InputStatistics, keep: list[torch.Tensor] | None, stop: bool):
+def _recorder(
+    stat: InputStatistics,
+    keep: list[torch.Tensor] | None,
+    stop: bool,
+    store: ActivationStore,
+):
     def hook(_module: nn.Module, args: tuple) -> None:
         stat.add_batch(args[0])
         if keep is not None:
-            keep.append(args[0])
+            keep.append(store.keep(args[0]))
         if stop:
             raise _StopBlock
 

@@ -19,7 +19,10 @@ The caller decides what to write: tied duplicates (see ``formats.tensor_shapes``
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +38,19 @@ INDEX_NAME = "model.safetensors.index.json"
 SHARD_NAME = "model-{index:05d}-of-{count:05d}.safetensors"
 PARTIAL_NAME = ".model-shard-{index:05d}.safetensors.partial"
 FILE_METADATA = {"format": "pt"}  # what save_pretrained puts in every file's header
+# safetensors' names of the dtypes a tensor written alone, slice by slice, may have.
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 # Decimal units, as huggingface_hub's parse_size_to_int ("2GB" is 2 * 10**9 bytes).
 SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3}
 
@@ -121,25 +137,107 @@ class ShardWriter:
             raise ExportError(f"{self.directory} already holds weights ({stale[0]})")
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Copy ``tensor`` (cast to the save dtype) into the current shard, writing it when full."""
+        """Copy ``tensor`` (cast to the save dtype) into the current shard, writing it when full.
+
+        A tensor larger than a shard goes alone into a shard of its own, copied to the host one
+        row slice (at most a shard's size) at a time.
+        """
+        dtype = saved_dtype(tensor, self.dtype)
+        size = self._reserve(name, tuple(tensor.shape), dtype)
+        if size > self.max_shard_size:
+            self._write_alone(name, tuple(tensor.shape), dtype, self._slices_of(name, tensor))
+            return
+        # A full shard is written before the next copy is made, so it never coexists with it.
+        self._flush_if_full(size)
+        self._buffer[name] = host_copy(name, tensor, dtype)
+        self._buffer_size += size
+
+    def add_rows(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, slices: Iterable[torch.Tensor]
+    ) -> None:
+        """Add a tensor of ``shape`` and ``dtype`` given as consecutive row slices (e.g. an LM
+        head read from a checkpoint slice by slice): the whole tensor is never needed at once."""
+        saved = dtype if self.dtype is None or not dtype.is_floating_point else self.dtype
+        size = self._reserve(name, shape, saved)
+        if size > self.max_shard_size:
+            copies = (host_copy(name, rows, saved) for rows in slices)
+            self._write_alone(name, shape, saved, copies)
+            return
+        self._flush_if_full(size)
+        out = torch.empty(shape, dtype=saved, device="cpu")
+        first = 0
+        for rows in slices:
+            out[first : first + rows.shape[0]].copy_(rows)
+            first += rows.shape[0]
+        if first != (shape[0] if shape else 1):
+            raise ExportError(f"the row slices of {name} cover {first} of {shape[0]} rows")
+        self._buffer[name] = out
+        self._buffer_size += size
+
+    def _reserve(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> int:
+        """Check and count a new tensor; its saved size in bytes."""
         if self.written is not None:
             raise ExportError(f"cannot add {name}: the weights are already closed")
         if name in self._names:
             raise ExportError(f"tensor {name} was already written")
-        dtype = saved_dtype(tensor, self.dtype)
-        size = tensor.numel() * dtype.itemsize
-        # A full shard is written before the next copy is made, so it never coexists with it.
-        if self._buffer and size <= self.max_shard_size < self._buffer_size + size:
-            self._flush()
-        copy = host_copy(name, tensor, dtype)
+        numel = math.prod(shape)
+        size = numel * dtype.itemsize
         self._names.add(name)
         self._total_size += size
-        self._parameters += tensor.numel()
-        if size > self.max_shard_size:  # alone in its own shard; the current one stays open
-            self._write_shard({name: copy})
+        self._parameters += numel
+        return size
+
+    def _flush_if_full(self, size: int) -> None:
+        if self._buffer and self._buffer_size + size > self.max_shard_size:
+            self._flush()
+
+    def _slices_of(self, name: str, tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Host copies of ``tensor`` in the save dtype, at most about a shard's size each."""
+        if tensor.ndim == 0:
+            yield host_copy(name, tensor, saved_dtype(tensor, self.dtype))
             return
-        self._buffer[name] = copy
-        self._buffer_size += size
+        row_bytes = max(1, math.prod(tensor.shape[1:]) * saved_dtype(tensor, self.dtype).itemsize)
+        rows = max(1, self.max_shard_size // row_bytes)
+        for first in range(0, tensor.shape[0], rows):
+            yield host_copy(name, tensor[first : first + rows], saved_dtype(tensor, self.dtype))
+
+    def _write_alone(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        copies: Iterable[torch.Tensor],
+    ) -> None:
+        """One tensor in its own shard, its bytes written as the slices arrive: the file
+        safetensors' ``save_file`` writes for it (header, then the data)."""
+        path = self.directory / PARTIAL_NAME.format(index=len(self._shards) + 1)
+        self._shards.append((path, [name]))
+        if dtype not in SAFETENSORS_DTYPES:  # an exotic dtype: assemble it (rare, small)
+            safetensors.torch.save_file(
+                {name: torch.cat([c.reshape(-1) for c in copies]).reshape(shape)},
+                str(path),
+                metadata=FILE_METADATA,
+            )
+            return
+        size = math.prod(shape) * dtype.itemsize
+        entry = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [0, size],
+        }
+        header = json.dumps(
+            {"__metadata__": FILE_METADATA, name: entry}, separators=(",", ":")
+        ).encode()
+        header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as save_file does
+        written = 0
+        with open(path, "wb") as handle:
+            handle.write(struct.pack("<Q", len(header)) + header)
+            for copy in copies:
+                data = copy.contiguous().reshape(-1).view(torch.uint8).numpy()
+                handle.write(memoryview(data))
+                written += data.nbytes
+        if written != size:
+            raise ExportError(f"the slices of {name} hold {written} bytes, expected {size}")
 
     def _flush(self) -> None:
         buffer, self._buffer, self._buffer_size = self._buffer, {}, 0

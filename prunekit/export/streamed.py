@@ -10,6 +10,8 @@ which by then carries every layer's pruned shapes on the meta device (``write_be
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from prunekit.export.formats import tensor_shapes
@@ -25,6 +27,7 @@ class PartWriter:
         self.writer = writer
         # What from_pretrained reads: tied duplicates (an LM head tied to the embedding) dropped.
         self.saved_names = set(tensor_shapes(lazy.model))
+        self.written: set[str] = set()  # a tied embedding is a tensor of two parts: once
         self.layer_prefix = {
             index: _module_name(lazy.model, layer)
             for index, layer in enumerate(lazy.adapter.layers(lazy.model))
@@ -38,9 +41,30 @@ class PartWriter:
                 self.writer.add(name, tensor)
             return
         state = self.lazy.model.state_dict(keep_vars=True)  # references, no copies
-        for name in self.lazy.tensor_names(part):
-            if name in self.saved_names and name in state:
+        for name in self._to_write(part):
+            if name in state:
                 self.writer.add(name, state[name])
+                self.written.add(name)
+
+    def write_from_checkpoint(self, part: Part, row_slice_bytes: int) -> None:
+        """Copy a part the engine never changed (the LM head) from the checkpoint to the export a
+        row slice at a time: neither the device nor the host holds the whole tensor."""
+        for name in self._to_write(part):
+            shape = tuple(self.lazy.model.get_parameter(name).shape)
+            row_bytes = max(1, math.prod(shape[1:]) * self.lazy.dtype.itemsize)
+            rows = max(1, row_slice_bytes // row_bytes)
+            slices = (r for _, r in self.lazy.row_slices(name, rows))
+            self.writer.add_rows(name, shape, self.lazy.dtype, slices)
+            self.written.add(name)
+
+    def _to_write(self, part: Part) -> list[str]:
+        """The part's names from_pretrained reads, not written yet (an LM head tied to the
+        embedding is the embedding's tensor, already written with it)."""
+        return [
+            name
+            for name in self.lazy.tensor_names(part)
+            if name in self.saved_names and name not in self.written
+        ]
 
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:

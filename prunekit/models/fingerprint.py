@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -52,9 +53,32 @@ def fingerprint_tensors(model: nn.Module, adapter: Adapter) -> list[tuple[str, t
 def canonical_sample(tensor: torch.Tensor) -> torch.Tensor:
     """At most SAMPLE_ELEMENTS values at a fixed stride, rounded to bf16, on the CPU."""
     flat = tensor.detach().reshape(-1)
-    stride = max(1, math.ceil(flat.numel() / SAMPLE_ELEMENTS))
+    stride = sample_stride(flat.numel())
     # Move before rounding: the cast then happens in one place, round-to-nearest-even on CPU.
     return flat[::stride].to("cpu").to(torch.bfloat16)
+
+
+def sample_stride(numel: int) -> int:
+    return max(1, math.ceil(numel / SAMPLE_ELEMENTS))
+
+
+def sample_of_row_slices(
+    shape: tuple[int, ...], row_slices: Iterable[tuple[int, torch.Tensor]]
+) -> torch.Tensor:
+    """``canonical_sample`` of a tensor read in row slices (first row, rows): the same values,
+    with only one slice of the tensor in memory at a time."""
+    row_size = math.prod(shape[1:])
+    stride = sample_stride(math.prod(shape))
+    pieces = []
+    for first_row, rows in row_slices:
+        offset = first_row * row_size  # flat index of the slice's first value
+        start = (-offset) % stride  # the first multiple of the stride inside the slice
+        pieces.append(canonical_piece(rows.detach().reshape(-1)[start::stride]))
+    return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.bfloat16)
+
+
+def canonical_piece(values: torch.Tensor) -> torch.Tensor:
+    return values.to("cpu").to(torch.bfloat16)
 
 
 def weight_fingerprint(model: nn.Module, adapter: Adapter) -> dict[str, Any] | None:
@@ -62,31 +86,44 @@ def weight_fingerprint(model: nn.Module, adapter: Adapter) -> dict[str, Any] | N
     tensors = fingerprint_tensors(model, adapter)
     if any(t.is_meta for _, t in tensors):
         return None
+    samples = ((name, tuple(t.shape), canonical_sample(t)) for name, t in tensors)
+    return fingerprint_of_samples(samples, tensors[0][1].dtype)
+
+
+def fingerprint_of_samples(
+    samples: Iterable[tuple[str, tuple[int, ...], torch.Tensor]], dtype: torch.dtype
+) -> dict[str, Any]:
+    """The fingerprint of (name, shape, canonical sample) triples, consumed one at a time (a
+    streamed model reads each tensor only while its sample is taken); ``dtype``: the dtype the
+    weights were read in."""
     digest = hashlib.sha256()
-    samples = []
-    for name, tensor in tensors:
-        sample = canonical_sample(tensor)
-        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
+    kept = []
+    for name, shape, sample in samples:
+        digest.update(f"{name}:{shape};".encode())
         digest.update(sample.view(torch.int16).numpy().tobytes())
-        samples.append(sample)
-    dots, norms = sketch(torch.cat(samples).float())
+        kept.append(sample)
+    dots, norms = sketch(torch.cat(kept))
     return {
         "sha256": digest.hexdigest()[:32],
-        "dtype": str(tensors[0][1].dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
         "sketch": dots,
         "norms": norms,
     }
 
 
 def sketch(values: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per chunk: the dot product with a fixed ±1 vector, and the norm."""
+    """Per chunk: the dot product with a fixed ±1 vector, and the norm.
+
+    ``values`` may be bf16 samples: each chunk is widened to fp32 on its own, so the whole
+    vector is never held in fp32 (the samples of a big model are ~4 M values).
+    """
     generator = torch.Generator().manual_seed(SKETCH_SEED)
     signs = torch.randint(0, 2, (values.numel(),), generator=generator, dtype=torch.int8)
-    signs = signs.to(values.dtype) * 2 - 1
     dots, norms = [], []
     for chunk, sign in zip(
         values.tensor_split(SKETCH_CHUNKS), signs.tensor_split(SKETCH_CHUNKS), strict=True
     ):
+        chunk, sign = chunk.float(), sign.float() * 2 - 1
         # fp32 sums are enough: the sketch is only compared within a tolerance of ~2^-4 relative.
         dots.append(float((chunk * sign).sum(dtype=torch.float64)))
         norms.append(float(chunk.norm(dtype=torch.float64)))

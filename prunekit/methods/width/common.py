@@ -24,7 +24,6 @@ from prunekit.errors import SettingsError
 from prunekit.methods.registry import PruneSettings
 from prunekit.methods.width.selection import kept_count
 from prunekit.methods.width.structure import LayerUnits, layer_units
-from prunekit.models.lazy import EMBEDDINGS
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 from prunekit.surgery.width import RESTORED_FILE, save_rewritten_consumers
@@ -49,8 +48,8 @@ class WidthRun:
         self.rewritten: dict[str, nn.Linear] = {}
         self.tokens = 0
         self.residency = loaded.residency or Resident()
-        with self.residency.onloaded(*fingerprint_parts(loaded)):
-            self.identity = loaded.identity()  # of the base model, before any pruning
+        # Of the base model, before any pruning (streamed: read from the shards slice by slice).
+        self.identity = self.residency.identity(loaded)
         self._names = {id(m): n for n, m in loaded.model.named_modules()}
 
     @property
@@ -87,13 +86,6 @@ class WidthRun:
             if linear.bias is not None:
                 tensors[f"{name}.bias"] = linear.bias.detach().cpu()
         return tensors
-
-
-def fingerprint_parts(loaded: LoadedModel) -> tuple:
-    """The parts the weight fingerprint reads (``fingerprint_tensors``): embedding, first and
-    last layers."""
-    last = loaded.adapter.num_layers(loaded.model) - 1
-    return (EMBEDDINGS, *sorted({0, last}))
 
 
 def validate_width_settings(settings: PruneSettings) -> None:
