@@ -90,9 +90,10 @@ def evaluate_ppl(
             name: perplexity(loaded, name, seqlen, max_windows, batch_size).to_dict()
             for name in datasets
         }
-    from prunekit.evaluation.streamed import parse_memory_budget, perplexity_streamed
+    from prunekit.evaluation.streamed import perplexity_streamed
+    from prunekit.memory import parse_memory_size
 
-    budget = None if max_memory is None else parse_memory_budget(max_memory)
+    budget = None if max_memory is None else parse_memory_size(max_memory)
     return {
         name: perplexity_streamed(loaded, name, seqlen, max_windows, batch_size, budget).to_dict()
         for name in datasets
@@ -179,12 +180,12 @@ def evaluate_streamed(
     import tempfile
 
     from prunekit.evaluation.dispatched import load_dispatched
-    from prunekit.evaluation.streamed import parse_memory_budget
     from prunekit.evaluation.zeroshot import check_tasks, zeroshot
+    from prunekit.memory import parse_memory_size
 
     if tasks:
         check_tasks(tasks, task_data)
-    budget = None if max_memory is None else parse_memory_budget(max_memory)
+    budget = None if max_memory is None else parse_memory_size(max_memory)
     common = {"dtype": dtype, "device": device, "attn_implementation": attn_implementation}
     result: dict = {}
     if ppl:

@@ -49,21 +49,6 @@ class _NllTotal:
             self.count += batch.shape[0] * (batch.shape[1] - 1 - self.skip)
 
 
-def parse_memory_budget(size: int | str) -> int:
-    """Bytes in a memory budget: an int, or a string such as "2GB" or "200MB" (decimal units)."""
-    from prunekit.errors import ExportError
-    from prunekit.export.shards import parse_shard_size
-
-    if isinstance(size, str) and size.strip().isdigit():
-        size = int(size.strip())  # plain bytes, as the command line passes them
-    try:
-        return parse_shard_size(size)
-    except ExportError:
-        raise SettingsError(
-            f"cannot read the memory budget {size!r}; use bytes or a number with TB, GB, MB or KB"
-        ) from None
-
-
 def streamed_residency(loaded: LoadedModel) -> Streamed:
     """The model's ``Streamed`` residency, or a one-line error for a model in memory."""
     if not isinstance(loaded.residency, Streamed):
