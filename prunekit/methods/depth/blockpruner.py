@@ -42,14 +42,17 @@ def run_greedy(
     """Greedy search over ``unit``s ("block" or "layer"), then surgery; returns the plan.
 
     ``settings.options`` may set ``group_bytes`` and ``order`` (search.py): benchmarks use them to
-    measure what settling the likely winner first saves when groups hold one candidate.
+    measure what settling the likely winner first saves when groups hold one candidate; and
+    ``windows`` (common.half_windows): the held-out check searches on half the calibration.
     """
-    setup = prepare_units(loaded, settings, unit, protect)
+    setup = prepare_units(loaded, settings, unit, protect, settings.criterion, overlapping=True)
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
     # The dtype is part of what decides the scores: a resumed search must use the same one.
     expected = search_settings(
         method, settings, unit=unit, protect_layers=protect, dtype=loaded.dtype_name
     )
+    if "windows" in settings.options:  # a half of the calibration (the held-out check)
+        expected["windows"] = settings.options["windows"]
     state = resume_state(loaded, settings, method, expected)
     group_bytes = int(settings.options.get("group_bytes", GROUP_BYTES))
     order = str(settings.options.get("order", "ranked"))
@@ -106,7 +109,8 @@ register(
     Method(
         "blockpruner",
         "depth",
-        "BlockPruner: greedy removal of attention/MLP blocks by calibration ppl (exact, fast)",
+        "BlockPruner: greedy removal of attention/MLP blocks (and layers, --candidates "
+        "blocks+layers) by calibration ppl or KL from the dense model (exact, fast)",
         prune_blockpruner,
         takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION,
     )
