@@ -43,9 +43,9 @@ class PruneSettings:
     seqlen: int = 1024
     seed: int = 0
     batch_size: int = 1
-    candidates: str = "both"  # depth: one of CANDIDATE_SETS
+    candidates: str | None = None  # depth: one of CANDIDATE_SETS; None: the method's default
     protect_layers: list[int] = field(default_factory=list)
-    criterion: str = "ppl"  # depth: one of CRITERIA
+    criterion: str | None = None  # depth: one of CRITERIA; None: the method's default
     exhaustive: bool = False
     angular: bool = False
     targets: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # width
@@ -70,11 +70,11 @@ class PruneSettings:
             raise SettingsError(f"--seqlen must be at least 2 tokens, got {self.seqlen}")
         if self.seed < 0:
             raise SettingsError(f"--seed must be >= 0, got {self.seed}")
-        if self.candidates not in CANDIDATE_SETS:
+        if self.candidates is not None and self.candidates not in CANDIDATE_SETS:
             raise SettingsError(
                 f"--candidates must be one of {', '.join(CANDIDATE_SETS)}, got {self.candidates!r}"
             )
-        if self.criterion not in CRITERIA:
+        if self.criterion is not None and self.criterion not in CRITERIA:
             raise SettingsError(
                 f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}"
             )

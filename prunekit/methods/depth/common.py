@@ -38,6 +38,8 @@ def protected_layers(requested: list[int], num_layers: int) -> set[int]:
     return protected
 
 
+# The candidate set of block-level methods when --candidates is not given ("both" is its old name).
+DEFAULT_CANDIDATES = "blocks"
 # Candidate sets whose units overlap (a layer and its own blocks): greedy searches only.
 OVERLAPPING_SETS = ("blocks+layers",)
 
@@ -114,7 +116,7 @@ def prepare_units(
     runner = make_runner(loaded, windows, criterion)
     protected = protected_layers(protect, len(runner.layers))
     if unit == "block":
-        units = block_units(runner, settings.candidates, protected)
+        units = block_units(runner, settings.candidates or DEFAULT_CANDIDATES, protected)
     else:
         units = layer_units(runner, protected)
     params = unit_parameters(runner, units)
@@ -146,7 +148,7 @@ def search_settings(method: str, settings: PruneSettings, **extra: object) -> di
         "n_samples": settings.n_samples,
         "seqlen": settings.seqlen,
         "seed": settings.seed,
-        "candidates": settings.candidates,
+        "candidates": "blocks" if settings.candidates == "both" else settings.candidates,
         "protect_layers": list(settings.protect_layers),
         "criterion": settings.criterion,
         **extra,
