@@ -192,3 +192,16 @@ def test_resume_with_kl_and_blocks_and_layers(tmp_path, monkeypatch) -> None:
     assert [[s[k] for k in keys] for s in resumed.trajectory] == [
         [s[k] for k in keys] for s in reference.trajectory
     ]
+
+
+def test_overlapping_candidates_are_counted_once_in_the_target_check(tmp_path) -> None:
+    path = tmp_path / "calib.txt"
+    path.write_text(_SAMPLE_TEXT * 3)
+    calib = {"calib": str(path), "n_samples": 2, "seqlen": 24, "seed": 0}
+    blocks = len(BlockRunner(_loaded(), _windows(_loaded())).blocks())
+    with pytest.raises(SettingsError, match=f"exceeds the {blocks} candidate"):
+        prune(_loaded(), "blockpruner", blocks=blocks + 1, candidates="blocks+layers", **calib)
+    # Removing every block reaches ratio_total < 1 (embeddings stay): 0.99 cannot be met, although
+    # the units' parameters summed (a layer counted beside its blocks) would exceed it.
+    with pytest.raises(SettingsError, match="cannot be met"):
+        prune(_loaded(), "blockpruner", ratio=0.99, candidates="blocks+layers", **calib)

@@ -120,8 +120,12 @@ def prepare_units(
     else:
         units = layer_units(runner, protected)
     params = unit_parameters(runner, units)
-    distinct_blocks = sorted({(b,) for u in units for b in u})
-    target.check_feasible(list(unit_parameters(runner, distinct_blocks).values()), unit)
+    if settings.candidates in OVERLAPPING_SETS and unit == "block":
+        # Overlapping units: at most one removal per block, and each block's parameters once.
+        distinct_blocks = sorted({(b,) for u in units for b in u})
+        target.check_feasible(list(unit_parameters(runner, distinct_blocks).values()), unit)
+    else:
+        target.check_feasible(list(params.values()), unit)
     return DepthSetup(runner, units, params, target)
 
 
