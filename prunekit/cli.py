@@ -327,7 +327,9 @@ def prune_command(
     ratio: float = typer.Option(
         None, help="Target ratio_total (fraction of all parameters removed, embeddings included)."
     ),
-    blocks: int = typer.Option(None, help="Depth: number of blocks (or layers) to remove."),
+    blocks: int = typer.Option(
+        None, help="Depth: number of removals (blocks, or layers; a layer counts as one)."
+    ),
     sparsity: float = typer.Option(None, help="Width: column ratio of the prunable groups."),
     calib: str = typer.Option(
         _default("calib"), help="Calibration text: c4, wikitext2, ptb or a file."
