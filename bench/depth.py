@@ -8,6 +8,18 @@ of the fast exact search against the naive one (same K, same calibration, same r
 and the LM heads the bound skips when groups hold one candidate (big models), before (position
 order) and after (likely winner first). Writes docs/results/depth.md and prints it;
 ``--speed-only --out X.md`` measures only that section.
+
+``--targets 0.1 0.2 0.3`` (issue 15) runs each variant of VARIANTS once, to the largest target:
+a greedy trajectory (and a one-shot ranking) does not depend on the target, so the plan for a
+smaller target is the smallest prefix of the trajectory reaching it. Each prefix is pruned from
+the dense model and evaluated on WikiText-2 and PTB (seqlen 512, --eval-windows windows).
+``--held-out`` names variants to search again on the first half of the calibration windows; the
+second half scores each prefix (calibration ppl and KL from the dense model) - an over-fitting
+check that needs no extra text. Rows accumulate in the JSON with --reuse (one invocation per
+calibration size):
+
+    python bench/depth.py --targets 0.1 0.2 0.3 --n-samples 8 --seqlen 128 \
+        --speed-from docs/results/depth_speed.json --only SLEB ShortGPT "BP ppl-per-param blocks"
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -28,7 +41,13 @@ from results_notes import NOTES_MARKER, kept_notes
 
 from prunekit.api import prune
 from prunekit.evaluation.perplexity import perplexity
+from prunekit.methods.depth.calibration import settings_windows
+from prunekit.methods.depth.common import HALVES, half_windows
+from prunekit.methods.depth.criteria import DivergenceRunner
+from prunekit.methods.registry import PruneSettings
+from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import LoadedModel, load_model
+from prunekit.surgery.depth import remove_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = [
@@ -41,6 +60,23 @@ METHODS = [
 ]
 
 
+# Issue 15's variants: (table name, method, settings). "BP" rows are BlockPruner; the paper's
+# setting is "BP ppl blocks".
+VARIANTS = [
+    ("SLEB", "sleb", {}),
+    ("ShortGPT", "shortgpt", {}),
+    *[
+        (
+            f"BP {criterion} {candidates}",
+            "blockpruner",
+            {"criterion": criterion, "candidates": candidates},
+        )
+        for criterion in ("ppl", "ppl-per-param", "kl", "kl-per-param")
+        for candidates in ("blocks", "blocks+layers")
+    ],
+]
+
+
 def fresh(dense: LoadedModel) -> LoadedModel:
     """An independent copy of the dense model (methods prune in place)."""
     return dataclasses.replace(dense, model=copy.deepcopy(dense.model))
@@ -48,6 +84,209 @@ def fresh(dense: LoadedModel) -> LoadedModel:
 
 def wikitext_ppl(loaded: LoadedModel, windows: int | None) -> dict:
     return perplexity(loaded, "wikitext2", seqlen=512, max_windows=windows).to_dict()
+
+
+def prefix_for(trajectory: list[dict], target: float) -> int:
+    """Steps of the smallest prefix whose ratio_total reaches ``target`` (0: none does)."""
+    for step, entry in enumerate(trajectory, start=1):
+        if entry["ratio_total"] >= target:
+            return step
+    return 0
+
+
+def pruned_prefix(dense: LoadedModel, trajectory: list[dict], steps: int) -> LoadedModel:
+    loaded = fresh(dense)
+    remove_blocks(loaded, [BlockRef.parse(b) for e in trajectory[:steps] for b in e["blocks"]])
+    return loaded
+
+
+def held_out_scores(dense: LoadedModel, calib: dict, trajectory: list[dict], steps: int) -> dict:
+    """Calibration ppl and mean KL per token of a prefix on each half of the windows."""
+    settings = PruneSettings(**calib)
+    windows = settings_windows(dense, settings)
+    gone = {b for e in trajectory[:steps] for b in e["blocks"]}
+    scores = {}
+    for half in HALVES:
+        runner = DivergenceRunner(dense, half_windows(windows, half))
+        active = [b for b in runner.blocks() if str(b) not in gone]
+        kl = sum(runner.model_nll(active))
+        nll = runner.reported_nll(active, kl)
+        scores[half] = {"ppl": math.exp(nll / runner.tokens), "kl": kl / runner.tokens}
+    return scores
+
+
+def run_prefix_variants(
+    dense: LoadedModel,
+    args: argparse.Namespace,
+    runs: Path,
+    write: Callable[[list[dict]], None],
+    rows: list[dict],
+) -> list[dict]:
+    """Each selected variant searched once to max(--targets), its prefixes evaluated."""
+    calib = {"calib": "c4", "n_samples": args.n_samples, "seqlen": args.seqlen, "seed": 0}
+    size = f"{args.n_samples}x{args.seqlen}"
+    if not any(row["name"] == "dense" for row in rows):
+        rows.append({"name": "dense", "calibration": "-", "target": 0.0, "ratio_total": 0.0})
+        rows[-1].update(evaluate(dense, args.eval_windows))
+        write(rows)
+    jobs = [(name, False) for name in args.only or [v[0] for v in VARIANTS]]
+    jobs += [(name, True) for name in args.held_out or []]
+    by_name = {name: (method, extra) for name, method, extra in VARIANTS}
+    for name, held_out in jobs:
+        if name not in by_name:
+            raise SystemExit(f"unknown variant {name!r}; known: {list(by_name)}")
+        kind = "held-out" if held_out else "full"
+        if any(
+            r.get("variant") == name and r.get("calibration") == size and r.get("kind") == kind
+            for r in rows
+        ):
+            continue
+        method, extra = by_name[name]
+        options = {"windows": "first-half"} if held_out else {}
+        started = time.perf_counter()
+        result = prune(
+            fresh(dense), method, ratio=max(args.targets), options=options, **calib, **extra
+        )
+        seconds = time.perf_counter() - started
+        trajectory = result.plan.trajectory
+        search = result.plan.extra.get("search", {})
+        del result
+        for target in args.targets:
+            steps = prefix_for(trajectory, target)
+            entry = trajectory[steps - 1]
+            row = {
+                "name": f"{name} [{size}{', held-out' if held_out else ''}]",
+                "variant": name,
+                "kind": kind,
+                "calibration": size,
+                "target": target,
+                "steps": steps,
+                "ratio_total": entry["ratio_total"],
+                "calib_ppl": entry["calib_ppl"],
+                "removed": [b for e in trajectory[:steps] for b in e["blocks"]],
+                "search_seconds": seconds,
+                "prefix_seconds": sum(e.get("seconds", 0.0) for e in trajectory[:steps]),
+                # The whole search's full LM heads vs one per candidate and window (the bound).
+                "window_evals": search.get("window_evals"),
+                "naive_window_evals": search.get("naive_window_evals"),
+            }
+            if held_out:
+                row["held_out"] = held_out_scores(dense, calib, trajectory, steps)
+            else:
+                row.update(evaluate(pruned_prefix(dense, trajectory, steps), args.eval_windows))
+            rows.append(row)
+            print(
+                f"{row['name']} @ {target}: "
+                f"{json.dumps({k: v for k, v in row.items() if k != 'removed'}, default=str)}",
+                flush=True,
+            )
+        write(rows)
+    return rows
+
+
+def evaluate(loaded: LoadedModel, windows: int | None) -> dict:
+    return {
+        "wikitext2": wikitext_ppl(loaded, windows),
+        "ptb": perplexity(loaded, "ptb", seqlen=512, max_windows=windows).to_dict(),
+    }
+
+
+def render_prefix(
+    rows: list[dict], speed: dict | None, args: argparse.Namespace, minutes: float
+) -> str:
+    """One table per calibration size: every variant at every target; then the held-out check."""
+    dense = next(r for r in rows if r["name"] == "dense")
+    wt, ptb = dense["wikitext2"], dense["ptb"]
+    lines = [
+        "# Depth pruning on SmolLM2-135M-Instruct: quality at ratio 0.1 / 0.2 / 0.3",
+        "",
+        "Each variant searched once to the largest target; the plan for a smaller target is the "
+        "smallest prefix of its trajectory reaching it (the greedy trajectory and the one-shot "
+        "ranking do not depend on the target). Calibration: C4 sample, seed 0, fp32. WikiText-2 "
+        f"and PTB test, seqlen 512, {wt['windows']} windows ({wt['tokens']} / {ptb['tokens']} "
+        f"predicted tokens), fp32 NLL; dense: WikiText-2 {wt['ppl']:.2f}, PTB {ptb['ppl']:.2f}. "
+        "CPU: "
+        f"{torch.get_num_threads()} threads on a shared machine (wall times are indicative). "
+        "BP = BlockPruner (criterion, candidate set); `BP ppl blocks` is the paper's setting. "
+        "Search (s): the whole search to the largest target (prefix: the steps up to this row's).",
+    ]
+    sizes = sorted(
+        {r["calibration"] for r in rows if r.get("kind") == "full"},
+        key=lambda s: [int(x) for x in s.split("x")],
+    )
+    for size in sizes:
+        lines += [
+            "",
+            f"## Calibration {size.replace('x', ' x ')} tokens",
+            "",
+            "| variant | target | ratio_total | removed (attn / mlp) | calib ppl | WikiText-2 "
+            "| PTB | search s (prefix) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        chosen = [r for r in rows if r.get("kind") == "full" and r["calibration"] == size]
+        for target in (
+            args.targets
+            if hasattr(args, "targets") and args.targets
+            else sorted({r["target"] for r in chosen})
+        ):
+            for row in [r for r in chosen if r["target"] == target]:
+                attn = sum(b.endswith("attn") for b in row["removed"])
+                lines.append(
+                    f"| {row['variant']} | {target} | {row['ratio_total']:.4f} | {attn} / "
+                    f"{len(row['removed']) - attn} | {row['calib_ppl']:.2f} "
+                    f"| {row['wikitext2']['ppl']:.2f} | {row['ptb']['ppl']:.2f} "
+                    f"| {row['search_seconds']:.0f} ({row['prefix_seconds']:.0f}) |"
+                )
+    max_target = max(r["target"] for r in rows)
+    held = [r for r in rows if r.get("kind") == "held-out"]
+    if held:
+        lines += [
+            "",
+            "## Held-out check: searched on the first half of the calibration windows",
+            "",
+            "Calibration ppl and mean KL(dense || pruned) per token on the half the search saw and "
+            "on the other half (same text source, never seen by the search).",
+            "",
+            "| variant | calibration | target | ratio_total | ppl seen | ppl held-out | KL seen "
+            "| KL held-out |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in held:
+            seen, other = row["held_out"]["first-half"], row["held_out"]["second-half"]
+            lines.append(
+                f"| {row['variant']} | {row['calibration']} | {row['target']} "
+                f"| {row['ratio_total']:.4f} "
+                f"| {seen['ppl']:.2f} | {other['ppl']:.2f} | {seen['kl']:.4f} | {other['kl']:.4f} |"
+            )
+    bounded = [
+        r
+        for r in rows
+        if r.get("kind") == "full" and r.get("naive_window_evals") and r["target"] == max_target
+    ]
+    if bounded:
+        lines += ["", "Branch and bound over each whole search (to the largest target):", ""]
+    for row in bounded:
+        skipped = 1 - row["window_evals"] / row["naive_window_evals"]
+        lines.append(
+            f"- {row['name']}: {row['window_evals']} exact window losses of "
+            f"{row['naive_window_evals']} candidate-window pairs ({skipped:.0%} skipped by the "
+            f"lower bound), {row['search_seconds']:.0f} s."
+        )
+    lines += ["", "Removed blocks (in removal order), at the largest target:", ""]
+    for row in rows:
+        if row.get("kind") == "full" and row["target"] == max_target:
+            lines.append(f"- {row['name']}: {', '.join(row['removed'])}")
+    lines += [
+        "",
+        f"Rows from `bench/depth.py --targets` invocations ({minutes:.0f} min in the last).",
+        "",
+    ]
+    if speed is not None:
+        lines += ["## Fast exact search vs naive search", ""]
+        if speed.get("source"):
+            lines += [f"Measured alone by `bench/depth.py --speed-only` ({speed['source']}).", ""]
+        lines += fast_vs_naive_lines(speed) + group_of_one_lines(speed) + [""]
+    return "\n".join(lines)
 
 
 def selected_methods(only: list[str] | None) -> list[tuple[str, str, dict]]:
@@ -249,6 +488,15 @@ def fast_vs_naive_lines(speed: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ratio", type=float, default=0.2)
+    parser.add_argument(
+        "--targets",
+        type=float,
+        nargs="+",
+        help="Issue 15 mode: each variant searched once to the largest, prefixes evaluated.",
+    )
+    parser.add_argument(
+        "--held-out", nargs="+", help="--targets mode: variants also searched on half the windows."
+    )
     parser.add_argument("--n-samples", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--eval-windows", type=int, default=32)
@@ -267,7 +515,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "depth.md")
     parser.add_argument("--runs", type=Path, default=None, help="Keep the run directories here.")
-    parser.add_argument("--only", nargs="+", help="Run only these methods (table names), in order.")
+    parser.add_argument(
+        "--only", nargs="+", help="Run only these methods (table names; --targets: VARIANTS)."
+    )
     parser.add_argument(
         "--reuse", type=Path, help="A depth.json of an earlier run: keep its rows and speed."
     )
@@ -290,12 +540,20 @@ def main() -> None:
     def write(rows: list[dict], speed: dict | None = None) -> str:
         # A table rendered again from --reuse keeps the minutes of the run that measured it.
         minutes = previous.get("table_minutes") or (time.perf_counter() - started) / 60
-        text = render(rows, speed, args, minutes)
+        if args.targets:
+            minutes = (time.perf_counter() - started) / 60
+            text = render_prefix(rows, speed, args, minutes)
+        else:
+            text = render(rows, speed, args, minutes)
         args.out.write_text(f"{text}\n{NOTES_MARKER}\n\n{kept_notes(args.out)}")
         record = {"rows": rows, "speed": speed, "args": vars(args), "table_minutes": minutes}
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
         return text
 
+    if args.targets:
+        rows = run_prefix_variants(dense, args, runs, lambda r: write(r, speed), rows)
+        sys.stdout.write(write(rows, speed))
+        return
     if speed is None:  # a few minutes: measured first so a cut-short run still has it
         speed = speed_comparison(dense, args)
     if args.speed_only:

@@ -405,7 +405,9 @@ def prune_command(
     ratio: float = typer.Option(
         None, help="Target ratio_total (fraction of all parameters removed, embeddings included)."
     ),
-    blocks: int = typer.Option(None, help="Depth: number of blocks (or layers) to remove."),
+    blocks: int = typer.Option(
+        None, help="Depth: number of removals (blocks, or layers; a layer counts as one)."
+    ),
     sparsity: float = typer.Option(None, help="Width: column ratio of the prunable groups."),
     calib: str = typer.Option(
         _default("calib"), help="Calibration text: c4, wikitext2, ptb or a file."
@@ -414,11 +416,15 @@ def prune_command(
     seqlen: int = typer.Option(_default("seqlen"), help="Calibration window length in tokens."),
     seed: int = typer.Option(_default("seed"), help="Seed of the calibration sampling."),
     candidates: str = typer.Option(
-        _default("candidates"), help="Block-level depth: attn, mlp or both."
+        _default("candidates"),
+        help="Block-level depth: attn, mlp, blocks (= both; the default), layers, or "
+        "blocks+layers (greedy search: every block and every whole layer).",
     ),
     protect_layers: str = typer.Option(None, help="Depth: layers never removed, e.g. 0,-1."),
     criterion: str = typer.Option(
-        _default("criterion"), help="Greedy depth search: ppl (paper) or ppl-per-param."
+        _default("criterion"),
+        help="Greedy depth search: ppl (the papers'; the default), ppl-per-param, kl (KL from "
+        "the dense model's next-token distribution) or kl-per-param.",
     ),
     exhaustive: bool = typer.Option(
         False, help="Greedy depth search: score every candidate on every window (no bound)."

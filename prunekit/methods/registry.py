@@ -17,6 +17,12 @@ CALIBRATION = ("calib", "n_samples", "seqlen", "seed")
 DEPTH_TARGET = ("ratio", "blocks", "protect_layers")
 DEPTH_BLOCK_UNITS = ("candidates",)  # only block-level methods choose attn/mlp/both
 GREEDY_SEARCH = ("criterion", "exhaustive", "resume")
+# Greedy depth search criteria (methods/depth/criteria.py): the calibration NLL, or
+# KL(dense || candidate); each also per removed parameter.
+CRITERIA = ("ppl", "ppl-per-param", "kl", "kl-per-param")
+# Block-level candidate sets: attention blocks, MLP blocks, both ("blocks"; "both" is its old
+# name), whole layers, or every block and every whole layer ("blocks+layers").
+CANDIDATE_SETS = ("attn", "mlp", "both", "blocks", "layers", "blocks+layers")
 WIDTH_TARGET = ("ratio", "sparsity", "targets")
 UNIFORM_WIDTH = ("multiple_of",)
 RESTORATION = ("restore", "damping")
@@ -37,9 +43,9 @@ class PruneSettings:
     seqlen: int = 1024
     seed: int = 0
     batch_size: int = 1
-    candidates: str = "both"  # depth: attn | mlp | both
+    candidates: str | None = None  # depth: one of CANDIDATE_SETS; None: the method's default
     protect_layers: list[int] = field(default_factory=list)
-    criterion: str = "ppl"  # depth: ppl | ppl-per-param
+    criterion: str | None = None  # depth: one of CRITERIA; None: the method's default
     exhaustive: bool = False
     angular: bool = False
     targets: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # width
@@ -64,10 +70,14 @@ class PruneSettings:
             raise SettingsError(f"--seqlen must be at least 2 tokens, got {self.seqlen}")
         if self.seed < 0:
             raise SettingsError(f"--seed must be >= 0, got {self.seed}")
-        if self.candidates not in ("attn", "mlp", "both"):
-            raise SettingsError(f"--candidates must be attn, mlp or both, got {self.candidates!r}")
-        if self.criterion not in ("ppl", "ppl-per-param"):
-            raise SettingsError(f"--criterion must be ppl or ppl-per-param, got {self.criterion!r}")
+        if self.candidates is not None and self.candidates not in CANDIDATE_SETS:
+            raise SettingsError(
+                f"--candidates must be one of {', '.join(CANDIDATE_SETS)}, got {self.candidates!r}"
+            )
+        if self.criterion is not None and self.criterion not in CRITERIA:
+            raise SettingsError(
+                f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}"
+            )
         if self.multiple_of < 1:
             raise SettingsError(f"--multiple-of must be at least 1, got {self.multiple_of}")
         if self.damping < 0:

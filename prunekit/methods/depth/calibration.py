@@ -113,6 +113,11 @@ class BlockRunner:
         final = self.adapter.final_hidden(self.model, hidden)
         return self._bound.window(final, self.windows[window : window + 1], self.skip_first)
 
+    def reported_nll(self, active: Sequence[BlockRef], loss: float) -> float:
+        """The calibration NLL of the model that runs only ``active``, given its search loss
+        ``loss`` (here the NLL itself; a divergence runner, criteria.py, recomputes it)."""
+        return loss
+
     def model_nll(self, active: Sequence[BlockRef]) -> list[float]:
         """Per-window NLL of the model that runs only ``active``."""
         return [

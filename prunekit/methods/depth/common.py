@@ -12,8 +12,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from prunekit.errors import PlanError, SettingsError
 from prunekit.methods.depth.calibration import BlockRunner, Candidate, settings_windows
+from prunekit.methods.depth.criteria import make_runner
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
@@ -35,10 +38,26 @@ def protected_layers(requested: list[int], num_layers: int) -> set[int]:
     return protected
 
 
+# The candidate set of block-level methods when --candidates is not given ("both" is its old name).
+DEFAULT_CANDIDATES = "blocks"
+# Candidate sets whose units overlap (a layer and its own blocks): greedy searches only.
+OVERLAPPING_SETS = ("blocks+layers",)
+
+
 def block_units(runner: BlockRunner, candidates: str, protected: set[int]) -> list[Candidate]:
-    """One unit per block of the ``candidates`` kinds (attn, mlp, both) in unprotected layers."""
-    kinds = BLOCK_KINDS if candidates == "both" else (candidates,)
-    return [(b,) for b in runner.blocks() if b.kind in kinds and b.layer not in protected]
+    """The units of a candidate set (registry.CANDIDATE_SETS) in unprotected layers.
+
+    attn / mlp: one unit per block of that kind; blocks (or both): every block; layers: every
+    layer's blocks as one unit; blocks+layers: every block and every layer of more than one
+    block (a layer is costed as its blocks), so each greedy step can take what SLEB's would.
+    """
+    if candidates == "layers":
+        return layer_units(runner, protected)
+    kinds = BLOCK_KINDS if candidates in ("both", "blocks", "blocks+layers") else (candidates,)
+    blocks = [(b,) for b in runner.blocks() if b.kind in kinds and b.layer not in protected]
+    if candidates != "blocks+layers":
+        return blocks
+    return blocks + [u for u in layer_units(runner, protected) if len(u) > 1]
 
 
 def layer_units(runner: BlockRunner, protected: set[int]) -> list[Candidate]:
@@ -73,19 +92,54 @@ class DepthSetup:
 
 
 def prepare_units(
-    loaded: LoadedModel, settings: PruneSettings, unit: str, protect: list[int]
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    unit: str,
+    protect: list[int],
+    criterion: str = "ppl",
+    overlapping: bool = False,
 ) -> DepthSetup:
-    """Calibration windows, candidate units ("block" or "layer") and a feasible target."""
+    """Calibration windows, candidate units ("block" or "layer") and a feasible target.
+
+    ``criterion`` picks the runner's loss (criteria.py); ``overlapping`` allows candidate sets
+    whose units share blocks (greedy searches only: one-shot rankings need disjoint units).
+    ``settings.options["windows"]`` ("first-half" / "second-half") keeps half the calibration
+    windows: the benchmark's held-out check searches on one half and scores the other.
+    """
+    if settings.candidates in OVERLAPPING_SETS and not overlapping:
+        raise SettingsError(
+            f"--candidates {settings.candidates} is for greedy searches (blockpruner): a one-shot "
+            "ranking needs disjoint candidates"
+        )
     target = make_target(settings, count_parameters(loaded.model))
-    runner = BlockRunner(loaded, settings_windows(loaded, settings))
+    windows = half_windows(settings_windows(loaded, settings), settings.options.get("windows"))
+    runner = make_runner(loaded, windows, criterion)
     protected = protected_layers(protect, len(runner.layers))
     if unit == "block":
-        units = block_units(runner, settings.candidates, protected)
+        units = block_units(runner, settings.candidates or DEFAULT_CANDIDATES, protected)
     else:
         units = layer_units(runner, protected)
     params = unit_parameters(runner, units)
-    target.check_feasible(list(params.values()), unit)
+    if settings.candidates in OVERLAPPING_SETS and unit == "block":
+        # Overlapping units: at most one removal per block, and each block's parameters once.
+        distinct_blocks = sorted({(b,) for u in units for b in u})
+        target.check_feasible(list(unit_parameters(runner, distinct_blocks).values()), unit)
+    else:
+        target.check_feasible(list(params.values()), unit)
     return DepthSetup(runner, units, params, target)
+
+
+HALVES = ("first-half", "second-half")
+
+
+def half_windows(windows: torch.Tensor, half: str | None) -> torch.Tensor:
+    """All ``windows``, or the first or second half of them (``half``: one of HALVES)."""
+    if half is None:
+        return windows
+    if half not in HALVES or windows.shape[0] < 2:
+        raise SettingsError(f"windows {half!r}: need one of {', '.join(HALVES)} and >= 2 windows")
+    middle = windows.shape[0] // 2
+    return windows[:middle] if half == "first-half" else windows[middle:]
 
 
 def search_settings(method: str, settings: PruneSettings, **extra: object) -> dict:
@@ -98,7 +152,7 @@ def search_settings(method: str, settings: PruneSettings, **extra: object) -> di
         "n_samples": settings.n_samples,
         "seqlen": settings.seqlen,
         "seed": settings.seed,
-        "candidates": settings.candidates,
+        "candidates": "blocks" if settings.candidates == "both" else settings.candidates,
         "protect_layers": list(settings.protect_layers),
         "criterion": settings.criterion,
         **extra,

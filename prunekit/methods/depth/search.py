@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 
 from prunekit.errors import SettingsError
 from prunekit.methods.depth.calibration import BlockRunner, Candidate
+from prunekit.methods.depth.criteria import CRITERIA, is_per_param
 from prunekit.models.adapters import BlockRef
 from prunekit.progress import Bar, progress_bar
-
-CRITERIA = ("ppl", "ppl-per-param")
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +40,12 @@ def label(candidate: Candidate) -> str:
 
 @dataclass(frozen=True)
 class Criterion:
-    """Maps a candidate's NLL sum to its score; monotone in the sum, so partial sums bound it.
+    """Maps a candidate's loss sum to its score; monotone in the sum, so partial sums bound it.
 
-    ``ppl``: the NLL sum itself (ppl = exp(sum / tokens) orders the same way).
-    ``ppl-per-param``: (log ppl after - log ppl now) / parameters removed.
+    The loss is the runner's ``window_nll`` summed: the NLL (``ppl`` criteria) or
+    KL(dense || candidate) (``kl`` criteria, criteria.py).
+    ``ppl`` / ``kl``: the sum itself (ppl = exp(sum / tokens) orders the same way).
+    ``*-per-param``: (mean loss after - mean loss now) / parameters removed.
     """
 
     name: str
@@ -53,7 +54,7 @@ class Criterion:
     params: dict[Candidate, int] = field(default_factory=dict)
 
     def value(self, candidate: Candidate, nll: float) -> float:
-        if self.name == "ppl":
+        if not is_per_param(self.name):
             return nll
         return (nll / self.tokens - self.base_nll / self.tokens) / self.params[candidate]
 
@@ -297,8 +298,8 @@ def greedy_search(
     state = state or SearchState()
     all_blocks = runner.blocks()
     removed_params = sum(unit_params[u] for u in state.removed)
-    base_nll = state.trajectory[-1]["calib_nll"] if state.trajectory else None
-    if base_nll is None and criterion_name == "ppl-per-param":
+    base_nll = search_loss(state.trajectory[-1]) if state.trajectory else None
+    if base_nll is None and is_per_param(criterion_name):
         base_nll = sum(runner.model_nll(all_blocks))
     steps = target.estimated_steps(list(unit_params.values()))
     log.info(
@@ -315,7 +316,8 @@ def greedy_search(
         while not target.reached(len(state.removed), removed_params):
             gone = {b for u in state.removed for b in u}
             active = [b for b in all_blocks if b not in gone]
-            candidates = [u for u in units if u not in state.removed]
+            # Units may overlap (a layer and its blocks): one sharing a removed block is gone.
+            candidates = [u for u in units if gone.isdisjoint(u)]
             if not candidates:
                 break
             criterion = Criterion(criterion_name, runner.tokens, base_nll or 0.0, dict(unit_params))
@@ -347,6 +349,9 @@ def greedy_search(
             removed_params += unit_params[scores.best]
             base_nll = scores.best_nll
             entry = step_entry(runner, scores, step, candidates, removed_params, target, started)
+            gone.update(scores.best)
+            reported = runner.reported_nll([b for b in active if b not in gone], base_nll)
+            entry.update(calib_nll=reported, calib_ppl=math.exp(reported / runner.tokens))
             state.trajectory.append(entry)
             log_step(entry)
             bar.update(1)
@@ -356,6 +361,11 @@ def greedy_search(
     finally:
         bar.close()
     return state
+
+
+def search_loss(entry: dict) -> float:
+    """The loss sum the search minimized after a step (older trajectories: the NLL)."""
+    return entry.get("search_loss", entry["calib_nll"])
 
 
 def previous_ranking(state: SearchState, units: Sequence[Candidate]) -> list[Candidate]:
@@ -395,6 +405,7 @@ def step_entry(
         "blocks": [str(b) for b in scores.best],
         "calib_ppl": math.exp(scores.best_nll / runner.tokens),
         "calib_nll": scores.best_nll,
+        "search_loss": scores.best_nll,
         "ratio_total": removed_params / target.total_params,
         "removed_params": removed_params,
         "score": scores.values[scores.best],
