@@ -19,6 +19,7 @@ DEPTH_BLOCK_UNITS = ("candidates",)  # only block-level methods choose attn/mlp/
 GREEDY_SEARCH = ("criterion", "exhaustive", "resume")
 WIDTH_TARGET = ("ratio", "sparsity", "targets")
 UNIFORM_WIDTH = ("multiple_of",)
+WIDTH_ALLOCATION = ("allocation",)  # FASP: uniform, or per-group widths from measured cost
 RESTORATION = ("restore", "damping")
 # Read by the API or by every method, never refused: the run directory comes from ``out`` and
 # ``options`` carries method-specific extras (benchmarks, tests).
@@ -45,6 +46,7 @@ class PruneSettings:
     targets: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # width
     restore: bool = True
     multiple_of: int = 1
+    allocation: str = "uniform"  # width (FASP): uniform | cost
     damping: float = 0.1
     run_dir: str | None = None  # where the method checkpoints (resume)
     resume: bool = False
@@ -72,6 +74,8 @@ class PruneSettings:
             raise SettingsError(f"--multiple-of must be at least 1, got {self.multiple_of}")
         if self.damping < 0:
             raise SettingsError(f"--damping must be >= 0, got {self.damping}")
+        if self.allocation not in ("uniform", "cost"):
+            raise SettingsError(f"--allocation must be uniform or cost, got {self.allocation!r}")
         if not self.targets or any(t not in ("mlp", "attn") for t in self.targets):
             raise SettingsError(f"--targets must be a subset of mlp,attn, got {self.targets}")
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.protect_layers):
