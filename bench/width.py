@@ -206,7 +206,6 @@ def run_ratios(args, dense: LoadedModel, base: dict, before) -> None:
     }
     out = Path(args.out or "docs/results/width.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    notes = kept_notes(out)
     rows: list[dict] = []
     for ratio in args.ratios:
         for label, method, restore, extra in RATIO_RUNS:
@@ -230,6 +229,7 @@ def run_ratios(args, dense: LoadedModel, base: dict, before) -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             text = render_ratios(rows, meta)
+            notes = kept_notes(out)  # read before each write: notes added while it runs survive
             out.write_text(text + ("\n" + NOTES_MARKER + "\n\n" + notes if notes else ""))
             out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
             del loaded
