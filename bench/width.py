@@ -1,12 +1,21 @@
-"""Width-pruning benchmark on SmolLM2-135M: FASP (with and without restoration), Wanda-sp, FLAP,
-magnitude at column sparsities 10/20/30 %.
+"""Width-pruning benchmark on SmolLM2-135M, in two modes.
 
-For each run: achieved ratio_total, WikiText-2 perplexity at seqlen 512, the pruning wall time,
-and — for FASP, interleaved with its runs on the same windows — the wall time of one plain
-calibration forward pass, so FASP's cost is read against it on a machine whose load varies.
-Writes docs/results/width.md (rewritten after every run, so a partial table survives) and prints it.
+``--ratios`` (docs/results/width.md): at ratio_total targets, FASP with the uniform allocation,
+FASP on the MLP only, FASP with the cost allocation (``--allocation cost``), Wanda-sp and FLAP,
+each evaluated on WikiText-2 and PTB (seqlen 512) — equal-ratio comparisons.
 
-    PRUNEKIT_DATA_DIR=../shared/data python bench/width.py [--eval-windows N] [--sparsities ...]
+``--sparsities`` (docs/results/width_sparsity.md): FASP (with and without restoration),
+Wanda-sp, FLAP, magnitude at column sparsities 10/20/30 %, and — for FASP, interleaved with its
+runs on the same windows — the wall time of one plain calibration forward pass, so FASP's cost
+is read against it on a machine whose load varies.
+
+Tables are rewritten after every run (a partial table survives) and printed; hand-written notes
+below the NOTES_MARKER of an existing page are kept.
+
+    python bench/width.py --ratios 0.1 0.2 0.3 --eval-windows 32 --n-samples 16 --seqlen 512 \
+        --dtype fp32
+    python bench/width.py --sparsities 0.1 0.2 0.3 --eval-windows 32 --n-samples 16 \
+        --seqlen 512 --dtype fp32 --repeats 3
     python bench/width.py --dtype bf16 --methods fasp --out docs/results/width_bf16.md
 """
 
@@ -22,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_notes import NOTES_MARKER, kept_notes
 
 from prunekit import load_model
 from prunekit.evaluation.perplexity import perplexity
@@ -40,6 +50,16 @@ RUNS = (  # (label, method, restore, extra settings)
 # SmolLM2 has 3 kv heads: at 10 % Wanda-sp keeps all of them (whole heads round to zero), so it
 # prunes the MLP only and reaches a lower ratio. FASP on the MLP only is the equal-ratio match.
 EXTRA_RUNS = {0.1: (("FASP, MLP only", "fasp", True, {"targets": ["mlp"]}),)}
+# Equal-ratio rows: every method meets the same ratio_total target (FLAP by its global
+# threshold, the others by the smallest uniform column ratio that reaches it, FASP allocated by
+# per-group widths from its measured cost).
+RATIO_RUNS = (
+    ("FASP, uniform", "fasp", True, {}),
+    ("FASP, MLP only", "fasp", True, {"targets": ["mlp"]}),
+    ("FASP, allocated", "fasp", True, {"allocation": "cost"}),
+    ("Wanda-sp", "wanda-sp", False, {}),
+    ("FLAP", "flap", False, {}),
+)
 
 
 def fresh_copy(dense: LoadedModel) -> LoadedModel:
@@ -131,16 +151,116 @@ def render(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def render_ratios(rows: list[dict], meta: dict) -> str:
+    datasets = meta["datasets"]
+    names = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
+    dense = ", ".join(f"{names.get(d, d)} **{meta['dense_ppl'][d]:.2f}**" for d in datasets)
+    lines = [
+        f"# Width pruning on {meta['model']} at equal ratio_total",
+        "",
+        f"Calibration: {meta['n_samples']} × {meta['seqlen']} tokens of {meta['calib']} "
+        f"(seed {meta['seed']}). Test perplexity at seqlen {meta['eval_seqlen']} over "
+        f"{meta['eval_windows_label']} of each dataset. dtype {meta['dtype']}, "
+        f"{meta['machine']}. Dense: {dense}.",
+        "",
+        f"Measured with `{meta['command']}`.",
+        "",
+        "| target | method | ratio_total | "
+        + " | ".join(f"{names.get(d, d)} ppl" for d in datasets)
+        + " | prune time (s) |",
+        "|---:|---|---:|" + "---:|" * len(datasets) + "---:|",
+    ]
+    for r in sorted(rows, key=lambda x: x["target"]):  # stable: run order within a target
+        best = {d: min(x["ppl"][d] for x in rows if x["target"] == r["target"]) for d in datasets}
+        cells = [f"{r['target']:.2f}", r["label"], f"{r['ratio_total']:.4f}"]
+        for d in datasets:
+            value = f"{r['ppl'][d]:.2f}"
+            cells.append(f"**{value}**" if r["ppl"][d] == best[d] else value)
+        cells.append(f"{r['prune_s']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Bold: the lowest perplexity at that target. Prune time is one run's wall time (the "
+        "machine is shared, so times are indicative; the sparsity bench measures speed).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_ratios(args, dense: LoadedModel, base: dict, before) -> None:
+    datasets = args.datasets
+    dense_ppl = {d: perplexity(dense, d, args.eval_seqlen, args.eval_windows) for d in datasets}
+    windows = next(iter(dense_ppl.values())).windows
+    meta = {
+        **base,
+        "dtype": dense.dtype_name,
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "command": "python bench/width.py " + " ".join(sys.argv[1:]),
+        "model": args.model,
+        "datasets": datasets,
+        "eval_seqlen": args.eval_seqlen,
+        "dense_ppl": {d: r.ppl for d, r in dense_ppl.items()},
+        "eval_windows_label": (
+            "the full test set" if args.eval_windows is None else f"the first {windows} windows"
+        ),
+    }
+    out = Path(args.out or "docs/results/width.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for ratio in args.ratios:
+        for label, method, restore, extra in RATIO_RUNS:
+            if args.methods is not None and method not in args.methods:
+                continue
+            settings = PruneSettings(ratio=ratio, restore=restore, **base, **extra)
+            row: dict = {"target": ratio, "label": label, "method": method, "settings": extra}
+            loaded = fresh_copy(dense)
+            started = time.perf_counter()
+            plan = get_method(method).prune(loaded, settings)
+            row["prune_s"] = time.perf_counter() - started
+            after = parameter_counts(loaded.model, loaded.adapter)
+            row["ratio_total"] = pruning_ratios(before, after)["ratio_total"]
+            row["widths"] = {
+                k: [v["intermediate_size"], v["num_kv_heads"], v["v_head_dim"]]
+                for k, v in plan.extra["shapes"].items()
+            }
+            row["ppl"] = {
+                d: perplexity(loaded, d, args.eval_seqlen, args.eval_windows).ppl for d in datasets
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            text = render_ratios(rows, meta)
+            notes = kept_notes(out)  # read before each write: notes added while it runs survive
+            out.write_text(text + ("\n" + NOTES_MARKER + "\n\n" + notes if notes else ""))
+            out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+            del loaded
+    print(render_ratios(rows, meta))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=None,
+        help="equal-ratio mode: these ratio_total targets (docs/results/width.md)",
+    )
+    parser.add_argument("--eval-seqlen", type=int, default=512, help="--ratios: eval window")
+    parser.add_argument(
+        "--datasets", nargs="+", default=["wikitext2", "ptb"], help="--ratios: evaluation sets"
+    )
     parser.add_argument("--eval-windows", type=int, default=None, help="default: full test set")
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=1024)
     parser.add_argument("--calib", default="c4")
-    parser.add_argument("--out", default="docs/results/width.md")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default: docs/results/width.md (--ratios), else width_sparsity.md",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed FASP runs per sparsity")
     parser.add_argument(
         "--methods", nargs="+", default=None, help="run only these methods (default: all)"
@@ -151,8 +271,11 @@ def main() -> None:
 
     dense = load_model(args.model, dtype=args.dtype)
     base = dict(calib=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=0)
-    windows = calibration_data(dense, PruneSettings(**base))
     before = parameter_counts(dense.model, dense.adapter)
+    if args.ratios is not None:
+        run_ratios(args, dense, base, before)
+        return
+    windows = calibration_data(dense, PruneSettings(**base))
     dense_ppl = perplexity(dense, "wikitext2", 512, args.eval_windows)
     meta = {
         **base,
@@ -168,7 +291,7 @@ def main() -> None:
         ),
     }
     rows: list[dict] = []
-    out = Path(args.out)
+    out = Path(args.out or "docs/results/width_sparsity.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     for sparsity in args.sparsities:
         for label, method, restore, extra in (*RUNS, *EXTRA_RUNS.get(sparsity, ())):

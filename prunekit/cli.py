@@ -440,6 +440,10 @@ def prune_command(
     multiple_of: int = typer.Option(
         _default("multiple_of"), help="Uniform width: round kept widths up to a multiple of this."
     ),
+    allocation: str = typer.Option(
+        _default("allocation"),
+        help="FASP: uniform (one fraction everywhere) or cost (per-group widths, measured cost).",
+    ),
     damping: float = typer.Option(
         _default("damping"), help="FASP: restoration damping, as a fraction of mean(diag H)."
     ),

@@ -25,6 +25,7 @@ CRITERIA = ("ppl", "ppl-per-param", "kl", "kl-per-param")
 CANDIDATE_SETS = ("attn", "mlp", "both", "blocks", "layers", "blocks+layers")
 WIDTH_TARGET = ("ratio", "sparsity", "targets")
 UNIFORM_WIDTH = ("multiple_of",)
+WIDTH_ALLOCATION = ("allocation",)  # FASP: uniform, or per-group widths from measured cost
 RESTORATION = ("restore", "damping")
 # Read by the API or by every method, never refused: the run directory comes from ``out`` and
 # ``options`` carries method-specific extras (benchmarks, tests).
@@ -51,6 +52,7 @@ class PruneSettings:
     targets: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # width
     restore: bool = True
     multiple_of: int = 1
+    allocation: str = "uniform"  # width (FASP): uniform | cost
     damping: float = 0.1
     run_dir: str | None = None  # where the method checkpoints (resume)
     resume: bool = False
@@ -82,6 +84,8 @@ class PruneSettings:
             raise SettingsError(f"--multiple-of must be at least 1, got {self.multiple_of}")
         if self.damping < 0:
             raise SettingsError(f"--damping must be >= 0, got {self.damping}")
+        if self.allocation not in ("uniform", "cost"):
+            raise SettingsError(f"--allocation must be uniform or cost, got {self.allocation!r}")
         if not self.targets or any(t not in ("mlp", "attn") for t in self.targets):
             raise SettingsError(f"--targets must be a subset of mlp,attn, got {self.targets}")
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.protect_layers):

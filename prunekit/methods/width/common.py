@@ -46,6 +46,10 @@ class WidthRun:
         self.kept: dict[str, dict] = {}
         self.notes: dict[str, dict] = {}
         self.rewritten: dict[str, nn.Linear] = {}
+        # Per-group kept widths (layer, "mlp" | "attn") -> channels (per kv head for values),
+        # set by an allocation before the pruning pass; None: the uniform ``sparsity``.
+        self.widths: dict[tuple[int, str], int] | None = None
+        self.extra: dict = {}  # method-specific plan fields (the allocation and its curves)
         self.tokens = 0
         self.residency = loaded.residency or Resident()
         # Of the base model, before any pruning (streamed: read from the shards slice by slice).
@@ -154,12 +158,17 @@ def run_width_method(
     make: Callable[[WidthRun], SequentialMethod],
     attn_unit: str,
     needs_data: bool = True,
+    before_pass: Callable[[WidthRun, torch.Tensor], None] | None = None,
 ) -> PruningPlan:
-    """Resolve the sparsity, run the sequential engine with the method ``make`` builds, record."""
+    """Resolve the sparsity, run the sequential engine with the method ``make`` builds, record.
+
+    ``before_pass`` (an allocation) runs on the calibration windows before the pruning pass
+    and may set ``run.widths``; the uniform sparsity is then not derived from a ratio target.
+    """
     validate_width_settings(settings)
     layer_units(loaded)  # structure check before any work
     sparsity = settings.sparsity
-    if sparsity is None and attn_unit != "global":
+    if sparsity is None and attn_unit != "global" and before_pass is None:
         sparsity = sparsity_for_ratio(loaded, settings, attn_unit)
     run = WidthRun(loaded, settings, sparsity)
     method = make(run)
@@ -169,9 +178,17 @@ def run_width_method(
             f"{name} cannot run streamed: it prunes only once every layer's scores are known "
             "(a global threshold); run it in memory"
         )
+    if before_pass is not None and run.residency.streamed:
+        raise SettingsError(
+            f"{name} --allocation {settings.allocation} cannot run streamed: its cost curves "
+            "need a pass over the dense model before the pruning pass; use --allocation "
+            "uniform or run it in memory"
+        )
     started = time.perf_counter()
     if needs_data:
         windows = calibration_data(loaded, settings)
+        if before_pass is not None:
+            before_pass(run, windows)
         run.tokens = sequential_pass(loaded, windows, method, residency=run.residency)
     else:
         prune_without_data(loaded, method, residency=run.residency)
@@ -204,6 +221,7 @@ def build_plan(name: str, run: WidthRun, seconds: float) -> PruningPlan:
         else:
             extra["restored_weights_note"] = "not saved: no run directory (pass out=...)"
     extra.update(restoration_summary(run))
+    extra.update(run.extra)
     return PruningPlan(
         method=name,
         model=run.identity,

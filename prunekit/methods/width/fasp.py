@@ -5,23 +5,43 @@ Per layer, sequentially on the outputs of the already-pruned layers: MLP interme
 of every query head reading that kv head) are scored ‖X_j‖₂ · Σ_i |W_ij|; the top (1 − s) are
 kept; the consumer is restored toward its original weights by damped least squares; Q and K are
 never touched. ALGORITHMS.md, "FASP", is the specification.
+
+``--allocation uniform`` keeps the same fraction of every group (the paper's setting);
+``--allocation cost`` first measures each group's reconstruction cost on the dense model and
+spends the sparsity where it costs least per parameter (``allocation.py``).
 """
 
 from __future__ import annotations
 
+import torch
+
+from prunekit.engine.sequential import sequential_pass
+from prunekit.errors import SettingsError
 from prunekit.methods.registry import (
     CALIBRATION,
     RESTORATION,
     UNIFORM_WIDTH,
+    WIDTH_ALLOCATION,
     WIDTH_TARGET,
     Method,
     PruneSettings,
     register,
 )
-from prunekit.methods.width.common import run_width_method
+from prunekit.methods.width.allocation import (
+    COST_NORMALISERS,
+    CostProbe,
+    allocate,
+    target_removal,
+)
+from prunekit.methods.width.common import (
+    WidthRun,
+    removed_uniform,
+    run_width_method,
+)
 from prunekit.methods.width.scoring import wanda_sum
+from prunekit.methods.width.structure import layer_units
 from prunekit.methods.width.uniform import UniformPruner
-from prunekit.models.loading import LoadedModel
+from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
 
@@ -32,7 +52,44 @@ def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
         settings,
         lambda run: UniformPruner(run, wanda_sum, "value", restore=settings.restore),
         attn_unit="value",
+        before_pass=allocate_by_cost if settings.allocation == "cost" else None,
     )
+
+
+def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:
+    """Pass 1 on the dense model: cost curves; then per-group widths meeting the target."""
+    settings = run.settings
+    normaliser = settings.options.get("allocation_cost", "residual")
+    if normaliser not in COST_NORMALISERS:
+        raise SettingsError(
+            f"options allocation_cost must be one of {', '.join(COST_NORMALISERS)}, "
+            f"got {normaliser!r}"
+        )
+    probe = CostProbe(run, normaliser)
+    sequential_pass(run.loaded, windows, probe, residency=run.residency)
+    target = removal_target(run.loaded, settings)
+    run.widths = allocate(probe.curves, target, settings.multiple_of)
+    run.extra["allocation"] = {
+        "mode": "cost",
+        "normaliser": normaliser,
+        "target_params": target,
+        "widths": {
+            str(index): {kind: run.widths[(index, kind)] for (i, kind) in run.widths if i == index}
+            for index in sorted({i for i, _ in run.widths})
+        },
+        "curves": [
+            {"layer": c.index, "kind": c.kind, "removed": c.removed, "cost": c.cost}
+            for c in probe.curves
+        ],
+    }
+
+
+def removal_target(loaded: LoadedModel, settings: PruneSettings) -> int:
+    """Parameters to remove: ceil(ratio · total) for ``--ratio``; for ``--sparsity``, what the
+    uniform column ratio would remove (the same budget, spent elsewhere)."""
+    if settings.ratio is not None:
+        return target_removal(count_parameters(loaded.model), settings.ratio)
+    return removed_uniform(layer_units(loaded), settings.sparsity, settings, "value")
 
 
 register(
@@ -41,7 +98,7 @@ register(
         family="width",
         summary="FASP: coupled MLP/value channels, Wanda-style score, least-squares restoration",
         prune=prune_fasp,
-        takes=WIDTH_TARGET + UNIFORM_WIDTH + RESTORATION + CALIBRATION,
+        takes=WIDTH_TARGET + UNIFORM_WIDTH + WIDTH_ALLOCATION + RESTORATION + CALIBRATION,
         streams=True,
     )
 )

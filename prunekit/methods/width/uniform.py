@@ -3,6 +3,9 @@
 Every layer keeps the same fraction of each group: intermediate channels of the MLP, and for
 attention either value channels (the same count in every kv head, FASP / magnitude) or whole kv
 groups (Wanda-sp). A method supplies its column score and whether to restore the consumer.
+With per-group widths on the run (``WidthRun.widths``, FASP's ``--allocation cost``,
+``allocation.py``) each group keeps its allocated count instead; scores and restoration are
+unchanged.
 """
 
 from __future__ import annotations
@@ -57,11 +60,10 @@ class UniformPruner:
     def decide(
         self, index: int, layer: nn.Module, kind: BlockKind, stats: dict[str, InputStatistics]
     ) -> bool | ConsumerOnly:
-        s, m = self.run.sparsity, self.run.settings.multiple_of
         if kind == "mlp":
             channels = self.adapter.mlp_channels(layer)
             scores = self.score(channels.consumer.weight, stats.get("mlp"))
-            kept = top_indices(scores, kept_count(channels.width, s, m))
+            kept = top_indices(scores, self._kept(index, kind, channels.width))
             self._restore(index, "mlp", channels.consumer, kept, stats.get("mlp"))
             slice_mlp(channels, kept)
             self.run.keep(index, "mlp", kept)
@@ -71,20 +73,29 @@ class UniformPruner:
         if self.attn_unit == "heads":
             groups = top_indices(
                 per_kv_group(column_scores, channels, self.head_reduce),
-                kept_count(channels.num_kv_heads, s),
+                kept_count(channels.num_kv_heads, self.run.sparsity),
             )
             columns = head_columns(channels, groups, channels.v_head_dim)
             slice_heads(channels, groups, self.adapter)
             self.run.keep(index, "attn_heads", groups)
             return ConsumerOnly("attn", columns)
         per_kv = top_indices_per_row(
-            per_value_channel(column_scores, channels), kept_count(channels.v_head_dim, s, m)
+            per_value_channel(column_scores, channels),
+            self._kept(index, kind, channels.v_head_dim),
         )
         columns = value_columns(channels, per_kv)
         self._restore(index, "attn", channels.o_proj, columns, stats.get("attn"))
         slice_value_channels(channels, per_kv, self.adapter)
         self.run.keep(index, "attn_v", per_kv)
         return ConsumerOnly("attn", columns)
+
+    def _kept(self, index: int, kind: BlockKind, width: int) -> int:
+        """Channels (per kv head for values) this group keeps: the run's allocated width when
+        it has one (``--allocation cost``), else the uniform ``kept_count``."""
+        allocated = self.run.widths.get((index, kind)) if self.run.widths else None
+        if allocated is not None:
+            return allocated
+        return kept_count(width, self.run.sparsity, self.run.settings.multiple_of)
 
     def _restore(
         self,
