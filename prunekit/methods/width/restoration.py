@@ -7,11 +7,11 @@ NaN/Inf or a matrix that is not positive definite fail loudly.
 
 Solve precision: the damping bounds the condition number, κ(H[S, S] + λI) ≤ ‖H[S, S] + λI‖_F / λ
 (H is positive semi-definite, so λ is the smallest eigenvalue at worst). Where that bound is at
-most ``FP32_SOLVE_MAX_CONDITION`` the system is solved in fp32: its error, about κ·2⁻²⁴, is then
-of the order of the one H already carries from being summed and stored in fp32 (measured on
-SmolLM2 at the default damping: κ 100–3,700, fp32 vs fp64 solutions 1e-6–2e-4 apart, ~2× faster).
-Otherwise (small damping, degenerate inputs) it is solved in fp64, as is a system whose fp32
-Cholesky factorization fails.
+most ``FP32_SOLVE_MAX_CONDITION`` the system is solved in fp32: its error, about κ·2⁻²⁴, is the
+order of the one the right-hand side already carries from the fp32 product W·H[:, S] and H from
+its fp32 sum (measured on SmolLM2 at the default damping: κ 100–3,700, fp32 and fp64 solutions
+1e-6–2e-4 apart, the solve ~1.8× faster). Otherwise (small damping, degenerate inputs) the
+right-hand side and the solve run in fp64, as they do when the fp32 factorization fails.
 """
 
 from __future__ import annotations
@@ -59,15 +59,18 @@ def restore_consumer(
     h = gram.float()
     index = torch.as_tensor(kept, dtype=torch.long, device=h.device)
     w_h = w @ h  # out × in
-    system = h.index_select(0, index).index_select(1, index)  # H[S, S] (fp32), then + λI
-    lam = damping * system.diagonal().mean(dtype=torch.float64).item()
-    system.diagonal().add_(lam)
-    bound = condition_bound(system, lam)
+    h_ss = h.index_select(0, index).index_select(1, index)  # H[S, S] (fp32)
+    lam = damping * h_ss.diagonal().mean(dtype=torch.float64).item()
+    bound = condition_bound(h_ss, lam)
     use_fp32 = precision == "auto" and bound <= FP32_SOLVE_MAX_CONDITION
-    rhs = w_h.index_select(1, index) + lam * w.index_select(1, index)
-    restored = _solve(system, rhs, torch.float32) if use_fp32 else None
+    w_s = w.index_select(1, index)
+    rhs = w_h.index_select(1, index) + lam * w_s
+    restored = _solve(h_ss, lam, rhs, torch.float32) if use_fp32 else None
     if restored is None:  # an ill-conditioned bound, or the fp32 factorization failed
-        restored = _solve(system.double(), rhs.double(), torch.float64)
+        # κ·2⁻²⁴ is too large for fp32 anywhere on the way: the fp32 product W·H[:, S] alone
+        # would perturb the solution by as much as an fp32 solve, so both run in fp64.
+        rhs = w.double() @ h.index_select(1, index).double() + lam * w_s.double()
+        restored = _solve(h_ss, lam, rhs, torch.float64)
     if restored is None:
         raise NumericalError(
             f"{name}: H[S, S] + λI is not positive definite (λ = {lam:.3g}); the kept inputs are "
@@ -87,17 +90,25 @@ def restore_consumer(
     )
 
 
-def condition_bound(system: torch.Tensor, lam: float) -> float:
+def condition_bound(h_ss: torch.Tensor, lam: float) -> float:
     """κ₂(H[S, S] + λI) ≤ ‖H[S, S] + λI‖_F / λ: the Frobenius norm bounds the largest
     eigenvalue and, H being positive semi-definite, λ the smallest. Costs |S|², not |S|³."""
     if lam <= 0:
         return float("inf")
-    return float(torch.linalg.vector_norm(system, dtype=torch.float64)) / lam
+    square = float(h_ss.double().square().sum())  # ‖H_SS + λI‖² = ‖H_SS‖² + 2λ tr H_SS + |S|λ²
+    trace = float(h_ss.diagonal().sum(dtype=torch.float64))
+    return (square + 2 * lam * trace + h_ss.shape[0] * lam**2) ** 0.5 / lam
 
 
-def _solve(system: torch.Tensor, rhs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """W' with W' · system = rhs by Cholesky in ``dtype``; None when not positive definite."""
-    factor, info = torch.linalg.cholesky_ex(system.to(dtype))
+def _solve(
+    h_ss: torch.Tensor, lam: float, rhs: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """W' with W' (H[S, S] + λI) = rhs by Cholesky in ``dtype`` (λ added in ``dtype``: below
+    fp32's resolution of H's diagonal only where the bound sends the solve to fp64 anyway);
+    None when the system is not positive definite."""
+    system = h_ss.to(dtype=dtype, copy=True)
+    system.diagonal().add_(lam)
+    factor, info = torch.linalg.cholesky_ex(system)
     if info.item() != 0:
         return None
     return torch.cholesky_solve(rhs.to(dtype).T, factor).T
