@@ -95,7 +95,8 @@ def condition_bound(h_ss: torch.Tensor, lam: float) -> float:
     eigenvalue and, H being positive semi-definite, λ the smallest. Costs |S|², not |S|³."""
     if lam <= 0:
         return float("inf")
-    square = float(h_ss.double().square().sum())  # ‖H_SS + λI‖² = ‖H_SS‖² + 2λ tr H_SS + |S|λ²
+    # ‖H_SS + λI‖² = ‖H_SS‖² + 2λ tr H_SS + |S|λ², without forming H_SS + λI
+    square = float(torch.linalg.vector_norm(h_ss, dtype=torch.float64)) ** 2
     trace = float(h_ss.diagonal().sum(dtype=torch.float64))
     return (square + 2 * lam * trace + h_ss.shape[0] * lam**2) ** 0.5 / lam
 
