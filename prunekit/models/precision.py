@@ -1,4 +1,10 @@
-"""True fp32 matmuls for the depth search's LM head, whatever the user chose for speed.
+"""Math modes for fp32 matmuls: full IEEE fp32 where it matters, the fast units where exact.
+
+Two uses. :func:`full_fp32_matmul` pins full fp32 for the depth search's LM head, whatever the
+user chose for speed (below). :func:`fp32_accumulated_matmul` does the opposite where it is
+safe: FASP's Gram products XᵀX of a bf16 model's activations run on the bf16 units (AMX on CPUs;
+TF32 tensor cores on CUDA, which also hold fp16 values exactly) with fp32 accumulation. Their
+inputs are already bf16 values, so nothing is rounded but the fp32 sums, as in IEEE fp32.
 
 The vocabulary-subset bound (nll_bound.py) stays below the exact NLL only if both are computed
 with fp32 arithmetic: its ``SLACK`` covers fp32 rounding (~1e-6 of a logit), not reduced-precision
