@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from prunekit.data.corpora import load_corpus
+from prunekit.data.token_cache import cached_tokens
 from prunekit.errors import DataError, SettingsError
 
 
@@ -21,12 +22,13 @@ def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _tokenized_corpus(tokenizer: Any, name: str) -> torch.Tensor:
-    return tokenize_text(tokenizer, load_corpus(name))
+    return cached_tokens(tokenizer, load_corpus(name), tokenize_text)
 
 
 def corpus_tokens(tokenizer: Any, name: str) -> torch.Tensor:
-    """Tokenized corpus, cached per (tokenizer, name) within a process: eval and calibration on
-    the same corpus, or several runs in one process, tokenize it once."""
+    """Tokenized corpus, cached per (tokenizer, name) within a process (eval and calibration on
+    the same corpus, or several runs in one process, tokenize it once) and on disk across
+    processes, keyed by the tokenizer's state and the text (``data.token_cache``)."""
     return _tokenized_corpus(tokenizer, name)
 
 

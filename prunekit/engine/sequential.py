@@ -25,6 +25,7 @@ from prunekit.errors import NumericalError
 from prunekit.models.adapters import BLOCK_KINDS, BlockKind
 from prunekit.models.lazy import EMBEDDINGS, REST
 from prunekit.models.loading import LoadedModel
+from prunekit.models.precision import fp32_accumulated_matmul
 from prunekit.progress import progress
 
 
@@ -33,11 +34,22 @@ class InputStatistics:
 
     Without ``gram``: ``sum`` and ``sum_sq`` (fp64) give means, variances and column norms.
     With ``gram``: only H = XᵀX (fp32), whose diagonal is ``sum_sq``; it costs as much as the
-    module's own matmul, so only least-squares restoration asks for it.
+    module's own matmul, so only least-squares restoration asks for it. Inputs in bf16 (fp16 on
+    CUDA) are multiplied on the low-precision units with fp32 accumulation (``precision.
+    fp32_accumulated_matmul``): their products are exact in either format, so H is as precise as
+    from an IEEE fp32 product, about 3× faster on an AMX CPU. ``fast_products=False`` forces
+    IEEE fp32 (the reference the tests compare against).
     """
 
-    def __init__(self, width: int, gram: bool, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        width: int,
+        gram: bool,
+        device: torch.device | str = "cpu",
+        fast_products: bool = True,
+    ):
         self.width = width
+        self.fast_products = fast_products
         self.count = 0
         self._gram = torch.zeros(width, width, device=device) if gram else None
         self._mirrored = True
@@ -49,10 +61,12 @@ class InputStatistics:
         x = inputs.reshape(-1, self.width).float()
         self.count += x.shape[0]
         if self._gram is not None:
-            # H is symmetric: only the blocks on and above the diagonal are accumulated
-            # (2/3 of the work at 3 blocks, ~1/2 for wide inputs); ``gram`` mirrors them.
-            for rows, cols in self._blocks:
-                self._gram[rows, cols].addmm_(x[:, rows].T, x[:, cols])
+            source = inputs.dtype if self.fast_products else torch.float32
+            with fp32_accumulated_matmul(source, x.device):
+                # H is symmetric: only the blocks on and above the diagonal are accumulated
+                # (2/3 of the work at 3 blocks, ~1/2 for wide inputs); ``gram`` mirrors them.
+                for rows, cols in self._blocks:
+                    self._gram[rows, cols].addmm_(x[:, rows].T, x[:, cols])
             self._mirrored = False
             return
         self.sum += x.sum(dim=0, dtype=torch.float64)

@@ -1,4 +1,10 @@
-"""True fp32 matmuls for the depth search's LM head, whatever the user chose for speed.
+"""Math modes for fp32 matmuls: full IEEE fp32 where it matters, the fast units where exact.
+
+Two uses. :func:`full_fp32_matmul` pins full fp32 for the depth search's LM head, whatever the
+user chose for speed (below). :func:`fp32_accumulated_matmul` does the opposite where it is
+safe: FASP's Gram products XᵀX of a bf16 model's activations run on the bf16 units (AMX on CPUs;
+TF32 tensor cores on CUDA, which also hold fp16 values exactly) with fp32 accumulation. Their
+inputs are already bf16 values, so nothing is rounded but the fp32 sums, as in IEEE fp32.
 
 The vocabulary-subset bound (nll_bound.py) stays below the exact NLL only if both are computed
 with fp32 arithmetic: its ``SLACK`` covers fp32 rounding (~1e-6 of a logit), not reduced-precision
@@ -18,6 +24,7 @@ could be read.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -123,3 +130,44 @@ def in_full_fp32(function: F) -> F:
             return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fast_nodes(source: torch.dtype, device: torch.device) -> dict[str, str] | None:
+    """The per-backend switch under which an fp32 matmul of exact ``source`` values keeps every
+    product exact and accumulates in fp32, or None where no such fast mode exists.
+
+    oneDNN's bf16 mode rounds fp32 inputs to bf16 (a no-op for bf16 values) and multiplies on
+    AMX / AVX512-BF16 with fp32 accumulation. CUDA's TF32 keeps 10 mantissa bits and 8 exponent
+    bits, so bf16 and fp16 values pass unchanged, and tensor cores accumulate in fp32.
+    """
+    if device.type == "cpu" and source == torch.bfloat16:
+        supported = torch.backends.mkldnn.is_available() and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        return {"mkldnn.matmul": "bf16"} if supported and _node("mkldnn.matmul") else None
+    if device.type == "cuda" and source in (torch.bfloat16, torch.float16):
+        return {"cuda.matmul": "tf32"} if _node("cuda.matmul") else None
+    return None
+
+
+def exact_input_settings(source: torch.dtype, device: torch.device) -> PrecisionSettings:
+    """Settings for fp32 matmuls whose inputs are exact ``source`` values: the fast mode of
+    :func:`_fast_nodes` where one exists (as exact as IEEE fp32 for such inputs, products and
+    fp32 sums alike), full IEEE fp32 otherwise (fp32 inputs, fp16 on a CPU)."""
+    fast = _fast_nodes(source, device)
+    if fast is None:
+        return FULL_FP32
+    return dataclasses.replace(FULL_FP32, nodes={**FULL_FP32.nodes, **fast})
+
+
+@contextmanager
+def fp32_accumulated_matmul(source: torch.dtype, device: torch.device) -> Iterator[None]:
+    """Inside: fp32 matmuls of tensors holding exact ``source`` values (upcast activations of a
+    bf16 model) run on the low-precision units with fp32 accumulation where that loses nothing,
+    in full IEEE fp32 otherwise. The caller's settings are restored on exit."""
+    saved = PrecisionSettings.current()
+    try:
+        exact_input_settings(source, device).apply()
+        yield
+    finally:
+        saved.apply()
