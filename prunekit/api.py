@@ -181,8 +181,6 @@ def prune(
 
 def streaming_refusal(method: Method) -> str | None:
     """Why ``method`` cannot run streamed (None when it can)."""
-    if method.family == "depth":
-        return "depth streaming is not implemented yet; run depth methods in memory"
     if not method.streams:
         return f"{method.name} cannot run streamed: {method.no_stream_reason}"
     return None
@@ -201,6 +199,7 @@ def prune_streamed(
     dtype: str = "auto",
     device: str | None = None,
     attn_implementation: str | None = None,
+    max_memory: int | None = None,
     **settings: Any,
 ) -> PruneResult:
     """Prune ``model`` (a spec with safetensors shards) one decoder layer at a time, exporting
@@ -211,12 +210,16 @@ def prune_streamed(
     is the exported model (the formats ``export_model`` writes; it appears only once complete);
     ``out`` the run directory (plan.json, report.json). The result's model is the skeleton on
     the meta device, in its pruned shapes: load ``save`` to use the pruned model.
+    ``max_memory`` (bytes): the memory budget; the depth search sizes its chunks of windows
+    from it (``engine/layer_major.py``).
     """
     chosen = get_method(method)
     refusal = streaming_refusal(chosen)
     if refusal:
         raise SettingsError(refusal)
     options = checked_settings(chosen, settings, out, overwrite)
+    if max_memory is not None:
+        options.options["max_memory"] = max_memory
     check_target(save, overwrite)
     check_inputs(options if "calib" in chosen.takes else None, None, None, None)
     device = device or default_device()

@@ -15,6 +15,7 @@ from prunekit.methods.depth.common import (
     resume_state,
     search_settings,
 )
+from prunekit.methods.depth.layer_major import check_streamable, is_streamed
 from prunekit.methods.depth.search import GROUP_BYTES, greedy_search
 from prunekit.methods.registry import (
     CALIBRATION,
@@ -44,13 +45,16 @@ def run_greedy(
     ``settings.options`` may set ``group_bytes`` and ``order`` (search.py): benchmarks use them to
     measure what settling the likely winner first saves when groups hold one candidate.
     """
+    streamed = is_streamed(loaded)
+    if streamed:
+        check_streamable(settings.criterion, naive)
     setup = prepare_units(loaded, settings, unit, protect)
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
     # The dtype is part of what decides the scores: a resumed search must use the same one.
     expected = search_settings(
         method, settings, unit=unit, protect_layers=protect, dtype=loaded.dtype_name
     )
-    state = resume_state(loaded, settings, method, expected)
+    state = resume_state(loaded, settings, method, expected, setup.identity)
     group_bytes = int(settings.options.get("group_bytes", GROUP_BYTES))
     order = str(settings.options.get("order", "ranked"))
     started = time.perf_counter()
@@ -63,10 +67,11 @@ def run_greedy(
         state=state,
         exhaustive=settings.exhaustive,
         naive=naive,
-        on_step=checkpointer(loaded, method, settings, expected),
+        on_step=checkpointer(loaded, method, settings, expected, setup.identity),
         desc=f"{method} search",
         group_bytes=group_bytes,
         order=order,
+        scorer=runner.score_step if streamed else None,
     )
     evals = sum(step.get("window_evals", 0) for step in state.trajectory)
     naive_evals = sum(step.get("naive_window_evals", 0) for step in state.trajectory)
@@ -85,7 +90,9 @@ def run_greedy(
             "order": order,
         },
     }
-    return finish(loaded, method, settings, expected, state, extra)
+    if streamed:
+        extra["search"]["streamed"] = runner.streaming_summary()
+    return finish(loaded, method, settings, expected, state, extra, setup.identity)
 
 
 def prune_blockpruner(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
@@ -109,6 +116,7 @@ register(
         "BlockPruner: greedy removal of attention/MLP blocks by calibration ppl (exact, fast)",
         prune_blockpruner,
         takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION,
+        streams=True,
     )
 )
 register(
@@ -118,6 +126,7 @@ register(
         "SLEB: greedy removal of whole layers by calibration ppl (first/last layer protected)",
         prune_sleb,
         takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION,
+        streams=True,
     )
 )
 register(
@@ -127,5 +136,6 @@ register(
         "layer-PPL: greedy removal of whole layers by calibration ppl (no protection)",
         prune_layer_ppl,
         takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION,
+        streams=True,
     )
 )
