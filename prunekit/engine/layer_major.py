@@ -144,9 +144,7 @@ class LayerMajorRunner:
         spawn: dict[int, list[Hashable]] = {}
         for key, skipped in branches.items():
             spawn.setdefault(min(position[b] for b in skipped), []).append(key)
-        trunk_needed_until = (
-            len(trunk_blocks) if keep_trunk or on_block else max(spawn, default=-1)
-        )
+        trunk_needed_until = len(trunk_blocks) if keep_trunk or on_block else max(spawn, default=-1)
         trunk = self.embed_windows(windows)
         live: dict[Hashable, list[torch.Tensor]] = {}
         self.passes += 1
@@ -182,6 +180,7 @@ class LayerMajorRunner:
         with self.residency.onloaded(REST, HEAD):
             yield
 
+    @torch.inference_mode()
     def final_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.adapter.final_hidden(self.model, hidden)
 

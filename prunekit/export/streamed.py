@@ -6,6 +6,10 @@ embedded, the rest (final norm, positions) and the LM head at the end. The tenso
 into a ``ShardWriter`` (at most one shard buffered) and the part is released, so the host never
 holds the pruned model. The config, tokenizer and shim are written at the end from the skeleton,
 which by then carries every layer's pruned shapes on the meta device (``write_beside_weights``).
+
+A depth-pruned model is written once its search is over (``write_depth_pruned``): each surviving
+layer onloaded from the input shards and written under its new number, removed blocks left out;
+the surgery then reshapes the skeleton, so the config describes what was written.
 """
 
 from __future__ import annotations

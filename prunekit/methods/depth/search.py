@@ -263,7 +263,14 @@ class Target:
 ScoreFn = Callable[..., StepScores]
 # (active, candidates, criterion, exhaustive, previous ranking, listener) -> the step's scores.
 StepScorer = Callable[
-    [Sequence[BlockRef], Sequence[Candidate], Criterion, bool, Sequence[Candidate], Listener | None],
+    [
+        Sequence[BlockRef],
+        Sequence[Candidate],
+        Criterion,
+        bool,
+        Sequence[Candidate],
+        Listener | None,
+    ],
     StepScores,
 ]
 
