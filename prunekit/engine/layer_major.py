@@ -144,14 +144,17 @@ class LayerMajorRunner:
         spawn: dict[int, list[Hashable]] = {}
         for key, skipped in branches.items():
             spawn.setdefault(min(position[b] for b in skipped), []).append(key)
-        trunk_needed_until = len(trunk_blocks) if keep_trunk or on_block else max(spawn, default=-1)
+        last_spawn = max(spawn, default=-1)
+        # The trunk runs up to the last branch's spawn (the state before it), or to the end.
+        trunk_needed_until = len(trunk_blocks) if keep_trunk or on_block else last_spawn
         trunk = self.embed_windows(windows)
         live: dict[Hashable, list[torch.Tensor]] = {}
         self.passes += 1
         for layer_index, blocks in groupby(trunk_blocks, key=lambda b: b.layer):
             blocks = list(blocks)
-            if position[blocks[0]] >= trunk_needed_until and not live:
-                break
+            first = position[blocks[0]]
+            if not live and first > last_spawn and first >= trunk_needed_until:
+                break  # no branch left to run or to spawn, and the trunk is not needed
             with self.residency.onloaded(layer_index):
                 for block in blocks:
                     at = position[block]
