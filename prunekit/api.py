@@ -327,8 +327,6 @@ def prune(
 
 def streaming_refusal(method: Method) -> str | None:
     """Why ``method`` cannot run streamed (None when it can)."""
-    if method.family == "depth":
-        return "depth streaming is not implemented yet; run depth methods in memory"
     if not method.streams:
         return f"{method.name} cannot run streamed: {method.no_stream_reason}"
     return None
@@ -439,8 +437,9 @@ def prune_streamed(
     the meta device, in its pruned shapes: load ``save`` to use the pruned model.
 
     ``budget``: refused in one line, before any weight is read, when even this run cannot fit;
-    it sizes the output shards and the row slices of the big tensors. ``offload_activations``
-    as for ``prune``. report.json's ``memory`` records the prediction and the measured peaks.
+    it sizes the output shards, the row slices of the big tensors and the depth search's chunks
+    of calibration windows (``engine/layer_major.py``). ``offload_activations`` as for
+    ``prune``. report.json's ``memory`` records the prediction and the measured peaks.
     """
     chosen = get_method(method)
     refusal = streaming_refusal(chosen)
@@ -451,6 +450,8 @@ def prune_streamed(
     check_inputs(options if "calib" in chosen.takes else None, None, None, None)
     device = device or default_device()
     budget = budget or MemoryBudget()
+    if budget.compute_limit(device) is not None:  # the depth search's chunks of windows
+        options.options["max_memory"] = budget.compute_limit(device)
     choice = choose_mode(
         model,
         chosen,

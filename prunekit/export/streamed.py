@@ -6,17 +6,25 @@ embedded, the rest (final norm, positions) and the LM head at the end. The tenso
 into a ``ShardWriter`` (at most one shard buffered) and the part is released, so the host never
 holds the pruned model. The config, tokenizer and shim are written at the end from the skeleton,
 which by then carries every layer's pruned shapes on the meta device (``write_beside_weights``).
+
+A depth-pruned model is written once its search is over (``write_depth_pruned``): each surviving
+layer onloaded from the input shards and written under its new number, removed blocks left out;
+the surgery then reshapes the skeleton, so the config describes what was written.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from torch import nn
 
+from prunekit.engine.residency import Streamed
+from prunekit.errors import ExportError
 from prunekit.export.formats import tensor_shapes
 from prunekit.export.shards import ShardWriter
-from prunekit.models.lazy import LazyModel, Part
+from prunekit.models.adapters import BLOCK_KINDS, BlockRef
+from prunekit.models.lazy import EMBEDDINGS, LazyModel, Part
 
 
 class PartWriter:
@@ -66,6 +74,45 @@ class PartWriter:
             if name in self.saved_names and name not in self.written
         ]
 
+    def write_layer(self, part: int, new_index: int, layer: nn.Module, skip: set[str]) -> None:
+        """Layer ``part``'s tensors under the name of layer ``new_index``, leaving out those of
+        the child modules in ``skip`` (a depth-pruned model's removed blocks)."""
+        parent = self.layer_prefix[part].rpartition(".")[0]
+        for name, tensor in layer.state_dict().items():
+            if name.split(".", 1)[0] not in skip:
+                self.writer.add(f"{parent}.{new_index}.{name}", tensor)
+
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, candidate in model.named_modules() if candidate is module)
+
+
+def write_depth_pruned(residency: Streamed, removed: Iterable[BlockRef]) -> list[int]:
+    """Write a depth-pruned streamed model's embeddings and surviving layers; returns the original
+    indices of the layers written.
+
+    The rule is the surgery's (``surgery/depth.remove_blocks``): a layer with no block left is not
+    written, the others are renumbered in order, and a removed block's modules (its norm
+    included) are left out, so the names are the ones the in-memory pruned model saves. The
+    final norm and the LM head follow at the end (``Streamed.finish_outside_layers``).
+    """
+    lazy, sink = residency.lazy, residency.sink
+    if not isinstance(sink, PartWriter):
+        raise ExportError("a depth-pruned streamed model needs the export's PartWriter sink")
+    adapter = lazy.adapter
+    gone: dict[int, set[str]] = {}
+    for block in removed:
+        gone.setdefault(block.layer, set()).add(block.kind)
+    with residency.onloaded(EMBEDDINGS):
+        residency.finished(EMBEDDINGS, lazy.module(EMBEDDINGS))
+    kept: list[int] = []
+    for index, layer in enumerate(adapter.layers(lazy.model)):
+        kinds = [k for k in BLOCK_KINDS if adapter.has_block(layer, k)]
+        dropped = gone.get(index, set())
+        if not [k for k in kinds if k not in dropped]:
+            continue
+        skip = {name for kind in dropped for name in adapter.block_module_names(kind)}
+        with residency.onloaded(index):
+            sink.write_layer(index, len(kept), layer, skip)
+        kept.append(index)
+    return kept

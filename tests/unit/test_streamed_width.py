@@ -214,26 +214,6 @@ def test_cli_stream_needs_save(tmp_path):
     assert len(lines) == 1 and "--stream needs --save" in lines[0], done.stderr
 
 
-def test_cli_stream_refuses_depth_methods(tmp_path):
-    source = save_small_shards("llama", tmp_path / "dense")
-    done = run_cli(
-        "prune",
-        "--method",
-        "blockpruner",
-        "--model",
-        str(source),
-        "--blocks",
-        "1",
-        "--stream",
-        "--save",
-        str(tmp_path / "out"),
-    )
-    assert done.returncode != 0
-    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "depth streaming is not implemented yet" in lines[0], done.stderr
-    assert not (tmp_path / "out").exists()
-
-
 def test_cli_stream_prunes_and_saves(tmp_path):
     source = save_small_shards("llama", tmp_path / "dense")
     done = run_cli(

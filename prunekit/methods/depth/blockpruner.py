@@ -16,6 +16,7 @@ from prunekit.methods.depth.common import (
     resume_state,
     search_settings,
 )
+from prunekit.methods.depth.layer_major import check_streamable, is_streamed
 from prunekit.methods.depth.search import GROUP_BYTES, greedy_search
 from prunekit.methods.registry import (
     CALIBRATION,
@@ -60,6 +61,9 @@ def run_greedy(
     measure what settling the likely winner first saves when groups hold one candidate; and
     ``windows`` (common.half_windows): the held-out check searches on half the calibration.
     """
+    streamed = is_streamed(loaded)
+    if streamed:
+        check_streamable(settings.criterion, naive)
     setup = prepare_units(loaded, settings, unit, protect, settings.criterion, overlapping=True)
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
     # The dtype is part of what decides the scores: a resumed search must use the same one.
@@ -68,7 +72,7 @@ def run_greedy(
     )
     if "windows" in settings.options:  # a half of the calibration (the held-out check)
         expected["windows"] = settings.options["windows"]
-    state = resume_state(loaded, settings, method, expected)
+    state = resume_state(loaded, settings, method, expected, setup.identity)
     group_bytes = int(settings.options.get("group_bytes", GROUP_BYTES))
     order = str(settings.options.get("order", "ranked"))
     started = time.perf_counter()
@@ -81,10 +85,11 @@ def run_greedy(
         state=state,
         exhaustive=settings.exhaustive,
         naive=naive,
-        on_step=checkpointer(loaded, method, settings, expected),
+        on_step=checkpointer(loaded, method, settings, expected, setup.identity),
         desc=f"{method} search",
         group_bytes=group_bytes,
         order=order,
+        scorer=runner.score_step if streamed else None,
     )
     evals = sum(step.get("window_evals", 0) for step in state.trajectory)
     naive_evals = sum(step.get("naive_window_evals", 0) for step in state.trajectory)
@@ -103,7 +108,9 @@ def run_greedy(
             "order": order,
         },
     }
-    return finish(loaded, method, settings, expected, state, extra)
+    if streamed:
+        extra["search"]["streamed"] = runner.streaming_summary()
+    return finish(loaded, method, settings, expected, state, extra, setup.identity)
 
 
 def prune_blockpruner(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
@@ -130,6 +137,7 @@ register(
         "blocks+layers) by calibration ppl or KL from the dense model (exact, fast)",
         prune_blockpruner,
         takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION,
+        streams=True,
     )
 )
 register(
@@ -139,6 +147,7 @@ register(
         "SLEB: greedy removal of whole layers by calibration ppl (first/last layer protected)",
         prune_sleb,
         takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION,
+        streams=True,
     )
 )
 register(
@@ -148,5 +157,6 @@ register(
         "layer-PPL: greedy removal of whole layers by calibration ppl (no protection)",
         prune_layer_ppl,
         takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION,
+        streams=True,
     )
 )

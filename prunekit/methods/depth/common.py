@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 
 from prunekit.errors import PlanError, SettingsError
+from prunekit.export.streamed import write_depth_pruned
 from prunekit.methods.depth.calibration import BlockRunner, Candidate, settings_windows
 from prunekit.methods.depth.criteria import make_runner
+from prunekit.methods.depth.layer_major import StreamedDepthRunner, is_streamed, streamed_identity
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
@@ -85,10 +87,13 @@ def make_target(settings: PruneSettings, total_params: int) -> Target:
 class DepthSetup:
     """What every depth method starts from: the calibration runner, its units and the target."""
 
-    runner: BlockRunner
+    runner: BlockRunner | StreamedDepthRunner
     units: list[Candidate]
     params: dict[Candidate, int]
     target: Target
+    # A streamed model's identity, read once with the fingerprinted parts onloaded (a skeleton
+    # on meta has no weights to fingerprint); None: ``loaded.identity()`` when needed.
+    identity: dict | None = None
 
 
 def prepare_units(
@@ -113,7 +118,12 @@ def prepare_units(
         )
     target = make_target(settings, count_parameters(loaded.model))
     windows = half_windows(settings_windows(loaded, settings), settings.options.get("windows"))
-    runner = make_runner(loaded, windows, criterion)
+    identity = None
+    if is_streamed(loaded):  # the criteria that stream are checked by the caller
+        runner = StreamedDepthRunner(loaded, windows, settings.options.get("max_memory"))
+        identity = streamed_identity(loaded)
+    else:
+        runner = make_runner(loaded, windows, criterion)
     protected = protected_layers(protect, len(runner.layers))
     if unit == "block":
         units = block_units(runner, settings.candidates or DEFAULT_CANDIDATES, protected)
@@ -126,7 +136,7 @@ def prepare_units(
         target.check_feasible(list(unit_parameters(runner, distinct_blocks).values()), unit)
     else:
         target.check_feasible(list(params.values()), unit)
-    return DepthSetup(runner, units, params, target)
+    return DepthSetup(runner, units, params, target, identity)
 
 
 HALVES = ("first-half", "second-half")
@@ -164,7 +174,11 @@ def partial_plan_path(settings: PruneSettings) -> Path | None:
 
 
 def resume_state(
-    loaded: LoadedModel, settings: PruneSettings, method: str, expected: dict
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    method: str,
+    expected: dict,
+    identity: dict | None = None,
 ) -> SearchState | None:
     """The state saved by an interrupted search, checked against this model and settings."""
     if not settings.resume:
@@ -175,7 +189,7 @@ def resume_state(
     if not path.is_file():
         raise PlanError(f"nothing to resume: {path} does not exist")
     plan = PruningPlan.load(path)
-    plan.check_model(loaded.identity())
+    plan.check_model(identity or loaded.identity())
     check_same_dtype(path, plan.settings.get("dtype"), expected.get("dtype"))
     if plan.method != method or plan.settings != json.loads(json.dumps(expected)):
         diff = sorted(
@@ -205,10 +219,11 @@ def build_plan(
     state: SearchState,
     extra: dict,
     complete: bool,
+    identity: dict | None = None,
 ) -> PruningPlan:
     return PruningPlan(
         method=method,
-        model=loaded.identity(),
+        model=identity or loaded.identity(),
         settings=settings,
         removed_blocks=[str(b) for unit in state.removed for b in unit],
         trajectory=state.trajectory,
@@ -217,13 +232,19 @@ def build_plan(
     )
 
 
-def checkpointer(loaded: LoadedModel, method: str, settings: PruneSettings, expected: dict):
+def checkpointer(
+    loaded: LoadedModel,
+    method: str,
+    settings: PruneSettings,
+    expected: dict,
+    identity: dict | None = None,
+):
     """A callback that saves the partial plan after every step (when there is a run dir)."""
     path = partial_plan_path(settings)
 
     def save(state: SearchState) -> None:
         if path is not None:
-            build_plan(loaded, method, expected, state, {}, complete=False).save(path)
+            build_plan(loaded, method, expected, state, {}, False, identity).save(path)
 
     return save
 
@@ -259,14 +280,22 @@ def finish(
     expected: dict,
     state: SearchState,
     extra: dict,
+    identity: dict | None = None,
 ) -> PruningPlan:
-    """Prune ``loaded.model`` in place, write plots and the final plan checkpoint, return it."""
+    """Prune ``loaded.model`` in place, write plots and the final plan checkpoint, return it.
+
+    A streamed model's surviving layers are written to the export first (from the shards, under
+    their new numbers); the surgery then shapes its skeleton like the in-memory pruned model."""
     num_layers = loaded.adapter.num_layers(loaded.model)
     params_before = count_parameters(loaded.model)
-    plan = build_plan(loaded, method, expected, state, extra, complete=True)
-    surgery = remove_blocks(loaded, [b for unit in state.removed for b in unit])
+    plan = build_plan(loaded, method, expected, state, extra, True, identity)
+    removed = [b for unit in state.removed for b in unit]
+    written = write_depth_pruned(loaded.residency, removed) if is_streamed(loaded) else None
+    surgery = remove_blocks(loaded, removed)
     if count_parameters(loaded.model) != params_before - surgery.removed_parameters:
         raise RuntimeError("depth surgery removed a different parameter count than planned")
+    if written is not None and written != surgery.kept_layers:
+        raise RuntimeError("the streamed export wrote other layers than the surgery kept")
     plan.extra["kept_layers"] = surgery.kept_layers
     plan.extra["layer_blocks"] = surgery.layer_blocks
     plan.extra["num_layers_before"] = num_layers

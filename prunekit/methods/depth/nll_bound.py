@@ -108,9 +108,19 @@ def predicted_rows(
     (the dense model's), in vocabulary order so the subset is deterministic."""
     mass = torch.zeros(head.vocab_size, dtype=torch.float64, device=head.weight.device)
     for final in final_hiddens:
-        probs = torch.softmax(head.logits(final[0, skip_first:-1]), dim=-1)
-        mass += probs.sum(dim=0, dtype=torch.float64)
+        add_predicted_mass(mass, head, final, skip_first)
     return torch.topk(mass, size).indices.sort().values
+
+
+@torch.inference_mode()
+@in_full_fp32
+def add_predicted_mass(
+    mass: torch.Tensor, head: Fp32Head, final_hidden: torch.Tensor, skip_first: int
+) -> None:
+    """Add one window's predicted probabilities, summed over positions, to ``mass`` (in place;
+    the streamed search accumulates chunk by chunk what ``predicted_rows`` sums at once)."""
+    probs = torch.softmax(head.logits(final_hidden[0, skip_first:-1]), dim=-1)
+    mass += probs.sum(dim=0, dtype=torch.float64)
 
 
 def build_bound(

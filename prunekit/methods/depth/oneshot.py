@@ -23,6 +23,7 @@ from prunekit.methods.depth.common import (
     prepare_units,
     search_settings,
 )
+from prunekit.methods.depth.layer_major import is_streamed
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import (
     CALIBRATION,
@@ -111,7 +112,10 @@ def run_one_shot(
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
     total = target.total_params
     started = time.perf_counter()
-    scores = unit_scores(runner, units, token_score)
+    if is_streamed(loaded):
+        scores = runner.unit_scores(units, token_score)
+    else:
+        scores = unit_scores(runner, units, token_score)
     removed = lowest_until(scores, params, target)
     seconds = time.perf_counter() - started
     state = SearchState(removed, one_shot_trajectory(runner, removed, params, total))
@@ -120,8 +124,10 @@ def run_one_shot(
         "scores": {label(u): scores[u] for u in sorted(scores, key=lambda u: (scores[u], u))},
         "search": {"seconds": seconds, "calib_tokens": runner.tokens},
     }
+    if is_streamed(loaded):
+        extra["search"]["streamed"] = runner.streaming_summary()
     expected = search_settings(method, settings, unit=unit, angular=settings.angular)
-    return finish(loaded, method, settings, expected, state, extra)
+    return finish(loaded, method, settings, expected, state, extra, setup.identity)
 
 
 def prune_shortgpt(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
@@ -163,4 +169,8 @@ for _name, _summary, _fn, _takes in (
         ("angular", *DEPTH_BLOCK_UNITS),
     ),
 ):
-    register(Method(_name, "depth", _summary, _fn, takes=DEPTH_TARGET + _takes + CALIBRATION))
+    register(
+        Method(
+            _name, "depth", _summary, _fn, takes=DEPTH_TARGET + _takes + CALIBRATION, streams=True
+        )
+    )

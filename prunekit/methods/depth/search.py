@@ -262,6 +262,18 @@ class Target:
 
 
 ScoreFn = Callable[..., StepScores]
+# (active, candidates, criterion, exhaustive, previous ranking, listener) -> the step's scores.
+StepScorer = Callable[
+    [
+        Sequence[BlockRef],
+        Sequence[Candidate],
+        Criterion,
+        bool,
+        Sequence[Candidate],
+        Listener | None,
+    ],
+    StepScores,
+]
 
 
 @dataclass
@@ -285,8 +297,12 @@ def greedy_search(
     desc: str | None = "depth search",
     group_bytes: int = GROUP_BYTES,
     order: str = "ranked",
+    scorer: StepScorer | None = None,
 ) -> SearchState:
     """Remove units greedily until ``target`` is reached; ``state`` continues an earlier run.
+
+    ``scorer`` replaces :func:`score_step` (the streamed search's layer-major step,
+    methods/depth/layer_major.py); it must return the same argmin.
 
     After each step ``on_step`` gets the state (to checkpoint it). Each trajectory entry
     records the removed unit, the calibration ppl and ratio_total after it, and the work done.
@@ -328,7 +344,10 @@ def greedy_search(
             )
             listener = candidate_listener(step_bar, runner.tokens)
             try:
-                if naive:
+                if scorer is not None:
+                    previous = previous_ranking(state, units)
+                    scores = scorer(active, candidates, criterion, exhaustive, previous, listener)
+                elif naive:
                     scores = score_step_naive(runner, active, candidates, criterion, listener)
                 else:
                     previous = previous_ranking(state, units)

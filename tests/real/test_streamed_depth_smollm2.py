@@ -1,0 +1,43 @@
+"""Depth methods streamed on the real SmolLM2-135M: the same removals as in memory, and the
+streamed export reloads to the in-memory pruned model."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from prunekit.api import prune, prune_streamed
+from prunekit.export.load import load_pruned
+
+pytestmark = pytest.mark.real
+
+# Tiny calibration: the point is equality of the two paths, not a good pruning.
+SETTINGS = dict(blocks=2, calib="c4", n_samples=2, seqlen=32, seed=0)
+
+
+@pytest.mark.parametrize("max_memory", [None, 1])  # one chunk; one window per chunk
+def test_streamed_blockpruner_equals_in_memory(smollm2_fp32, data_dir, tmp_path, max_memory):
+    loaded = dataclasses.replace(smollm2_fp32, model=copy.deepcopy(smollm2_fp32.model))
+    memory = prune(loaded, "blockpruner", **SETTINGS)
+    streamed = prune_streamed(
+        "smollm2-135m",
+        "blockpruner",
+        save=tmp_path / "pruned",
+        dtype="fp32",
+        device="cpu",
+        max_memory=max_memory,
+        **SETTINGS,
+    )
+    assert streamed.plan.removed_blocks == memory.plan.removed_blocks
+    assert [s["calib_nll"] for s in streamed.plan.trajectory] == [
+        s["calib_nll"] for s in memory.plan.trajectory
+    ]
+    reloaded = load_pruned(tmp_path / "pruned", dtype="fp32", device="cpu")
+    ids = loaded.tokenizer("The capital of France is Paris.", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        expected = memory.model(ids).logits
+        got = reloaded.model(ids).logits
+    assert torch.equal(got, expected)
