@@ -451,7 +451,7 @@ def prune_streamed(
     device = device or default_device()
     budget = budget or MemoryBudget()
     if budget.compute_limit(device) is not None:  # the depth search's chunks of windows
-        options.options["max_memory"] = budget.compute_limit(device)
+        options.options.setdefault("max_memory", budget.compute_limit(device))
     choice = choose_mode(
         model,
         chosen,

@@ -357,7 +357,7 @@ def _depth_terms(
     s: ModelShapes, settings: MemorySettings, b: int, compute: str
 ) -> list[MemoryTerm]:
     if settings.streamed:
-        raise SettingsError("depth streaming is not implemented yet: plan it in memory")
+        return _streamed_depth_terms(s, settings, b, compute)
     tokens = settings.n_samples * settings.seqlen
     state = tokens * s.hidden_size * b
     logits = settings.batch_size * settings.seqlen * s.vocab_size * 4
@@ -366,6 +366,35 @@ def _depth_terms(
         MemoryTerm("calibration states", 2 * state, compute, ALWAYS, "cached in and out"),
         MemoryTerm("logits (one batch, fp32)", logits, compute, "search", "LM head output"),
         MemoryTerm("layer kwargs", _kwargs_bytes(s, settings, b), compute, ALWAYS, "rotary, mask"),
+    ]
+
+
+def _streamed_depth_terms(
+    s: ModelShapes, settings: MemorySettings, b: int, compute: str
+) -> list[MemoryTerm]:
+    """The layer-major depth search (engine/layer_major.py) at its smallest chunk, one window:
+    the chunk grows into whatever a budget leaves (1 GiB of states without one), so this is
+    what a budget must at least allow. Branches: one per candidate block, plus the trunk."""
+    window = settings.seqlen * s.hidden_size * b
+    branches = 2 * s.num_layers + 2
+    head = s.vocab_size * s.hidden_size * (b + (4 if b < 4 else 0))  # + its fp32 copy
+    logits = 3 * 128 * s.vocab_size * 4
+    widest = max(s.hidden_size, s.intermediate_size, 4 * s.hidden_size)
+    shard = min(settings.max_shard_size, s.total_params * b)
+    return [
+        MemoryTerm(
+            "fingerprint samples",
+            _fingerprint_samples(s) * FINGERPRINT_BYTES_PER_SAMPLE,
+            "host",
+            "start",
+            "≤2^18 values per tensor",
+        ),
+        MemoryTerm("weights (one layer)", s.layer_params * b, compute, "search", "from the shards"),
+        MemoryTerm("LM head (+ fp32 copy)", head, compute, "search", "once per chunk"),
+        MemoryTerm("calibration states", branches * window, compute, "search", "≥ 1 window/branch"),
+        MemoryTerm("activations", 16 * settings.seqlen * widest + logits, compute, "search", ""),
+        MemoryTerm("layer kwargs", _kwargs_bytes(s, settings, b), compute, ALWAYS, "rotary, mask"),
+        MemoryTerm("shard buffer", 2 * shard, "host", "export", "one output shard + a tensor"),
     ]
 
 

@@ -28,7 +28,7 @@ def test_streamed_blockpruner_equals_in_memory(smollm2_fp32, data_dir, tmp_path,
         save=tmp_path / "pruned",
         dtype="fp32",
         device="cpu",
-        max_memory=max_memory,
+        options={} if max_memory is None else {"max_memory": max_memory},
         **SETTINGS,
     )
     assert streamed.plan.removed_blocks == memory.plan.removed_blocks

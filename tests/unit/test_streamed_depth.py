@@ -112,7 +112,7 @@ def run_both(family: str, tmp_path: Path, method: str, max_memory: int | None, *
         out=tmp_path / "run",
         dtype="fp32",
         device="cpu",
-        max_memory=max_memory,
+        options={} if max_memory is None else {"max_memory": max_memory},
         **settings,
     )
     return memory, streamed
@@ -262,6 +262,7 @@ MEASURE = textwrap.dedent(
     import json, sys, threading, time
     import torch
     import prunekit.api as api
+    from prunekit.memory import MemoryBudget
     from prunekit.models.loading import load_model
     from tests.unit.memory_probe import PeakSampler, rss_anon_bytes
 
@@ -284,7 +285,8 @@ MEASURE = textwrap.dedent(
     with PeakSampler() as sampler:
         if mode == "streamed":
             result = api.prune_streamed(source, "blockpruner", save=save, dtype="fp32",
-                                        device="cpu", max_shard_size="16MB", max_memory=budget,
+                                        device="cpu", max_shard_size="16MB",
+                                        budget=MemoryBudget(host=budget),
                                         **settings)
         else:
             result = api.prune(load_model(source, dtype="fp32", device="cpu"), "blockpruner",

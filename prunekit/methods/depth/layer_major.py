@@ -41,7 +41,6 @@ from prunekit.methods.depth.nll_bound import (
     subset_size,
 )
 from prunekit.methods.depth.search import Criterion, Listener, StepScores, label
-from prunekit.methods.width.common import fingerprint_parts
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import LoadedModel
 
@@ -60,9 +59,9 @@ def is_streamed(loaded: LoadedModel) -> bool:
 
 
 def streamed_identity(loaded: LoadedModel) -> dict:
-    """``loaded.identity()`` with the parts its fingerprint reads onloaded (once per run)."""
-    with loaded.residency.onloaded(*fingerprint_parts(loaded)):
-        return loaded.identity()
+    """``loaded.identity()``, its weight fingerprint read from the shards in row slices (never a
+    whole part resident; the same fingerprint as the model in memory)."""
+    return loaded.residency.identity(loaded)
 
 
 def check_streamable(criterion: str, naive: bool) -> None:
@@ -100,6 +99,11 @@ class StreamedDepthRunner(LayerMajorRunner):
         }
 
     # ---- NLL of whole models -------------------------------------------------------------------
+    def reported_nll(self, active: Sequence[BlockRef], loss: float) -> float:
+        """The calibration NLL of the model running ``active``: the search loss itself (only the
+        NLL criteria stream, see ``check_streamable``)."""
+        return loss
+
     def model_nll(self, active: Sequence[BlockRef]) -> list[float]:
         """Per-window NLL of the model that runs only ``active`` (BlockRunner.model_nll)."""
         nll: list[float] = []
