@@ -2,8 +2,10 @@
 
     PRUNEKIT_DATA_DIR=../shared/data python bench/gguf_speed.py [--runs 5] [--depth-run DIR] ...
 
-Prunes SmolLM2-135M to ~20 % ratio_total with BlockPruner, FASP and FASP --multiple-of 64 (or
-replays given run directories), exports dense and pruned models to GGUF in bf16 and q8_0, loads
+Prunes SmolLM2-135M to ~20 % ratio_total with FASP and FASP --multiple-of 64, and replays the
+BlockPruner (ppl-per-param) result of docs/results/depth.md (ratio_total 0.2171; its search takes
+10+ minutes; --depth-run/--width-run/--m64-run replay run directories instead), exports dense
+and pruned models to GGUF in bf16 and q8_0, loads
 them all into llama.cpp (llama-cpp-python, 2 threads) in one process and times them interleaved
 run by run: prefill (one batch of --prefill tokens) and decode (--new-tokens tokens one at a
 time after a 32-token prompt, through the KV cache). Medians over --runs after one warm-up.
@@ -28,13 +30,19 @@ from prunekit.api import prune
 from prunekit.data import corpus_tokens
 from prunekit.export.from_run import read_run
 from prunekit.export.gguf import export_gguf
-from prunekit.models.loading import load_model
+from prunekit.models.loading import count_parameters, load_model
+from prunekit.plan import PruningPlan
 from prunekit.surgery import apply_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 GGUF_START = "<!-- gguf-speed:start (bench/gguf_speed.py rewrites this section) -->"
 GGUF_END = "<!-- gguf-speed:end -->"
 TYPES = ("bf16", "q8_0")
+# BlockPruner (ppl-per-param) at ratio_total 0.2: the removed blocks of docs/results/depth.md.
+DEPTH_BLOCKS = (
+    "6.attn,7.attn,5.attn,29.attn,26.attn,17.mlp,18.attn,27.mlp,18.mlp,19.attn,16.mlp,17.attn,"
+    "5.mlp,4.mlp,13.mlp,14.attn,14.mlp"
+)
 VARIANTS = [
     ("blockpruner", "blockpruner", {}),
     ("fasp", "fasp", {}),
@@ -50,6 +58,15 @@ def pruned_model(name: str, method: str, extra: dict, run_dir: Path | None, args
         apply_plan(loaded, plan, run_dir)
         return loaded, {"run": run_dir.name, "ratio_total": report["params"]["ratio_total"]}
     loaded = load_model("smollm2-135m", dtype="fp32", device="cpu")
+    if method == "blockpruner":
+        before = count_parameters(loaded.model)
+        blocks = args.depth_blocks.split(",")
+        apply_plan(loaded, PruningPlan(method, loaded.identity(), removed_blocks=blocks))
+        ratio = 1 - count_parameters(loaded.model) / before
+        return loaded, {
+            "settings": {"removed_blocks": "docs/results/depth.md"},
+            "ratio_total": ratio,
+        }
     started = time.perf_counter()
     result = prune(
         loaded,
@@ -161,6 +178,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--depth-blocks", default=DEPTH_BLOCKS, help="BlockPruner blocks to remove."
+    )
     parser.add_argument("--depth-run", type=Path, help="BlockPruner run directory to replay.")
     parser.add_argument("--width-run", type=Path, help="FASP run directory to replay.")
     parser.add_argument("--m64-run", type=Path, help="FASP --multiple-of 64 run to replay.")

@@ -126,7 +126,7 @@ def write_gguf(loaded: LoadedModel, path: Path, layout: GgufLayout, gguf_type: s
     model = loaded.model
     rows = model.get_input_embeddings().weight.shape[0]
     writer = gguf.GGUFWriter(path, layout.arch)
-    writer.add_name(getattr(model.config, "_name_or_path", "") or Path(loaded.spec).name)
+    writer.add_name(f"{Path(loaded.spec).name} (pruned by prunekit)")
     writer.add_file_type(int(FILE_TYPES[gguf_type]))
     if gguf_type == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
