@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install compat demo test test-unit test-real lint fmt bench clean
+.PHONY: install compat llama-cpp demo test test-unit test-real lint fmt bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,30 @@ install: $(VENV)/.installed
 compat: install
 	$(PY) tests/unit/compat_helpers.py
 
+# llama.cpp for the GGUF export tests: llama-cpp-python ships only a source distribution, so its
+# wheel is built once (~7 min on 2 cores) into $(WHEELS) and reused. Generic AVX2, no native
+# build: the native one (AVX512/AMX here) segfaults in llama_decode; multimodal and tools off.
+LLAMA_CPP_VERSION := 0.3.36
+WHEELS ?= $(HOME)/.cache/prunekit/wheels
+LLAMA_CPP_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
+
+$(LLAMA_CPP_WHEEL): | $(VENV)/.installed
+	rm -rf $(WHEELS)/.build && mkdir -p $(WHEELS)/.build
+	CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" \
+		$(PIP) wheel --no-deps -w $(WHEELS)/.build llama-cpp-python==$(LLAMA_CPP_VERSION)
+	mv $(WHEELS)/.build/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl $(WHEELS)/
+	rm -rf $(WHEELS)/.build
+
+# The `gguf` test extra, with llama-cpp-python taken from the cached wheel only.
+$(VENV)/.llama-cpp: $(VENV)/.installed $(LLAMA_CPP_WHEEL)
+	$(PIP) install -q --find-links $(WHEELS) --only-binary llama-cpp-python -e ".[gguf]" "$(TORCH_SPEC)"
+	touch $@
+
+llama-cpp: $(VENV)/.llama-cpp
+
 # The main job on the embedded model: BlockPruner (loss per parameter removed, a few steps on a
 # CPU) to ~10 % fewer parameters, then dense vs pruned WikiText-2 perplexity.
 demo: install
@@ -41,13 +65,13 @@ fmt: install
 	$(VENV)/bin/ruff format prunekit tests bench
 	$(VENV)/bin/ruff check --fix prunekit tests bench
 
-test: lint compat
+test: lint compat llama-cpp
 	$(PY) -m pytest -q --durations=15
 
-test-unit: install compat
+test-unit: install compat llama-cpp
 	$(PY) -m pytest -q -m "not real"
 
-test-real: install
+test-real: install llama-cpp
 	$(PY) -m pytest -q -m real
 
 clean:

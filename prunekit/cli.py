@@ -468,6 +468,10 @@ def prune_command(
         None, help="Also export the pruned model to this directory (as `prunekit export`)."
     ),
     save_format: str = typer.Option("auto", help="--save format: auto, hf or prunekit."),
+    save_gguf: Path = typer.Option(
+        None, help="Also export the pruned model to this .gguf file (llama.cpp, ollama)."
+    ),
+    gguf_type: str = typer.Option("f16", help="GGUF matrix type: f32, f16, bf16 or q8_0."),
     stream: bool = typer.Option(
         False,
         "--stream",
@@ -517,6 +521,8 @@ def prune_command(
         from prunekit.export.save import check_target
 
         check_target(save, overwrite)  # fail before the search, not after it
+    if save_gguf:
+        _check_save_gguf(save_gguf, gguf_type, overwrite, stream)
     if stream:
         _prune_streamed(
             model,
@@ -572,6 +578,36 @@ def prune_command(
             overwrite=overwrite,
         )
         console.print(f"model saved: {saved.path} ({saved.format} format, {saved.dtype})")
+    if save_gguf:
+        from prunekit.export.gguf import export_gguf
+
+        gguf = export_gguf(
+            result.loaded,
+            save_gguf,
+            gguf_type=gguf_type,
+            plan=result.plan,
+            report=result.report,
+            overwrite=overwrite,
+        )
+        _print_gguf(gguf)
+
+
+def _check_save_gguf(path: Path, gguf_type: str, overwrite: bool, stream: bool) -> None:
+    """--save-gguf: a writable .gguf path and a known type, checked before the search."""
+    from prunekit.export.gguf import check_gguf_target
+    from prunekit.export.gguf.encode import check_gguf_type
+
+    if stream:
+        raise SettingsError("--save-gguf does not stream; export the run after (`prunekit export`)")
+    check_gguf_type(gguf_type)
+    check_gguf_target(path, overwrite)
+
+
+def _print_gguf(result) -> None:
+    console.print(
+        f"model saved: {result.path} (gguf, {result.arch} architecture, {result.gguf_type}, "
+        f"{result.file_bytes / 2**20:.1f} MiB; report {result.report_path.name})"
+    )
 
 
 def _print_params(title: str, params: dict) -> None:
@@ -704,9 +740,17 @@ def report_command(
 @app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., help="Run directory written by `prunekit prune --out`."),
-    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    out: Path = typer.Option(
+        ..., "--out", help="Model directory to write (a .gguf file with --format gguf)."
+    ),
     fmt: str = typer.Option(
-        "auto", "--format", help="auto (hf when every layer has the same shape), hf or prunekit."
+        "auto",
+        "--format",
+        help="auto (hf when every layer has the same shape), hf, prunekit, or gguf (one file "
+        "for llama.cpp/ollama).",
+    ),
+    gguf_type: str = typer.Option(
+        "f16", "--gguf-type", help="--format gguf: matrix type f32, f16, bf16 or q8_0."
     ),
     save_dtype: str = typer.Option(
         None, "--dtype", help="Dtype of the saved weights: bf16, fp16 or fp32 (default: the run's)."
@@ -733,7 +777,11 @@ def export_command(
         overwrite=overwrite,
         force=force,
         attn_implementation=attn_implementation,
+        gguf_type=gguf_type,
     )
+    if fmt == "gguf":
+        _print_gguf(saved)
+        return
     console.print(
         f"model saved: {saved.path} ({saved.format} format, {saved.dtype}, "
         f"{saved.weight_bytes / 2**20:.1f} MiB of weights)"

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from prunekit.errors import ExportError
+from prunekit.export.gguf import GgufResult, check_gguf_target, export_gguf
+from prunekit.export.gguf.encode import check_gguf_type
 from prunekit.export.save import (
     DEFAULT_MAX_SHARD_SIZE,
     ExportResult,
@@ -55,17 +57,23 @@ def export_run(
     force: bool = False,
     attn_implementation: str | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-) -> ExportResult:
+    gguf_type: str = "f16",
+) -> ExportResult | GgufResult:
     """Replay the run's plan on its base model (or ``model``) and export it to ``out``.
 
     The base model is loaded in the dtype the run used, so the replayed weights are the ones the
     run measured; ``dtype`` then sets the dtype written to disk. ``overwrite`` replaces an
     existing ``out``; ``force`` replays the plan even on weights that are not the ones it was made
     for, and records that in the exported report.json (``forced_model_mismatch``).
+    ``fmt="gguf"`` writes one GGUF file ``out`` for llama.cpp (matrices in ``gguf_type``).
     """
     run_dir = Path(run_dir)
     plan, report = read_run(run_dir)
-    check_target(out, overwrite)  # before loading the model, not after replaying the plan
+    if fmt == "gguf":  # before loading the model, not after replaying the plan
+        check_gguf_type(gguf_type)
+        check_gguf_target(out, overwrite)
+    else:
+        check_target(out, overwrite)
     spec = model or plan.model.get("spec")
     if not spec:
         raise ExportError(f"{run_dir / PLAN_FILE} does not name its base model; pass --model")
@@ -76,6 +84,10 @@ def export_run(
     mismatch = apply_plan(loaded, plan, run_dir, force=force)
     if mismatch:
         report = {**report, "forced_model_mismatch": mismatch}
+    if fmt == "gguf":
+        return export_gguf(
+            loaded, out, gguf_type=gguf_type, plan=plan, report=report, overwrite=overwrite
+        )
     return export_model(
         loaded,
         out,

@@ -1,0 +1,207 @@
+"""The GGUF file's tensors, one at a time, made from the pruned model only when written.
+
+Each ``TensorSpec`` knows its name and shape up front (the header lists every tensor before
+any data) and builds its float32 data lazily, so the writer holds one tensor at a time, never a
+second copy of the model. q/k rows get llama.cpp's rotary layout (its ``llama``/``deci`` RoPE
+rotates adjacent pairs; transformers rotates halves), with *that layer's* head counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import UnsupportedArchitectureError
+from prunekit.export.gguf.layout import GgufLayer, GgufLayout
+from prunekit.export.gguf.names import global_name, layer_name
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # torch order: (out_features, in_features) for a matrix
+    make: Callable[[], torch.Tensor]
+
+
+def rope_interleave(rows: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder each head's rows (or bias entries) from rotate-half to adjacent-pair order."""
+    head_dim = rows.shape[0] // n_heads
+    grouped = rows.reshape(n_heads, 2, head_dim // 2, *rows.shape[1:])
+    return grouped.transpose(1, 2).reshape(rows.shape)
+
+
+def pad_head_rows(rows: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """v_proj rows (or bias) [n_heads * d, ...] -> [n_heads * head_dim, ...], zeros appended."""
+    grouped = rows.reshape(n_heads, -1, *rows.shape[1:])
+    padded = rows.new_zeros(n_heads, head_dim, *rows.shape[1:])
+    padded[:, : grouped.shape[1]] = grouped
+    return padded.reshape(n_heads * head_dim, *rows.shape[1:])
+
+
+def pad_head_columns(weight: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """o_proj [hidden, n_heads * d] -> [hidden, n_heads * head_dim], zero columns appended."""
+    return pad_head_rows(weight.T, n_heads, head_dim).T.contiguous()
+
+
+def _f32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to(device="cpu", dtype=torch.float32)
+
+
+def _spec(name: str, shape: tuple[int, ...], make: Callable[[], torch.Tensor]) -> TensorSpec:
+    return TensorSpec(name, tuple(int(d) for d in shape), make)
+
+
+def _constant(name: str, shape: tuple[int, ...], value: float) -> TensorSpec:
+    return _spec(name, shape, lambda: torch.full(shape, value, dtype=torch.float32))
+
+
+def _kept_attention(
+    index: int, layer: nn.Module, g: GgufLayer, attn: Any, head_dim: int
+) -> Iterator[TensorSpec]:
+    hidden = attn.q_proj.in_features
+    q_rows, kv_rows = g.n_head * head_dim, g.n_head_kv * head_dim
+    yield _spec(
+        layer_name("attn_norm", index), (hidden,), lambda: _f32(layer.input_layernorm.weight)
+    )
+    yield _spec(
+        layer_name("q", index),
+        (q_rows, hidden),
+        lambda: rope_interleave(_f32(attn.q_proj.weight), g.n_head),
+    )
+    yield _spec(
+        layer_name("k", index),
+        (kv_rows, hidden),
+        lambda: rope_interleave(_f32(attn.k_proj.weight), g.n_head_kv),
+    )
+    yield _spec(
+        layer_name("v", index),
+        (kv_rows, hidden),
+        lambda: pad_head_rows(_f32(attn.v_proj.weight), g.n_head_kv, head_dim),
+    )
+    if attn.q_proj.bias is not None:
+        yield _spec(
+            layer_name("q", index, "bias"),
+            (q_rows,),
+            lambda: rope_interleave(_f32(attn.q_proj.bias), g.n_head),
+        )
+    if attn.k_proj.bias is not None:
+        yield _spec(
+            layer_name("k", index, "bias"),
+            (kv_rows,),
+            lambda: rope_interleave(_f32(attn.k_proj.bias), g.n_head_kv),
+        )
+    if attn.v_proj.bias is not None:
+        yield _spec(
+            layer_name("v", index, "bias"),
+            (kv_rows,),
+            lambda: pad_head_rows(_f32(attn.v_proj.bias), g.n_head_kv, head_dim),
+        )
+    yield _spec(
+        layer_name("o", index),
+        (hidden, q_rows),
+        lambda: pad_head_columns(_f32(attn.o_proj.weight), g.n_head, head_dim),
+    )
+    if attn.o_proj.bias is not None:
+        yield _spec(layer_name("o", index, "bias"), (hidden,), lambda: _f32(attn.o_proj.bias))
+
+
+def _zero_attention(index: int, hidden: int, head_dim: int) -> Iterator[TensorSpec]:
+    """One zero query head over one zero KV head: the attention output is exactly zero."""
+    yield _constant(layer_name("attn_norm", index), (hidden,), 1.0)
+    for role in ("q", "k", "v"):
+        yield _constant(layer_name(role, index), (head_dim, hidden), 0.0)
+    yield _constant(layer_name("o", index), (hidden, head_dim), 0.0)
+
+
+def _kept_mlp(index: int, layer: nn.Module, mlp: Any) -> Iterator[TensorSpec]:
+    gate, up = mlp.producers
+    down = mlp.consumer
+    hidden, width = down.out_features, down.in_features
+    norm = layer.post_attention_layernorm
+    yield _spec(layer_name("ffn_norm", index), (hidden,), lambda: _f32(norm.weight))
+    for role, linear, shape in (
+        ("gate", gate, (width, hidden)),
+        ("up", up, (width, hidden)),
+        ("down", down, (hidden, width)),
+    ):
+        yield _spec(layer_name(role, index), shape, lambda linear=linear: _f32(linear.weight))
+        if linear.bias is not None:
+            yield _spec(
+                layer_name(role, index, "bias"),
+                (shape[0],),
+                lambda linear=linear: _f32(linear.bias),
+            )
+
+
+def _zero_mlp(index: int, hidden: int, width: int) -> Iterator[TensorSpec]:
+    yield _constant(layer_name("ffn_norm", index), (hidden,), 1.0)
+    yield _constant(layer_name("gate", index), (width, hidden), 0.0)
+    yield _constant(layer_name("up", index), (width, hidden), 0.0)
+    yield _constant(layer_name("down", index), (hidden, width), 0.0)
+
+
+def layer_tensors(
+    index: int, g: GgufLayer, layer: nn.Module, adapter: Any, config: Any, head_dim: int
+) -> Iterator[TensorSpec]:
+    hidden = config.hidden_size
+    if g.attn == "kept":
+        attn = adapter.attention_channels(layer, config)
+        yield from _kept_attention(index, layer, g, attn, head_dim)
+    elif g.attn == "zero":
+        yield from _zero_attention(index, hidden, head_dim)
+    if g.mlp == "kept":
+        yield from _kept_mlp(index, layer, adapter.mlp_channels(layer))
+    elif g.mlp == "zero":
+        yield from _zero_mlp(index, hidden, g.n_ff)
+
+
+def rope_settings(config: Any) -> dict:
+    """theta and scaling of the model's RoPE, transformers 4 and 5 config layouts alike."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if not params:
+        params = dict(getattr(config, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind not in ("default", "linear", "llama3"):
+        raise UnsupportedArchitectureError(f"RoPE scaling {kind!r} is not written to GGUF yet")
+    return {**params, "rope_type": kind}
+
+
+def llama3_rope_factors(rope: dict, head_dim: int) -> torch.Tensor:
+    """Llama 3.1's per-frequency RoPE divisors (llama.cpp's ``rope_freqs`` tensor)."""
+    base = rope["rope_theta"]
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_context = rope.get("original_max_position_embeddings", 8192)
+    freqs = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_context / wavelen - low) / (high - low)
+    middle = 1 / ((1 - smooth) / factor + smooth)
+    factors = torch.where(wavelen < old_context / high, torch.ones_like(wavelen), middle)
+    factors = torch.where(wavelen > old_context / low, torch.full_like(wavelen, factor), factors)
+    return factors.to(torch.float32)
+
+
+def model_tensors(model: nn.Module, adapter: Any, layout: GgufLayout) -> Iterator[TensorSpec]:
+    """Every tensor of the GGUF file, in file order, each built only when its ``make`` runs."""
+    config = model.config
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    yield _spec(global_name("embedding"), tuple(embedding.shape), lambda: _f32(embedding))
+    rope = rope_settings(config)
+    if rope["rope_type"] == "llama3":
+        factors = llama3_rope_factors(rope, layout.head_dim)
+        yield _spec(global_name("rope_freqs"), tuple(factors.shape), lambda: factors)
+    pruned_layers = adapter.layers(model)
+    for index, g in enumerate(layout.layers):
+        layer = pruned_layers[g.source]
+        yield from layer_tensors(index, g, layer, adapter, config, layout.head_dim)
+    norm = adapter.decoder(model).norm.weight
+    yield _spec(global_name("final_norm"), tuple(norm.shape), lambda: _f32(norm))
+    if head is not embedding:  # a tied head is llama.cpp's default (token_embd reused)
+        yield _spec(global_name("lm_head"), tuple(head.shape), lambda: _f32(head))
