@@ -7,6 +7,7 @@ import json
 import gguf
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from prunekit.cli import app
@@ -50,6 +51,9 @@ def test_prune_save_gguf_then_export_the_run_gives_the_same_file(pruned, tmp_pat
     report = json.loads((run_root / "pruned.report.json").read_text())
     assert report["export"]["arch"] == "llama" and len(report["export"]["layers"]) == 3
     assert report["method"] == "sleb"  # the run's report travels with the file
+    card = (run_root / "README.md").read_text()  # the model card a GGUF repository shows
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "gguf" and "sleb" in front["tags"]
 
     exported = tmp_path / "exported.gguf"
     args = ["export", str(run_root / "run"), "--format", "gguf", "--out", str(exported)]

@@ -19,6 +19,7 @@ import gguf
 from gguf import GGMLQuantizationType
 
 from prunekit.errors import ExportError
+from prunekit.export.card import base_model_info, write_model_card
 from prunekit.export.gguf.encode import (
     FILE_TYPES,
     check_gguf_type,
@@ -29,7 +30,7 @@ from prunekit.export.gguf.encode import (
 from prunekit.export.gguf.layout import GgufLayout, check_model_fits, plan_layout
 from prunekit.export.gguf.tensors import TensorSpec, model_tensors, rope_settings
 from prunekit.export.gguf.tokenizer import bpe_metadata, copy_gguf_tokenizer
-from prunekit.export.per_layer import describe_layers
+from prunekit.export.per_layer import describe_for_report, describe_layers
 from prunekit.models.loading import LoadedModel, resolve_spec
 from prunekit.plan import PruningPlan, write_json_atomic
 
@@ -187,7 +188,16 @@ def export_gguf(
     if plan is not None:
         section["plan_method"] = plan.method
     report_path = report_path_for(target)
-    write_json_atomic(report_path, {**(report or {}), EXPORT_KEY: section})
+    full_report = {**(report or {}), EXPORT_KEY: section}
+    write_json_atomic(report_path, full_report)
+    # The card a GGUF repository shows: README.md beside the file (card.py never replaces a
+    # README.md it did not write).
+    # The card lists the pruned model's layers as the other formats' cards do (the GGUF layer
+    # list above is the file's own view: padded widths, llama.cpp names).
+    shapes = describe_for_report(describe_layers(loaded.model, loaded.adapter))
+    card_report = {**full_report, EXPORT_KEY: {**section, "layers": shapes}}
+    base = base_model_info(loaded.spec, loaded.source)
+    write_model_card(target, card_report, plan, base=base, fmt="gguf")
     return GgufResult(
         target, report_path, layout.arch, gguf_type, section["file_bytes"], layout.padding
     )
