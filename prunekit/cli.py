@@ -361,7 +361,13 @@ def _eval_streamed(
     from prunekit.report.run_dir import PARTIAL_PLAN_FILE, is_run_dir
 
     path = Path(spec).expanduser()
-    if path.is_dir() and (is_run_dir(path) or (path / PARTIAL_PLAN_FILE).is_file()):
+    # An export holds plan.json and report.json beside its weights: a model, not a run.
+    is_export = (path / "config.json").is_file()
+    if (
+        path.is_dir()
+        and not is_export
+        and (is_run_dir(path) or (path / PARTIAL_PLAN_FILE).is_file())
+    ):
         raise SettingsError(
             f"--stream evaluates a model or an exported directory; {spec} is a run directory "
             "(its plan is replayed in memory): export it first, or evaluate without --stream"

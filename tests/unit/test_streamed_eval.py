@@ -144,6 +144,11 @@ def test_stream_refuses_a_run_directory(tmp_path, monkeypatch, capsys):
     (run / "plan.json").write_text("{}")
     assert run_cli(monkeypatch, "eval", str(run), "--stream") == 2
     assert "run directory" in capsys.readouterr().err
+    # An export keeps plan.json beside its config and weights: it is a model, streamed as one
+    # (this one has no weights, so it fails later, and not as a run directory).
+    (run / "config.json").write_text("{}")
+    assert run_cli(monkeypatch, "eval", str(run), "--stream") != 0
+    assert "run directory" not in capsys.readouterr().err
 
 
 def test_exports_stock_format_streams_and_prunekit_format_is_refused(text, tmp_path):
