@@ -81,7 +81,7 @@ def evaluate_ppl(
 
     A lazily loaded model (``open_streamed``) is evaluated layer by layer, holding at most
     ``max_memory`` (bytes, or a size such as "2GB"; None: every window in one chunk)."""
-    if loaded.residency is None:
+    if not getattr(loaded.residency, "streamed", False):  # in memory (Resident, or none)
         if max_memory is not None:
             raise SettingsError(
                 "max_memory bounds a streamed evaluation: open the model with open_streamed"
