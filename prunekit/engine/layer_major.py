@@ -26,9 +26,15 @@ from itertools import groupby
 
 import torch
 
-from prunekit.engine.layerwise import LayerContext, capture_layer_context, embed, run_block
+from prunekit.engine.layerwise import (
+    CalibrationBlocks,
+    LayerContext,
+    capture_layer_context,
+    embed,
+    run_block,
+)
 from prunekit.engine.residency import Streamed
-from prunekit.models.adapters import BLOCK_KINDS, BlockRef
+from prunekit.models.adapters import BlockRef
 from prunekit.models.lazy import EMBEDDINGS, HEAD, REST
 from prunekit.models.loading import LoadedModel
 
@@ -41,7 +47,7 @@ Branches = Mapping[Hashable, frozenset[BlockRef]]
 ChunkScorer = Callable[[Sequence[int], dict[Hashable, list[torch.Tensor]]], None]
 
 
-class LayerMajorRunner:
+class LayerMajorRunner(CalibrationBlocks):
     """Runs a streamed model (``loaded.residency`` a ``Streamed``) over calibration windows,
     layer-major; the same surface as ``BlockRunner`` where the greedy search reads it."""
 
@@ -67,22 +73,6 @@ class LayerMajorRunner:
         self.passes = 0  # layer-major passes over the weights (each onloads every layer once)
 
     # ---- what the greedy search reads --------------------------------------------------------
-    @property
-    def num_windows(self) -> int:
-        return self.windows.shape[0]
-
-    @property
-    def tokens(self) -> int:
-        return self.num_windows * (self.windows.shape[1] - 1 - self.skip_first)
-
-    def blocks(self) -> list[BlockRef]:
-        return [
-            BlockRef(index, kind)
-            for index, layer in enumerate(self.layers)
-            for kind in BLOCK_KINDS
-            if self.adapter.has_block(layer, kind)
-        ]
-
     @property
     def window_state_bytes(self) -> int:
         """Bytes of one window's hidden state."""

@@ -14,7 +14,37 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.models.adapters import Adapter, BlockKind
+from prunekit.models.adapters import BLOCK_KINDS, Adapter, BlockKind, BlockRef
+
+
+class CalibrationBlocks:
+    """What every runner over calibration windows tells the depth search, whether it holds the
+    model (``BlockRunner``) or streams it (``LayerMajorRunner``). Subclasses set ``windows``
+    ([n, seqlen] token ids), ``skip_first`` (1 when a BOS starts every window), ``layers`` and
+    ``adapter``."""
+
+    windows: torch.Tensor
+    skip_first: int
+    layers: nn.ModuleList
+    adapter: Adapter
+
+    @property
+    def num_windows(self) -> int:
+        return self.windows.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        """Predicted tokens over all windows (the denominator of the calibration ppl)."""
+        return self.num_windows * (self.windows.shape[1] - 1 - self.skip_first)
+
+    def blocks(self) -> list[BlockRef]:
+        """Every block of the model in execution order."""
+        return [
+            BlockRef(index, kind)
+            for index, layer in enumerate(self.layers)
+            for kind in BLOCK_KINDS
+            if self.adapter.has_block(layer, kind)
+        ]
 
 
 class _StopForward(Exception):

@@ -13,10 +13,16 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
-from prunekit.engine.layerwise import LayerContext, capture_layer_context, embed, run_block
+from prunekit.engine.layerwise import (
+    CalibrationBlocks,
+    LayerContext,
+    capture_layer_context,
+    embed,
+    run_block,
+)
 from prunekit.methods.depth.nll_bound import Fp32Head, VocabSubsetBound, build_bound
 from prunekit.methods.registry import PruneSettings
-from prunekit.models.adapters import BLOCK_KINDS, BlockRef
+from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import LoadedModel
 
 Candidate = tuple[BlockRef, ...]
@@ -30,7 +36,7 @@ def settings_windows(loaded: LoadedModel, settings: PruneSettings) -> torch.Tens
     return calibration_windows(tokens, settings.n_samples, settings.seqlen, settings.seed, bos)
 
 
-class BlockRunner:
+class BlockRunner(CalibrationBlocks):
     """Runs the unmodified model over calibration windows, one block at a time.
 
     Windows are processed one at a time (batch 1), so a candidate's NLL is bit-identical whether
@@ -48,24 +54,6 @@ class BlockRunner:
         self.layers = self.adapter.layers(self.model)
         self.head = Fp32Head(self.model, self.adapter)
         self._bound: VocabSubsetBound | None = None  # built on first use (one dense pass)
-
-    @property
-    def num_windows(self) -> int:
-        return self.windows.shape[0]
-
-    @property
-    def tokens(self) -> int:
-        """Predicted tokens over all windows (the denominator of the calibration ppl)."""
-        return self.num_windows * (self.windows.shape[1] - 1 - self.skip_first)
-
-    def blocks(self) -> list[BlockRef]:
-        """Every block of the model in execution order."""
-        return [
-            BlockRef(index, kind)
-            for index, layer in enumerate(self.layers)
-            for kind in BLOCK_KINDS
-            if self.adapter.has_block(layer, kind)
-        ]
 
     @torch.inference_mode()
     def embed(self, window: int) -> torch.Tensor:
