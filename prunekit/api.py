@@ -321,6 +321,10 @@ def prune(
     report = run_report(
         chosen, loaded, identity, options, pruning_ratios(before, after), evals, timings, memory
     )
+    if plan.stages:  # a combined method: the split and each stage's settings and ratios
+        from prunekit.methods.combined import combined_record
+
+        report.update(combined_record(plan))
     run_dir = write_run_dir(out, plan, report) if out else None
     return PruneResult(loaded, plan, report, run_dir)
 

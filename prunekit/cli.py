@@ -402,7 +402,11 @@ def _forced_record(loaded) -> dict:
 @app.command("prune")
 def prune_command(
     ctx: typer.Context,
-    method: str = typer.Option(..., help="Pruning method (`prunekit methods` lists its settings)."),
+    method: str = typer.Option(
+        ...,
+        help="Pruning method (`prunekit methods` lists its settings), or a depth and a width "
+        "method joined by + (e.g. blockpruner+fasp: depth first, then width on what it left).",
+    ),
     model: str = ModelOpt,
     out: Path = typer.Option(None, help="Run directory for plan.json, report.json, report.md."),
     overwrite: bool = typer.Option(
@@ -415,6 +419,11 @@ def prune_command(
         None, help="Depth: number of removals (blocks, or layers; a layer counts as one)."
     ),
     sparsity: float = typer.Option(None, help="Width: column ratio of the prunable groups."),
+    depth_share: float = typer.Option(
+        None,
+        help="Combined methods (depth+width): fraction of --ratio the depth stage removes "
+        "(default 0.5); the width stage removes the rest.",
+    ),
     calib: str = typer.Option(
         _default("calib"), help="Calibration text: c4, wikitext2, ptb or a file."
     ),

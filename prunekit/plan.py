@@ -2,8 +2,11 @@
 
 Scoring produces a plan; applying it is a separate deterministic step (``prunekit.surgery``).
 Depth plans list removed blocks in removal order with the trajectory of the search; width plans
-list kept channel indices per layer and group. A plan records the identity of the model it was
-made for, and refuses to be applied to another.
+list kept channel indices per layer and group. A combined plan (``blockpruner+fasp``) holds
+ordered ``stages``, each a whole plan of one method: stage k was made on the model the stages
+before it left, so its layer indices and its recorded model identity are those of that model
+(after a depth stage: the surviving layers renumbered 0..n-1). A plan records the identity of the
+model it was made for, and refuses to be applied to another.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ from typing import Any
 
 from prunekit.errors import PlanError
 
-PLAN_VERSION = 1
+PLAN_VERSION = 1  # a plan of one method (removed blocks or kept channels)
+# A plan with ordered stages. Older prunekit versions refuse it rather than replay none of it
+# (they would ignore the unknown ``stages`` field); single-method plans keep version 1.
+STAGED_PLAN_VERSION = 2
+READABLE_PLAN_VERSIONS = (PLAN_VERSION, STAGED_PLAN_VERSION)
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +45,37 @@ class PruningPlan:
     extra: dict = field(default_factory=dict)
     complete: bool = True
     version: int = PLAN_VERSION
+    # combined: the sub-plans (``to_dict()`` of each), applied in order; each stage's layer
+    # indices refer to the model the stages before it left (see the module docstring)
+    stages: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.stages:
+            self.version = STAGED_PLAN_VERSION
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
-        if data.get("version") != PLAN_VERSION:
-            raise PlanError(f"plan version {data.get('version')!r} is not {PLAN_VERSION}")
+        if data.get("version") not in READABLE_PLAN_VERSIONS:
+            readable = " or ".join(str(v) for v in READABLE_PLAN_VERSIONS)
+            raise PlanError(f"plan version {data.get('version')!r} is not {readable}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def stage_plans(self) -> list[PruningPlan]:
+        """The stages of a combined plan, in the order they apply (empty for a one-method plan)."""
+        return [PruningPlan.from_dict(stage) for stage in self.stages]
+
+    def all_removed_blocks(self) -> list[str]:
+        """Blocks removed by this plan or its depth stages, as "layer.kind" strings in the
+        numbering of the stage that removed them (the base model's when no depth stage came
+        after a renumbering: a width stage keeps every layer)."""
+        blocks = list(self.removed_blocks)
+        for stage in self.stage_plans():
+            blocks += stage.all_removed_blocks()
+        return blocks
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(Path(path), self.to_dict())

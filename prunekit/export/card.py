@@ -257,8 +257,11 @@ def removed_text(report: dict, plan: PruningPlan | None) -> str:
     layers = report.get("export", {}).get("layers") or []
     base_layers = report.get("model", {}).get("num_hidden_layers")
     kept = f"{len(layers)} of {base_layers} layers remain" if layers and base_layers else ""
-    if plan is not None and plan.removed_blocks:
-        what = "Removed (original layer indices) " + removed_blocks_text(plan.removed_blocks)
+    removed = plan.all_removed_blocks() if plan is not None else []
+    if removed:
+        what = "Removed (original layer indices) " + removed_blocks_text(removed)
+        if layers and report.get("family") == "combined":  # then narrowed the rest
+            what += f"; what each remaining layer kept: {widths_text(layers)}"
         return f"{what}; {kept}." if kept else f"{what}."
     if layers and report.get("family") == "width":
         return f"No layer removed; what each layer kept: {widths_text(layers)}."
@@ -335,6 +338,8 @@ def _made_section(report: dict, plan: PruningPlan | None) -> list[str]:
         "depth": "removing whole attention and MLP blocks; the weights left are the base model's",
         "width": "removing channels (MLP neurons, attention heads or value channels) inside "
         "each layer; the layer reading the pruned channels may be rewritten to compensate",
+        "combined": "in stages: removing whole attention and MLP blocks and removing channels "
+        "inside the remaining layers, each stage on the model the stage before it left",
     }.get(family, "removing parameters")
     lines = [
         "## How it was made",

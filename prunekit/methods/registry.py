@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from prunekit.errors import SettingsError
 
-Family = Literal["depth", "width"]
+# "combined": a depth and a width method applied one after the other (methods/combined.py)
+Family = Literal["depth", "width", "combined"]
 
 
 # The settings each kind of method reads (the names of PruneSettings fields). A method declares
@@ -30,6 +31,8 @@ RESTORATION = ("restore", "damping")
 # Read by the API or by every method, never refused: the run directory comes from ``out`` and
 # ``options`` carries method-specific extras (benchmarks, tests).
 ALWAYS = ("run_dir", "options")
+# Settings only a combined method (``<depth>+<width>``, methods/combined.py) takes.
+COMBINED_ONLY = ("depth_share",)
 
 
 @dataclass
@@ -57,11 +60,15 @@ class PruneSettings:
     run_dir: str | None = None  # where the method checkpoints (resume)
     resume: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # method-specific extras
+    # combined methods: the fraction of --ratio the depth stage removes (None: 0.5)
+    depth_share: float | None = None
 
     def validate(self) -> None:
         """Range checks that need no model: every message names the option and the bad value."""
         if self.ratio is not None and not 0.0 < self.ratio < 1.0:
             raise SettingsError(f"--ratio must be in (0, 1), got {self.ratio}")
+        if self.depth_share is not None and not 0.0 < self.depth_share < 1.0:
+            raise SettingsError(f"--depth-share must be in (0, 1), got {self.depth_share}")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise SettingsError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         if self.blocks is not None and self.blocks < 1:
@@ -130,6 +137,11 @@ class Method:
                 raise SettingsError(
                     f"unknown setting {name!r}; {self.name} takes: {', '.join(self.takes)}"
                 )
+            if name in COMBINED_ONLY:
+                raise SettingsError(
+                    f"{spell(name)} is a setting of combined methods (a depth and a width method "
+                    f"joined by '+', e.g. blockpruner+fasp), not of {self.name}"
+                )
             others = [m.name for m in all_methods() if name in m.takes]
             takers = ", ".join(others) if others else "none"
             raise SettingsError(
@@ -148,7 +160,13 @@ def register(method: Method) -> Method:
 
 
 def get_method(name: str) -> Method:
+    """The registered method ``name``, or the combined method a name like ``blockpruner+fasp``
+    spells (built on demand from its two registered parts, methods/combined.py)."""
     _load_builtin_methods()
+    if name not in _METHODS and "+" in name:
+        from prunekit.methods.combined import combined_method
+
+        return combined_method(name)
     try:
         return _METHODS[name]
     except KeyError:

@@ -61,6 +61,44 @@ def _params_section(params: dict) -> list[str]:
     return ["## Parameters", "", *table(["", "before", "after", "ratio removed"], rows)]
 
 
+def _stages_section(report: dict) -> list[str]:
+    """A combined run: the split of the target and what each stage asked for and removed."""
+    stages = report.get("stages") or []
+    if not stages:
+        return []
+    split = report.get("split")
+    note = (
+        f"--ratio {split['ratio']} split with --depth-share {split['depth_share']}: the depth "
+        "stage takes that fraction, the other stage the rest (its ratio from what the first "
+        "really removed)."
+        if split
+        else "Each stage had its own target."
+    )
+    rows = []
+    for number, stage in enumerate(stages, start=1):
+        target = ", ".join(f"{k} {v:.4g}" for k, v in stage.get("target", {}).items())
+        settings = ", ".join(f"{k} {v}" for k, v in stage.get("settings", {}).items())
+        rows.append(
+            [
+                str(number),
+                f"{stage['method']} ({stage['family']})",
+                target or "–",
+                fmt_params(stage.get("removed_params")),
+                fmt_float(stage.get("ratio_of_stage_input"), 4),
+                fmt_float(stage.get("ratio_total_after"), 4),
+                settings or "–",
+            ]
+        )
+    header = ["stage", "method", "target", "removed", "ratio of its input", "ratio_total after"]
+    return [
+        "## Stages",
+        "",
+        note + " Each stage ran on the model the stages before it left.",
+        "",
+        *table([*header, "settings"], rows, "lllrrrl"),
+    ]
+
+
 def _ppl_section(evals: dict) -> list[str]:
     datasets = sorted({d for side in evals.values() for d in side.get("ppl", {})})
     rows = []
@@ -149,6 +187,7 @@ def render_report_md(report: dict, images: list[str] | None = None) -> str:
         f"seed {settings.get('seed')}",
         "",
         *_params_section(report.get("params", {})),
+        *_stages_section(report),
         *_ppl_section(evals),
         *_zeroshot_section(evals),
     ]

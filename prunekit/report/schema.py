@@ -101,7 +101,7 @@ class Versions(_Open):
 class Report(_Open):
     schema_version: Literal[1]
     method: str
-    family: Literal["depth", "width"]
+    family: Literal["depth", "width", "combined"]  # combined: stages in ``stages``
     model: ModelInfo
     settings: Settings
     params: Params

@@ -254,19 +254,23 @@ def restoration_summary(run: WidthRun) -> dict:
 
 
 def layer_shapes(loaded: LoadedModel) -> dict[str, dict]:
-    """Per-layer widths after pruning: what an export needs to rebuild the structure."""
+    """Per-layer widths after pruning: what an export needs to rebuild the structure (a block a
+    depth stage removed has no entries)."""
     model, adapter = loaded.model, loaded.adapter
-    shapes = {}
+    shapes: dict[str, dict] = {}
     for index, layer in enumerate(adapter.layers(model)):
-        mlp = adapter.mlp_channels(layer)
-        attn = adapter.attention_channels(layer, model.config)
-        shapes[str(index)] = {
-            "intermediate_size": mlp.width,
-            "num_heads": attn.num_heads,
-            "num_kv_heads": attn.num_kv_heads,
-            "head_dim": attn.head_dim,
-            "v_head_dim": attn.v_head_dim,
-            "mlp_consumer_bias": mlp.consumer.bias is not None,
-            "attn_consumer_bias": attn.o_proj.bias is not None,
-        }
+        shape = shapes.setdefault(str(index), {})
+        if adapter.has_block(layer, "mlp"):
+            mlp = adapter.mlp_channels(layer)
+            shape["intermediate_size"] = mlp.width
+            shape["mlp_consumer_bias"] = mlp.consumer.bias is not None
+        if adapter.has_block(layer, "attn"):
+            attn = adapter.attention_channels(layer, model.config)
+            shape.update(
+                num_heads=attn.num_heads,
+                num_kv_heads=attn.num_kv_heads,
+                head_dim=attn.head_dim,
+                v_head_dim=attn.v_head_dim,
+                attn_consumer_bias=attn.o_proj.bias is not None,
+            )
     return shapes

@@ -56,19 +56,22 @@ def group_unit_params(attn: AttentionChannels) -> int:
 
 
 def layer_units(loaded: LoadedModel) -> list[LayerUnits]:
-    """Every layer's units; a clear error naming the module of a layer that is not coupled."""
+    """Every layer's units; a clear error naming the module of a layer that is not coupled.
+
+    A block a depth stage removed (a combined plan) has no units: its widths and unit
+    parameters are 0, so no sparsity removes anything from it."""
     model, adapter = loaded.model, loaded.adapter
     units = []
     for index, layer in enumerate(adapter.layers(model)):
         mlp, attn = _channels(loaded, index, layer)
         units.append(
             LayerUnits(
-                mlp_width=mlp.width,
-                mlp_unit_params=mlp_unit_params(mlp),
-                num_kv_heads=attn.num_kv_heads,
-                v_head_dim=attn.v_head_dim,
-                value_unit_params=value_unit_params(attn),
-                group_unit_params=group_unit_params(attn),
+                mlp_width=mlp.width if mlp else 0,
+                mlp_unit_params=mlp_unit_params(mlp) if mlp else 0,
+                num_kv_heads=attn.num_kv_heads if attn else 0,
+                v_head_dim=attn.v_head_dim if attn else 0,
+                value_unit_params=value_unit_params(attn) if attn else 0,
+                group_unit_params=group_unit_params(attn) if attn else 0,
             )
         )
     return units
@@ -76,23 +79,25 @@ def layer_units(loaded: LoadedModel) -> list[LayerUnits]:
 
 def _channels(
     loaded: LoadedModel, index: int, layer: nn.Module
-) -> tuple[MLPChannels, AttentionChannels]:
+) -> tuple[MLPChannels | None, AttentionChannels | None]:
+    """The layer's coupled MLP and attention channels (None for a block depth pruning removed)."""
     adapter = loaded.adapter
     where = f"{adapter.family} layer {index}"
+    has_mlp, has_attn = adapter.has_block(layer, "mlp"), adapter.has_block(layer, "attn")
     try:
-        mlp = adapter.mlp_channels(layer)
-        attn = adapter.attention_channels(layer, loaded.model.config)
+        mlp = adapter.mlp_channels(layer) if has_mlp else None
+        attn = adapter.attention_channels(layer, loaded.model.config) if has_attn else None
     except AttributeError as exc:
         raise UnsupportedArchitectureError(
             f"{where} lacks the coupled modules width pruning needs: {exc}"
         ) from None
-    for producer in mlp.producers:
+    for producer in mlp.producers if mlp else ():
         if producer.out_features != mlp.width:
             raise UnsupportedArchitectureError(
                 f"{where}: MLP producer {producer} has {producer.out_features} rows but the "
                 f"consumer {mlp.consumer} reads {mlp.width} columns: not a coupled structure"
             )
-    if (
+    if attn is not None and (
         attn.num_heads % attn.num_kv_heads
         or attn.v_proj.out_features != attn.num_kv_heads * attn.v_head_dim
         or attn.o_proj.in_features != attn.num_heads * attn.v_head_dim

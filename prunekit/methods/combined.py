@@ -1,0 +1,263 @@
+"""Combined methods: a depth method and a width method applied one after the other.
+
+``blockpruner+fasp`` removes blocks with BlockPruner, then narrows the surviving blocks with FASP
+on the depth-pruned model (its statistics and its restoration are computed there, as running
+FASP after BlockPruner would); ``fasp+blockpruner`` runs the other way round. Any registered
+depth method pairs with any registered width method; the name is the order.
+
+Targets. With ``ratio`` R (ratio_total against the dense model) the depth stage takes
+``depth_share`` · R; the other stage then removes what is left of R · P0 (P0: dense parameters),
+its own ratio computed from the parameters the first stage really removed, so the result reaches
+R within one block or channel of granularity. Without ``ratio`` each stage gets its own target:
+``blocks`` for the depth stage and ``sparsity`` for the width stage (``prune_combined`` takes two
+explicit settings objects, for callers such as the speed-target search).
+
+Settings are routed to the stage whose method takes them (``--criterion`` to BlockPruner,
+``--multiple-of`` to FASP; calibration settings to both). The plan is one ``PruningPlan`` with
+ordered ``stages`` (see prunekit/plan.py); ``prunekit.surgery.apply_plan`` replays it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from functools import partial
+
+from prunekit.errors import SettingsError
+from prunekit.methods.registry import (
+    ALWAYS,
+    COMBINED_ONLY,
+    Method,
+    PruneSettings,
+    all_methods,
+    get_method,
+)
+from prunekit.models.loading import LoadedModel, count_parameters
+from prunekit.plan import PruningPlan
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = "+"
+DEFAULT_DEPTH_SHARE = 0.5
+# The targets a combined run splits (ratio) or routes by family (blocks, sparsity).
+TARGETS = ("ratio", "blocks", "sparsity")
+NO_STREAM_REASON = (
+    "its second stage is calibrated on the model the first stage left, which a streamed run "
+    "never holds (it writes each layer as it goes); run it in memory, or stream the stages as "
+    "two runs"
+)
+
+
+def combined_method(name: str) -> Method:
+    """The method ``<first>+<second>``: one depth and one width method, in that order.
+
+    Refused in one line: a name that is not two parts, an unknown part, two methods of the same
+    family."""
+    parts = name.split(SEPARATOR)
+    if len(parts) != 2 or not all(parts):
+        raise SettingsError(
+            f"a combined method is two methods joined by '{SEPARATOR}' (a depth and a width "
+            f"method, e.g. blockpruner+fasp), got {name!r}"
+        )
+    stages = [_part(part, name) for part in parts]
+    first, second = stages
+    if first.family == second.family:
+        raise SettingsError(
+            f"{name} combines two {first.family} methods; a combined method is one depth and "
+            "one width method, e.g. blockpruner+fasp"
+        )
+    takes = tuple(dict.fromkeys(first.takes + second.takes + COMBINED_ONLY))
+    return Method(
+        name=name,
+        family="combined",
+        summary=f"{first.name} then {second.name} on the model it left",
+        prune=partial(prune_split, first, second),
+        takes=takes,
+        streams=False,
+        no_stream_reason=NO_STREAM_REASON,
+    )
+
+
+def _part(part: str, name: str) -> Method:
+    try:
+        method = get_method(part)
+    except SettingsError:
+        known = ", ".join(m.name for m in all_methods())
+        raise SettingsError(f"unknown method {part!r} in {name!r}; known: {known}") from None
+    if method.family not in ("depth", "width"):
+        raise SettingsError(f"{name}: {part} is not a depth or a width method")
+    return method
+
+
+def stage_settings(method: Method, settings: PruneSettings, **target: object) -> PruneSettings:
+    """The settings of one stage: the ones its method takes (targets aside), the run
+    directory and the extras, and its own ``target``."""
+    routed = {
+        name: getattr(settings, name)
+        for name in method.takes
+        if name not in TARGETS and name not in COMBINED_ONLY
+    }
+    routed.update({name: getattr(settings, name) for name in ALWAYS})
+    routed["options"] = dict(settings.options)
+    stage = PruneSettings(**routed, **target)
+    stage.validate()
+    return stage
+
+
+def prune_split(
+    first: Method, second: Method, loaded: LoadedModel, settings: PruneSettings
+) -> PruningPlan:
+    """The ``prune`` of a combined method: resolve each stage's target, run both stages."""
+    name = f"{first.name}{SEPARATOR}{second.name}"
+    if settings.ratio is None:
+        return _explicit_targets(name, first, second, loaded, settings)
+    if settings.blocks is not None or settings.sparsity is not None:
+        raise SettingsError(
+            f"{name}: give --ratio (split by --depth-share) or each stage's own target "
+            "(--blocks for the depth stage, --sparsity for the width stage), not both"
+        )
+    share = DEFAULT_DEPTH_SHARE if settings.depth_share is None else settings.depth_share
+    dense = count_parameters(loaded.model)
+    first_ratio = settings.ratio * (share if first.family == "depth" else 1.0 - share)
+    first_settings = stage_settings(first, settings, ratio=first_ratio)
+
+    def second_target() -> PruneSettings:
+        left = count_parameters(loaded.model)
+        removed = dense - left
+        remaining = settings.ratio * dense - removed
+        if remaining <= 0:
+            raise SettingsError(
+                f"{name}: the {first.name} stage alone removed {removed / dense:.4f} of the "
+                f"parameters, reaching --ratio {settings.ratio}; lower the share of that stage "
+                "(--depth-share)"
+            )
+        return stage_settings(second, settings, ratio=remaining / left)
+
+    split = {"ratio": settings.ratio, "depth_share": share}
+    record = {**dataclasses.asdict(settings), "depth_share": share}
+    return run_stages(
+        loaded, name, [(first, first_settings), (second, second_target)], record, split
+    )
+
+
+def _explicit_targets(
+    name: str, first: Method, second: Method, loaded: LoadedModel, settings: PruneSettings
+) -> PruningPlan:
+    """Without --ratio: --blocks goes to the depth stage, --sparsity to the width stage."""
+    if settings.depth_share is not None:
+        raise SettingsError(f"{name}: --depth-share splits --ratio; give --ratio with it")
+    if settings.blocks is None or settings.sparsity is None:
+        raise SettingsError(
+            f"{name} needs --ratio R (split by --depth-share) or both stages' own targets: "
+            "--blocks K (depth) and --sparsity S (width)"
+        )
+    targets = {"depth": {"blocks": settings.blocks}, "width": {"sparsity": settings.sparsity}}
+    stages = [(m, stage_settings(m, settings, **targets[m.family])) for m in (first, second)]
+    return run_stages(loaded, name, stages, dataclasses.asdict(settings), None)
+
+
+def prune_combined(
+    loaded: LoadedModel,
+    depth_method: str | Method,
+    width_method: str | Method,
+    depth_settings: PruneSettings,
+    width_settings: PruneSettings,
+) -> PruningPlan:
+    """Apply ``depth_method`` then ``width_method`` to ``loaded`` in place, each with its own
+    explicit settings (e.g. ``blocks=k`` and ``sparsity=s``); return the combined plan.
+
+    The width stage runs on the depth-pruned model. Its restored weights are saved to
+    ``width_settings.run_dir`` when it has one (as any width run); replay the plan with that
+    directory."""
+    depth = _part(depth_method, "prune_combined") if isinstance(depth_method, str) else depth_method
+    width = _part(width_method, "prune_combined") if isinstance(width_method, str) else width_method
+    if (depth.family, width.family) != ("depth", "width"):
+        raise SettingsError(
+            f"prune_combined takes a depth then a width method, got {depth.name} "
+            f"({depth.family}) and {width.name} ({width.family})"
+        )
+    for method, settings in ((depth, depth_settings), (width, width_settings)):
+        given = [f.name for f in dataclasses.fields(settings) if _differs(settings, f)]
+        method.check_settings(given, spell=str)
+        settings.validate()
+    name = f"{depth.name}{SEPARATOR}{width.name}"
+    record = {
+        "depth": dataclasses.asdict(depth_settings),
+        "width": dataclasses.asdict(width_settings),
+    }
+    return run_stages(
+        loaded, name, [(depth, depth_settings), (width, width_settings)], record, None
+    )
+
+
+def _differs(settings: PruneSettings, field: dataclasses.Field) -> bool:
+    """Whether a setting was given (differs from its default): what the method must take."""
+    default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+    return getattr(settings, field.name) != default
+
+
+def run_stages(
+    loaded: LoadedModel,
+    name: str,
+    stages: list,
+    settings_record: dict,
+    split: dict | None,
+) -> PruningPlan:
+    """Run each (method, settings) stage on ``loaded`` in order; ``settings`` may be a callable
+    returning them, evaluated once the stages before have run (a target that depends on what
+    they removed). Returns the combined plan."""
+    dense = count_parameters(loaded.model)
+    identity = loaded.identity()
+    plans: list[PruningPlan] = []
+    summaries: list[dict] = []
+    for number, (method, settings) in enumerate(stages, start=1):
+        settings = settings() if callable(settings) else settings
+        before = count_parameters(loaded.model)
+        log.info("%s stage %d: %s", name, number, method.name)
+        plan = method.prune(loaded, settings)
+        if not plan.complete:
+            raise SettingsError(f"{name}: stage {number} ({method.name}) did not finish")
+        plans.append(plan)
+        after = count_parameters(loaded.model)
+        summaries.append(stage_summary(method, settings, before, after, dense))
+    extra = {"order": [m.name for m, _ in stages], "stages": summaries}
+    if split is not None:
+        extra["split"] = split
+    return PruningPlan(
+        method=name,
+        model=identity,
+        settings=settings_record,
+        extra=extra,
+        stages=[plan.to_dict() for plan in plans],
+    )
+
+
+def stage_summary(
+    method: Method, settings: PruneSettings, before: int, after: int, dense: int
+) -> dict:
+    """What one stage asked for and removed: its target, its ratio of the model it was given,
+    and the ratio_total (against the dense model) after it."""
+    return {
+        "method": method.name,
+        "family": method.family,
+        "target": {k: getattr(settings, k) for k in TARGETS if getattr(settings, k) is not None},
+        "params_before": before,
+        "params_after": after,
+        "removed_params": before - after,
+        "ratio_of_stage_input": 1.0 - after / before,
+        "ratio_total_after": 1.0 - after / dense,
+        "settings": {
+            k: v
+            for k, v in dataclasses.asdict(settings).items()
+            if k in method.takes and k not in TARGETS
+        },
+    }
+
+
+def combined_record(plan: PruningPlan) -> dict:
+    """The report.json entries of a combined run: the split of --ratio (when there was one)
+    and each stage's method, settings, target and ratios."""
+    record: dict = {"stages": plan.extra.get("stages", [])}
+    if plan.extra.get("split") is not None:
+        record["split"] = plan.extra["split"]
+    return record
