@@ -921,7 +921,11 @@ def methods_command() -> None:
     """List the pruning methods and the settings (prune flags) each one takes."""
     from prunekit.methods.registry import all_methods
 
-    table = Table(title="methods")
+    table = Table(
+        title="methods",
+        caption="Combine a depth and a width method with + (e.g. blockpruner+fasp, fasp+sleb): "
+        "the stages run in that order; --depth-share splits --ratio between them.",
+    )
     for col in ("name", "family", "settings", "what it does"):
         table.add_column(col)
     for m in all_methods():

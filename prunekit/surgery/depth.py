@@ -5,6 +5,10 @@ layers after it are renumbered, so the KV cache (indexed by ``layer_idx``) and t
 (``num_hidden_layers``, ``layer_types``) stay consistent and ``generate()`` works. A layer that lost
 only one block is replaced by a :class:`BlockwiseDecoderLayer` that keeps the stock child modules
 under their stock names, so state_dict keys do not change (the export relies on that).
+
+Because layers are renumbered, anything made on the depth-pruned model (a combined plan's width
+stage, its restored weights' module names) refers to the new numbers; ``kept_layers`` in the
+config maps them back to the base model's.
 """
 
 from __future__ import annotations

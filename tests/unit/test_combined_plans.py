@@ -174,6 +174,21 @@ def test_prune_combined_takes_each_stages_own_target(calib):
     assert torch.equal(logits(replayed.model), logits(loaded.model))
 
 
+def test_whole_layers_then_uniform_widths_export_in_the_stock_format(calib, tmp_path):
+    from prunekit.export.save import export_model
+
+    loaded = fresh()
+    settings = {"calib": calib, "n_samples": 2, "seqlen": 32, "restore": False}
+    result = prunekit.prune(
+        loaded, "sleb+fasp", blocks=1, sparsity=0.25, targets=["mlp"], **settings
+    )
+    exported = export_model(result.loaded, tmp_path / "m", plan=result.plan, report=result.report)
+    assert exported.format == "hf"  # every layer has both blocks and the same widths
+    reloaded = load_pruned(tmp_path / "m", device="cpu")
+    assert len(reloaded.adapter.layers(reloaded.model)) == 3
+    assert torch.allclose(logits(reloaded.model), logits(result.model), atol=1e-5, rtol=1e-4)
+
+
 def test_width_then_depth_is_the_reverse_order(calib):
     loaded = fresh()
     with warnings.catch_warnings():
