@@ -8,12 +8,16 @@ import json
 import math
 
 import pytest
+import torch
 
 from prunekit.api import prune
 from prunekit.errors import SettingsError
 from prunekit.latency.structure import LayerStructure, ModelStructure
+from prunekit.methods.depth.calibration import settings_windows
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from prunekit.speedtarget.losses import calibration_loss_fn, depth_prefix_plan
 from prunekit.speedtarget.report import speed_target_markdown, speed_target_record
 from prunekit.speedtarget.search import (
     DepthStep,
@@ -27,6 +31,7 @@ from prunekit.speedtarget.search import (
     remove_blocks,
     search_speed_target,
 )
+from prunekit.surgery import apply_plan
 from tests.unit.depth_helpers import one_thread  # noqa: F401
 
 LAYERS = 6
@@ -66,17 +71,24 @@ def speedup(dense: ModelStructure, shape: ModelStructure) -> float:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A real 8-step BlockPruner trajectory on a 6-layer tiny Llama, and its dense shape."""
+def calib(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("calib") / "calib.txt"
     path.write_text(_SAMPLE_TEXT * 3)
-    loaded = from_model(
+    return {"calib": str(path), "n_samples": 2, "seqlen": 24, "seed": 0}
+
+
+def tiny_dense():
+    return from_model(
         tiny_model("llama", num_hidden_layers=LAYERS), tiny_tokenizer(), spec="tiny-llama"
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(calib):
+    """A real 8-step BlockPruner trajectory on a 6-layer tiny Llama, and its dense shape."""
+    loaded = tiny_dense()
     dense = dense_structure(loaded.model.config)
-    plan = prune(
-        loaded, "blockpruner", blocks=8, calib=str(path), n_samples=2, seqlen=24, seed=0
-    ).plan
+    plan = prune(loaded, "blockpruner", blocks=8, **calib).plan
     return dense, plan
 
 
@@ -282,3 +294,24 @@ def test_search_reports_chosen_split_beside_the_pure_plans(tiny_run) -> None:
 def test_layer_units_in_a_trajectory_remove_both_blocks() -> None:
     steps = depth_steps([{"blocks": ["3.attn", "3.mlp"], "calib_nll": 5.0}, {"block": "1.attn"}])
     assert steps == [DepthStep(("3.attn", "3.mlp"), 5.0), DepthStep(("1.attn",), None)]
+
+
+def test_depth_prefix_losses_match_the_trajectory(tiny_run, calib) -> None:
+    """A split built from the plan's first k steps measures the loss BlockPruner recorded."""
+    _, plan = tiny_run
+    loaded = tiny_dense()
+    windows = settings_windows(loaded, PruneSettings(**calib))
+    before = {name: p.clone() for name, p in loaded.model.named_parameters()}
+
+    def build(candidate, split: Split) -> None:
+        apply_plan(candidate, depth_prefix_plan(plan, split.k))
+
+    loss_of = calibration_loss_fn(loaded, windows, build)
+    for k in (1, 3, 8):
+        split = Split(k, (), 0.0, 1.0, 1.0)
+        assert math.exp(loss_of(split)) == pytest.approx(plan.trajectory[k - 1]["calib_ppl"])
+    dense_loss = loss_of(Split(0, (), 0.0, 1.0, 1.0))
+    assert math.exp(dense_loss) != pytest.approx(plan.trajectory[0]["calib_ppl"])
+    assert all(torch.equal(p, before[name]) for name, p in loaded.model.named_parameters())
+    prefix = depth_prefix_plan(plan, 3)
+    assert prefix.removed_blocks == plan.removed_blocks[:3] and len(prefix.trajectory) == 3
