@@ -305,7 +305,7 @@ def coarse_indices(n: int, coarse: int) -> list[int]:
 
 
 def best_index(losses: dict[int, float]) -> int:
-    """Lowest loss; equal losses go to the smaller index (fewer blocks removed)."""
+    """Lowest loss; equal losses go to the smaller index or k (fewer blocks removed)."""
     return min(losses, key=lambda i: (losses[i], i))
 
 
@@ -346,7 +346,7 @@ def search_speed_target(
     candidates = candidate_splits(dense, steps, predict, target, rule, stride)
     losses = choose(candidates, loss_of, coarse, max_evaluations)
     by_k = {split.k: split for split in candidates}
-    chosen = by_k[min(losses, key=lambda k: (losses[k], k))]
+    chosen = by_k[best_index(losses)]
     return SpeedTargetResult(
         target=target,
         phase=phase,

@@ -260,6 +260,13 @@ def test_choose_is_deterministic_and_breaks_ties_to_fewer_blocks() -> None:
     assert nan[4] == math.inf and min(nan, key=nan.get) == 8
 
 
+def test_equal_losses_choose_the_fewest_blocks(tiny_run) -> None:
+    dense, plan = tiny_run
+    steps = depth_steps(plan.trajectory)
+    result = search_speed_target(dense, steps, predict, 1.4, "decode", lambda split: 1.0)
+    assert result.chosen.k == 0 and len(result.candidates) > 1
+
+
 def test_search_reports_chosen_split_beside_the_pure_plans(tiny_run) -> None:
     dense, plan = tiny_run
     steps = depth_steps(plan.trajectory)
