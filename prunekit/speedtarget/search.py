@@ -369,3 +369,28 @@ def depth_reaches(
         return dense_latency / predict(remove_blocks(dense, blocks)) >= target
 
     return reached
+
+
+def depth_blocks_bound(
+    dense: ModelStructure, predict: Predictor, target: float, kinds: Sequence[str] = ("attn", "mlp")
+) -> int | None:
+    """How many single-block depth steps always suffice for the blocks alone to reach ``target``.
+
+    With a table that prices blocks independently (the fixed part + one entry per block),
+    whatever order the depth search removes blocks in, it has saved at least as much predicted
+    latency as removing the blocks that save least: so remove those (one at a time, the cheapest
+    saving first) until the target is reached. Run the depth search this many steps (``--blocks``)
+    and its trajectory reaches the depth-only end. None when removing every block of ``kinds``
+    does not reach it (the search then needs width for every k).
+    """
+    check_target(target)
+    dense_latency = predict(dense)
+    left = [f"{i}.{kind}" for i in range(len(dense.layers)) for kind in kinds]
+    removed: list[str] = []
+    while dense_latency / predict(remove_blocks(dense, removed)) < target:
+        if not left:
+            return None
+        cheapest = max(left, key=lambda b: (predict(remove_blocks(dense, [*removed, b])), b))
+        removed.append(cheapest)
+        left.remove(cheapest)
+    return len(removed)
