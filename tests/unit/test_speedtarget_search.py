@@ -15,10 +15,12 @@ from prunekit.errors import SettingsError
 from prunekit.latency.structure import LayerStructure, ModelStructure
 from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.registry import PruneSettings
+from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
 from prunekit.speedtarget.losses import calibration_loss_fn, depth_prefix_plan
 from prunekit.speedtarget.report import speed_target_markdown, speed_target_record
+from prunekit.speedtarget.run import search_for_speed
 from prunekit.speedtarget.search import (
     DepthStep,
     Split,
@@ -33,6 +35,7 @@ from prunekit.speedtarget.search import (
     search_speed_target,
 )
 from prunekit.surgery import apply_plan
+from prunekit.surgery.depth import remove_blocks as remove_model_blocks
 from tests.unit.depth_helpers import one_thread  # noqa: F401
 
 LAYERS = 6
@@ -335,3 +338,39 @@ def test_depth_prefix_losses_match_the_trajectory(tiny_run, calib) -> None:
     assert all(torch.equal(p, before[name]) for name, p in loaded.model.named_parameters())
     prefix = depth_prefix_plan(plan, 3)
     assert prefix.removed_blocks == plan.removed_blocks[:3] and len(prefix.trajectory) == 3
+
+
+def test_search_for_speed_runs_the_depth_search_to_the_bound(calib) -> None:
+    """End to end up to the choice on a tiny model. The build replays the depth prefix only (the
+    width stage on a depth-pruned model is the combined-plan code's), so the loss is BlockPruner's
+    own along k: the chosen split is the measured one with the lowest calibration ppl."""
+    loaded = tiny_dense()
+    dense = dense_structure(loaded.model.config)
+    settings = PruneSettings(**calib, candidates="attn")
+    run = search_for_speed(loaded, settings, 1.2, "decode", dense, predict, depth_prefix_build)
+    bound = depth_blocks_bound(dense, predict, 1.2, kinds=("attn",))
+    assert len(run.depth_plan.trajectory) == bound
+    assert all(b.endswith(".attn") for b in run.depth_plan.removed_blocks)
+    result = run.result
+    assert result.depth_only is not None and result.depth_only.k <= bound
+    ppl = {k: math.exp(loss) for k, loss in result.losses.items()}
+    for k in ppl:
+        if k:
+            assert ppl[k] == pytest.approx(run.depth_plan.trajectory[k - 1]["calib_ppl"])
+    assert result.chosen.k == min(ppl, key=lambda k: (ppl[k], k))
+    assert tiny_dense().model.state_dict().keys() == loaded.model.state_dict().keys()
+    with pytest.raises(SettingsError, match="single-block"):
+        search_for_speed(
+            loaded,
+            PruneSettings(**calib, candidates="layers"),
+            1.2,
+            "decode",
+            dense,
+            predict,
+            depth_prefix_build,
+        )
+
+
+def depth_prefix_build(candidate, split: Split) -> None:
+    """The depth stage of a split (its first k steps are ``split.removed_blocks``)."""
+    remove_model_blocks(candidate, [BlockRef.parse(b) for b in split.removed_blocks])
