@@ -15,7 +15,6 @@ from prunekit.errors import SettingsError
 from prunekit.latency.structure import LayerStructure, ModelStructure
 from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.registry import PruneSettings
-from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
 from prunekit.speedtarget.losses import calibration_loss_fn, depth_prefix_plan
@@ -35,7 +34,6 @@ from prunekit.speedtarget.search import (
     search_speed_target,
 )
 from prunekit.surgery import apply_plan
-from prunekit.surgery.depth import remove_blocks as remove_model_blocks
 from tests.unit.depth_helpers import one_thread  # noqa: F401
 
 LAYERS = 6
@@ -371,6 +369,8 @@ def test_search_for_speed_runs_the_depth_search_to_the_bound(calib) -> None:
         )
 
 
-def depth_prefix_build(candidate, split: Split) -> None:
-    """The depth stage of a split (its first k steps are ``split.removed_blocks``)."""
-    remove_model_blocks(candidate, [BlockRef.parse(b) for b in split.removed_blocks])
+def depth_prefix_build(candidate, split: Split, depth_plan) -> None:
+    """The depth stage of a split: the first k steps of the depth plan."""
+    prefix = depth_prefix_plan(depth_plan, split.k)
+    assert tuple(prefix.removed_blocks) == split.removed_blocks
+    apply_plan(candidate, prefix)
