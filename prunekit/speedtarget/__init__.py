@@ -1,0 +1,1 @@
+"""Prune to a speed (issue 16): the depth/width split that reaches a predicted speed-up."""

@@ -1,0 +1,89 @@
+"""``--target-speedup`` end to end, up to the choice: depth search, splits, measured losses.
+
+The caller (``api.prune``) supplies what other parts of issue 16 own: the dense model's
+``ModelStructure`` and a ``predict`` for the phase (the latency table), and
+``build(copy, split, depth_plan)`` (the combined plan: ``depth_prefix_plan(depth_plan, split.k)``
+then the width method at ``split.sparsity``, in place on the copy). It then applies
+``result.chosen`` to the model itself the same way and records ``speed_target_record(result)``
+in the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prunekit.errors import SettingsError
+from prunekit.latency.structure import ModelStructure
+from prunekit.methods.depth.calibration import settings_windows
+from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.models.loading import LoadedModel
+from prunekit.plan import PruningPlan
+from prunekit.speedtarget.losses import calibration_loss_fn, fresh_copy
+from prunekit.speedtarget.search import (
+    PHASES,
+    Predictor,
+    SpeedTargetResult,
+    Split,
+    WidthRule,
+    check_target,
+    depth_blocks_bound,
+    depth_steps,
+    search_speed_target,
+)
+
+# BlockPruner's candidate sets that remove single blocks, and the kinds they cover.
+BLOCK_CANDIDATES = {None: ("attn", "mlp"), "blocks": ("attn", "mlp"), "both": ("attn", "mlp")}
+BLOCK_CANDIDATES |= {"attn": ("attn",), "mlp": ("mlp",)}
+
+
+# (copy of the dense model, split, the whole depth plan) -> None: prunes the copy to the split.
+SplitBuild = Callable[[LoadedModel, Split, PruningPlan], None]
+
+
+@dataclass
+class SpeedTargetRun:
+    result: SpeedTargetResult
+    depth_plan: PruningPlan  # the whole depth search; split k replays its first k steps
+
+
+def search_for_speed(
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    target: float,
+    phase: str,
+    dense: ModelStructure,
+    predict: Predictor,
+    build: SplitBuild,
+    depth_method: str = "blockpruner",
+) -> SpeedTargetRun:
+    """Run the depth search far enough, price every split, measure a few, choose one.
+
+    ``settings`` carries the calibration (calib, n_samples, seqlen, seed), the depth options
+    (candidates, criterion...) and the width rule (targets, multiple_of); ``ratio``, ``blocks``
+    and ``sparsity`` are set here. ``loaded`` is left unpruned.
+    """
+    check_target(target)
+    if phase not in PHASES:
+        raise SettingsError(f"--phase must be one of {', '.join(PHASES)}, got {phase!r}")
+    if settings.candidates not in BLOCK_CANDIDATES:
+        raise SettingsError(
+            f"--target-speedup needs single-block depth candidates (attn, mlp or blocks), "
+            f"got --candidates {settings.candidates}"
+        )
+    rule = WidthRule(tuple(settings.targets), settings.multiple_of)
+    kinds = BLOCK_CANDIDATES[settings.candidates]
+    protected = {i for i in settings.protect_layers if 0 <= i < len(dense.layers)}
+    candidates = (len(dense.layers) - len(protected)) * len(kinds)
+    bound = depth_blocks_bound(dense, predict, target, kinds)
+    blocks = candidates if bound is None else min(bound, candidates)
+    depth_settings = dataclasses.replace(settings, blocks=blocks, ratio=None, sparsity=None)
+    depth_plan = get_method(depth_method).prune(fresh_copy(loaded), depth_settings)
+    windows = settings_windows(loaded, settings)
+    loss_of = calibration_loss_fn(
+        loaded, windows, lambda copy, split: build(copy, split, depth_plan)
+    )
+    steps = depth_steps(depth_plan.trajectory)
+    result = search_speed_target(dense, steps, predict, target, phase, loss_of, rule)
+    return SpeedTargetRun(result, depth_plan)
