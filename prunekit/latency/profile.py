@@ -76,7 +76,7 @@ class ProfileSettings:
 def aligned_widths(full: int, multiple: int, steps: int) -> list[int]:
     """Every 1/steps of ``full`` rounded to ``multiple`` (at least one multiple), and ``full``."""
     widths = {max(multiple, round(full * k / steps / multiple) * multiple) for k in range(1, steps)}
-    return sorted(w for w in widths if w < full) + [full]
+    return [*sorted(w for w in widths if w < full), full]
 
 
 def unaligned_widths(full: int, multiple: int, steps: int) -> list[int]:
