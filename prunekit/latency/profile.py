@@ -292,6 +292,7 @@ def profile_model(
     """Time the fixed part, a stock layer and every grid width of one attention and one MLP
     block of ``loaded`` (on its device and dtype), for each phase of ``settings``."""
     settings.validate()
+    started = time.perf_counter()
     if loaded.residency is not None:
         raise SettingsError("profile needs the model in memory (not streamed)")
     copies = min(settings.layers_per_probe, loaded.adapter.num_layers(loaded.model))
@@ -304,7 +305,9 @@ def profile_model(
     }
     medians = time_round_robin(runners, loaded.device, settings, progress)
     phases = {phase: phase_table(specs, medians, phase, copies) for phase in settings.phases}
-    return _table(loaded, settings, phases, copies)
+    table = _table(loaded, settings, phases, copies)
+    table.settings["seconds"] = round(time.perf_counter() - started, 2)
+    return table
 
 
 def _table(
