@@ -15,6 +15,9 @@ set beside ``predicted_speedup`` of their structures (``structure_of``), with th
 Writes docs/results/latency_model.json and the section between LATENCY_START/LATENCY_END of
 docs/results/speedtarget.md (replaced in place, or appended: the rest of that file belongs to
 bench/speedtarget.py, which should keep this marked section).
+
+Run it alone: every number is a timing. On a machine shared with another job the OpenMP threads
+of both fight for the cores and small decode kernels slow down 3-30x, unevenly.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=128, help="bench-speed decode tokens")
     parser.add_argument("--profile-gen-len", type=int, default=32, help="decode tokens profiled")
     parser.add_argument("--profile-runs", type=int, default=3)
+    parser.add_argument("--grid-steps", type=int, default=8, help="profile widths: every 1/N")
     parser.add_argument("--runs", type=int, default=5, help="bench-speed runs per model")
     parser.add_argument("--n-samples", type=int, default=4, help="calibration windows")
     parser.add_argument("--seqlen", type=int, default=256, help="calibration window tokens")
@@ -133,7 +137,11 @@ VARIANTS: dict[str, Callable[[LoadedModel, argparse.Namespace], dict]] = {
 
 def profile(dense: LoadedModel, args: argparse.Namespace) -> dict[str, LatencyTable]:
     prefill = ProfileSettings(
-        batch=1, prompt_len=args.prefill_len, phases=("prefill",), runs=args.profile_runs
+        batch=1,
+        prompt_len=args.prefill_len,
+        phases=("prefill",),
+        runs=args.profile_runs,
+        grid_steps=args.grid_steps,
     )
     decode = ProfileSettings(
         batch=1,
@@ -141,6 +149,7 @@ def profile(dense: LoadedModel, args: argparse.Namespace) -> dict[str, LatencyTa
         gen_len=args.profile_gen_len,
         phases=("decode",),
         runs=args.profile_runs,
+        grid_steps=args.grid_steps,
     )
     tables = {}
     for phase, settings in (("prefill", prefill), ("decode", decode)):

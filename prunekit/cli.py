@@ -862,6 +862,7 @@ def profile_command(
     gen_len: int = typer.Option(32, min=1, help="Decode: tokens generated per run."),
     phases: str = typer.Option("prefill,decode", help="Phases to time: prefill, decode."),
     multiple_of: int = typer.Option(64, min=1, help="Kernel-friendly MLP width multiple."),
+    grid_steps: int = typer.Option(8, min=1, help="Widths at every 1/N of the full width."),
     layers_per_probe: int = typer.Option(4, min=1, help="Layer copies per timed probe."),
     runs: int = typer.Option(3, min=1, help="Timed runs per probe (median kept)."),
     out: Path = typer.Option(
@@ -880,6 +881,7 @@ def profile_command(
         gen_len=gen_len,
         phases=tuple(_split(phases)),
         multiple_of=multiple_of,
+        grid_steps=grid_steps,
         layers_per_probe=layers_per_probe,
         runs=runs,
     )

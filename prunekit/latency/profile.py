@@ -12,7 +12,9 @@ Probes run through bench-speed's own prefill and decode functions
 - one block = (probe with ``k`` such blocks − fixed) / ``k``: ``k`` copies (each with its own
   weights, so nothing stays cached that would not in the real model) lift a block's time well
   above the timer's noise;
-- layer overhead = (probe with ``k`` stock layers − fixed) / ``k`` − full attention − full MLP.
+- layer overhead = (probe with ``k`` stock layers − fixed) / ``k`` − full attention − full MLP;
+- anchor: the whole model is timed too, and every per-layer entry is scaled by the one factor
+  that makes the model's predicted latency its measured one (``anchor_on_model``).
 
 All probes are timed round-robin after a warm-up of each (one run of every probe, then the next
 round), and each entry is a median, so a load change on a shared machine hits all entries alike.
@@ -32,7 +34,14 @@ from torch import nn
 
 from prunekit.errors import SettingsError
 from prunekit.evaluation.speed import decode_fn, prefill_fn
-from prunekit.latency.table import PHASES, LatencyTable, PhaseTable
+from prunekit.latency.structure import ModelStructure, structure_of
+from prunekit.latency.table import (
+    PHASES,
+    LatencyModelError,
+    LatencyTable,
+    PhaseTable,
+    predict_latency,
+)
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import LoadedModel
 from prunekit.surgery.depth import CONFIG_KEY, remove_blocks
@@ -262,6 +271,35 @@ def phase_table(
     return PhaseTable(fixed, attn, mlp, unaligned, overhead)
 
 
+# Anchoring is skipped (and recorded as such) when the probes and the model disagree by more
+# than this factor either way: then the timings are too noisy to trust a single scale.
+MAX_ANCHOR_FACTOR = 1.5
+
+
+def anchor_on_model(
+    table: LatencyTable, structure: ModelStructure, phase: str, measured_s: float
+) -> PhaseTable:
+    """``phase``'s entries scaled so that ``structure`` (the profiled model) predicts
+    ``measured_s``; unscaled, with the reason recorded, when that takes an implausible factor."""
+    raw = table.phases[phase]
+    try:
+        predicted = predict_latency(table, structure, phase)  # type: ignore[arg-type]
+    except LatencyModelError as exc:  # e.g. a head-pruned model: its shapes are not in the grid
+        raw.anchor = {"model_measured_s": measured_s, "applied": False, "reason": str(exc)}
+        return raw
+    layers = predicted - raw.fixed_s
+    factor = (measured_s - raw.fixed_s) / layers if layers > 0 else float("nan")
+    applied = 1 / MAX_ANCHOR_FACTOR <= factor <= MAX_ANCHOR_FACTOR
+    anchored = raw.scaled(factor) if applied else raw.scaled(1.0)
+    anchored.anchor = {
+        "model_measured_s": measured_s,
+        "model_predicted_raw_s": predicted,
+        "factor": factor,
+        "applied": applied,
+    }
+    return anchored
+
+
 def machine_info(device: str) -> dict:
     """What the timings depend on besides the model."""
     info = {
@@ -303,9 +341,16 @@ def profile_model(
         for phase in settings.phases
         for label, probe in probes.items()
     }
+    runners.update(
+        {f"{phase}/model": phase_runner(loaded, phase, settings) for phase in settings.phases}
+    )
     medians = time_round_robin(runners, loaded.device, settings, progress)
-    phases = {phase: phase_table(specs, medians, phase, copies) for phase in settings.phases}
-    table = _table(loaded, settings, phases, copies)
+    raw = {phase: phase_table(specs, medians, phase, copies) for phase in settings.phases}
+    table = _table(loaded, settings, raw, copies)
+    structure = structure_of(loaded)
+    for phase in settings.phases:
+        measured = medians[f"{phase}/model"]
+        table.phases[phase] = anchor_on_model(table, structure, phase, measured)
     table.settings["seconds"] = round(time.perf_counter() - started, 2)
     return table
 

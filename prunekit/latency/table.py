@@ -12,6 +12,11 @@ A table holds, per phase (``prefill``: one forward over ``batch × prompt_len`` 
   (the entries were timed in layers holding one block; negative when one stock layer is cheaper
   than two half layers).
 
+The per-layer entries are anchored on the whole profiled model (``anchor``): scaled by one
+factor so that the model's own predicted latency equals its measured one. Block timings in a
+short probe model and in the full stack differ by a few per cent (caches, allocator); one factor
+for all of them keeps their ratios, which is what a speed-up depends on.
+
 ``predict_latency`` = fixed + Σ over layers (attention entry + MLP entry + overhead if both),
 with linear interpolation between grid widths. ``prunekit.latency.profile`` measures the table.
 """
@@ -44,11 +49,25 @@ class PhaseTable:
     mlp: dict[int, float]  # aligned MLP width -> one MLP block
     mlp_unaligned: dict[int, float]  # MLP width not a multiple of multiple_of -> one MLP block
     layer_overhead_s: float = 0.0
+    # How the per-layer entries were anchored on the whole model (profile.anchor_on_model).
+    anchor: dict = field(default_factory=dict)
+
+    def scaled(self, factor: float) -> PhaseTable:
+        """The same table with every per-layer entry (not the fixed part) times ``factor``."""
+        return PhaseTable(
+            fixed_s=self.fixed_s,
+            attn={k: v * factor for k, v in self.attn.items()},
+            mlp={k: v * factor for k, v in self.mlp.items()},
+            mlp_unaligned={k: v * factor for k, v in self.mlp_unaligned.items()},
+            layer_overhead_s=self.layer_overhead_s * factor,
+            anchor=dict(self.anchor),
+        )
 
     def to_dict(self) -> dict:
         return {
             "fixed_s": self.fixed_s,
             "layer_overhead_s": self.layer_overhead_s,
+            "anchor": self.anchor,
             "attn": {str(k): v for k, v in sorted(self.attn.items())},
             "mlp": {str(k): v for k, v in sorted(self.mlp.items())},
             "mlp_unaligned": {str(k): v for k, v in sorted(self.mlp_unaligned.items())},
@@ -65,6 +84,7 @@ class PhaseTable:
             mlp=points("mlp"),
             mlp_unaligned=points("mlp_unaligned"),
             layer_overhead_s=float(data.get("layer_overhead_s", 0.0)),
+            anchor=dict(data.get("anchor", {})),
         )
 
 

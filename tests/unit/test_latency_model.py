@@ -257,9 +257,32 @@ def test_profile_fills_every_entry_of_the_grid():
     assert (table.mlp_width, table.v_head_dim, table.attn_heads, table.kv_heads) == (96, 16, 4, 2)
     assert (table.batch, table.prompt_len, table.gen_len, table.dtype) == (1, 8, 2, "fp32")
     assert table.machine["torch"] == torch.__version__
-    assert seen[-1][1:] == (len(seen), 2 * 13)  # one call per timed run: 13 probes × 2 phases
-    pruned = structure_of(loaded).with_layer(0, mlp_width=0)
+    # One call per timed run: 13 probes and the model itself, in 2 phases.
+    assert seen[-1][1:] == (len(seen), 2 * 14)
+    dense = structure_of(loaded)
+    for name, phase in table.phases.items():
+        anchor = phase.anchor
+        if anchor["applied"]:  # the model's own prediction is its measured time
+            assert predict_latency(table, dense, name) == pytest.approx(anchor["model_measured_s"])
+        else:  # too noisy to scale: the raw entries are kept
+            assert not 1 / 1.5 <= anchor["factor"] <= 1.5
+    pruned = dense.with_layer(0, mlp_width=0)
     assert math.isfinite(predict_latency(table, pruned, "decode"))
+
+
+def test_anchoring_scales_every_per_layer_entry_by_one_factor():
+    from prunekit.latency.profile import anchor_on_model
+
+    table = known_table()
+    dense = structure(FULL, FULL)  # raw prediction 10 + 2 * 8.5 = 27
+    anchored = anchor_on_model(table, dense, "prefill", measured_s=10 + 17 * 1.2)
+    assert anchored.anchor["applied"] and anchored.anchor["factor"] == pytest.approx(1.2)
+    assert anchored.fixed_s == 10.0
+    assert anchored.attn == {8: pytest.approx(2.4), 16: pytest.approx(3.6)}
+    assert anchored.mlp_unaligned[40] == pytest.approx(6.0)
+    assert anchored.layer_overhead_s == pytest.approx(-0.6)
+    implausible = anchor_on_model(table, dense, "prefill", measured_s=10 + 17 * 3)
+    assert not implausible.anchor["applied"] and implausible.attn == table.phases["prefill"].attn
 
 
 def test_profile_settings_are_checked():
