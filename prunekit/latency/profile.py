@@ -128,12 +128,23 @@ class ProbeSpec:
 
 
 def source_layer_index(loaded: LoadedModel) -> int:
-    """The first layer that still has both blocks: the shapes the table is relative to."""
-    adapter = loaded.adapter
-    for index, layer in enumerate(adapter.layers(loaded.model)):
-        if adapter.has_block(layer, "attn") and adapter.has_block(layer, "mlp"):
-            return index
-    raise SettingsError("the model has no layer with both an attention and an MLP block")
+    """The widest layer that still has both blocks (the first of equals): the shapes the grid
+    is relative to, so a pruned model is profiled at its widest layer's widths."""
+    adapter, model = loaded.adapter, loaded.model
+    candidates = [
+        (_widths(loaded, layer), -index)
+        for index, layer in enumerate(adapter.layers(model))
+        if adapter.has_block(layer, "attn") and adapter.has_block(layer, "mlp")
+    ]
+    if not candidates:
+        raise SettingsError("the model has no layer with both an attention and an MLP block")
+    return -max(candidates)[1]
+
+
+def _widths(loaded: LoadedModel, layer: nn.Module) -> tuple[int, int]:
+    """(value channels, MLP width) of a layer with both blocks."""
+    attn = loaded.adapter.attention_channels(layer, loaded.model.config)
+    return attn.num_kv_heads * attn.v_head_dim, loaded.adapter.mlp_channels(layer).width
 
 
 def empty_shell(loaded: LoadedModel) -> nn.Module:

@@ -285,6 +285,17 @@ def test_anchoring_scales_every_per_layer_entry_by_one_factor():
     assert not implausible.anchor["applied"] and implausible.attn == table.phases["prefill"].attn
 
 
+def test_the_grid_is_relative_to_the_widest_layer():
+    from prunekit.latency.profile import source_layer_index
+
+    loaded = tiny("llama")
+    narrow(loaded, {0: (40, 9)})
+    remove_blocks(loaded, [BlockRef(1, "mlp")])
+    assert source_layer_index(loaded) == 2
+    widest = build_probe(loaded, ProbeSpec("both"), copies=1)
+    assert structure_of(widest).layers == (dense_layer("llama"),)
+
+
 def test_profile_settings_are_checked():
     with pytest.raises(SettingsError, match="prompt-len"):
         ProfileSettings(prompt_len=0).validate()
@@ -347,6 +358,17 @@ def test_cli_writes_the_table_and_prints_its_entries(tiny_dir, tmp_path, monkeyp
     assert (table.prompt_len, table.gen_len, table.multiple_of) == (8, 2, 16)
     assert sorted(table.phases["decode"].mlp) == aligned_widths(96, 16, 8)
     assert "mlp unaligned" in out and "latency table saved" in out
+
+
+def test_a_run_directory_profiles_its_base_model_and_keeps_the_table_beside_it(tmp_path):
+    from prunekit.latency.command import profiled_spec
+    from prunekit.plan import PruningPlan
+
+    run = tmp_path / "run"
+    run.mkdir()
+    PruningPlan("sleb", {"spec": "some/base"}, removed_blocks=["1.attn"]).save(run / "plan.json")
+    assert profiled_spec(str(run)) == ("some/base", run)
+    assert profiled_spec("some/base") == ("some/base", None)
 
 
 def test_default_output_beside_a_run_or_named_after_the_model(tmp_path):
