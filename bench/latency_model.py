@@ -232,7 +232,15 @@ def markdown(report: dict) -> str:
         f"decode batch 1, {report['new_tokens']} tokens after a {report['decode_prompt']}-token "
         "prompt). Pruned models built with small calibration "
         f"({report['n_samples']} x {report['seqlen']} tokens of c4): the plans are not meant to "
-        "be good, only different. Error = predicted / measured - 1.",
+        "be good, only different. Error = predicted / measured - 1. Per-layer entries are "
+        "anchored on the dense model's measured time (factor "
+        + ", ".join(
+            f"{phase} {table['anchor'].get('factor', float('nan')):.3f}"
+            f"{'' if table['anchor'].get('applied') else ' (not applied)'}"
+            for phase, t in report["tables"].items()
+            for table in [t["phases"][phase]]
+        )
+        + ").",
         "",
         "| model | ratio_total | prefill predicted | prefill measured | error | decode predicted "
         "| decode measured | error |",
