@@ -8,6 +8,10 @@ holds no weights, so the search can price a plan before building it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prunekit.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -42,3 +46,29 @@ class ModelStructure:
         layers = list(self.layers)
         layers[index] = replace(layers[index], **changes)
         return replace(self, layers=tuple(layers))
+
+
+def structure_of(loaded: LoadedModel) -> ModelStructure:
+    """The shape ``loaded``'s modules actually have: removed blocks, narrowed MLPs and values.
+
+    Read through the family adapter (``prunekit.export.per_layer.describe_layers``), so a stock
+    model, a depth- or width-pruned one in memory, and a reloaded export of either format alike
+    describe themselves.
+    """
+    from prunekit.export.per_layer import describe_layers
+
+    model = loaded.model
+    layers = tuple(
+        LayerStructure(
+            attn_heads=shape.num_attention_heads or 0,
+            kv_heads=shape.num_key_value_heads or 0,
+            head_dim=shape.head_dim or 0,
+            v_head_dim=shape.v_head_dim or 0,
+            mlp_width=shape.intermediate_size or 0,
+        )
+        for shape in describe_layers(model, loaded.adapter)
+        if shape.has_attn or shape.has_mlp
+    )
+    return ModelStructure(
+        layers=layers, hidden_size=model.config.hidden_size, vocab_size=model.config.vocab_size
+    )
