@@ -168,6 +168,15 @@ def _zeroshot_section(evals: dict) -> list[str]:
     return ["## Zero-shot accuracy (higher is better)", "", note, "", *table(header, rows, align)]
 
 
+def _speed_target_section(report: dict) -> list[str]:
+    """``--target-speedup`` runs: the chosen split beside the pure plans (speedtarget/report.py)."""
+    if not report.get("speed_target"):
+        return []
+    from prunekit.speedtarget.report import speed_target_markdown
+
+    return [speed_target_markdown(report["speed_target"]), ""]
+
+
 def render_report_md(report: dict, images: list[str] | None = None) -> str:
     model = report.get("model", {})
     settings = report.get("settings", {})
@@ -188,6 +197,7 @@ def render_report_md(report: dict, images: list[str] | None = None) -> str:
         "",
         *_params_section(report.get("params", {})),
         *_stages_section(report),
+        *_speed_target_section(report),
         *_ppl_section(evals),
         *_zeroshot_section(evals),
     ]
