@@ -530,7 +530,9 @@ def prune_command(
     if not model:
         raise SettingsError("name a model with --model")
     if method is None and target_speedup is None:
-        raise SettingsError("name a method with --method (prunekit methods lists them)")
+        raise SettingsError(
+            "Missing option '--method' (prunekit methods lists them; or --target-speedup)"
+        )
     method = method or "blockpruner+fasp"
     chosen = get_method(method)
     settings = _given_settings(ctx, chosen.takes)

@@ -281,7 +281,7 @@ def test_refusals_are_one_line(monkeypatch, capsys, tiny_dir, tmp_path, extra, m
     [
         (["--target-speedup", "1.0"], "--target-speedup must be > 1"),
         (["--method", "fasp", "--sparsity", "0.2", "--phase", "decode"], "--phase applies to"),
-        (["--ratio", "0.2"], "name a method with --method"),
+        (["--ratio", "0.2"], "Missing option '--method'"),
     ],
 )
 def test_speed_options_alone_and_a_bad_target_are_refused(
