@@ -441,7 +441,7 @@ def prune_command(
         None, help="--target-speedup, table profiled now: prompt tokens (prefill 2048, decode 32)."
     ),
     gen_len: int = typer.Option(
-        None, help="--target-speedup, table profiled now: decode tokens per run (default 128)."
+        None, help="--target-speedup, table profiled now: decode tokens per run (default 32)."
     ),
     calib: str = typer.Option(
         _default("calib"), help="Calibration text: c4, wikitext2, ptb or a file."

@@ -4,8 +4,8 @@
 ``prune_for_speed`` in place of the method's own ``prune``. That function
 
 1. loads the latency table (``--latency-table``) or profiles one on the fly on the run's own
-   device and dtype, for the one phase asked (decode: batch 1, bench-speed's 32-token prompt
-   and 128 new tokens; prefill: one 2048-token prompt), unless the workload is given;
+   device and dtype, for the one phase asked (decode: batch 1, bench-speed's 32-token prompt,
+   32 new tokens; prefill: one 2048-token prompt), unless the workload is given;
 2. runs ``search_for_speed`` (the depth search, the splits priced by the table, a few built and
    measured on the calibration windows);
 3. builds the chosen split on the model itself with the same stages the search measured: the
@@ -27,7 +27,7 @@ from typing import Any
 from prunekit.errors import SettingsError
 from prunekit.latency.profile import ProfileSettings, profile_model
 from prunekit.latency.structure import structure_of
-from prunekit.latency.table import LatencyTable, predict_latency
+from prunekit.latency.table import LatencyModelError, LatencyTable, predict_latency
 from prunekit.methods.combined import SEPARATOR, run_stages, stage_settings
 from prunekit.methods.registry import Method, PruneSettings, flag, get_method
 from prunekit.models.loading import LoadedModel
@@ -44,10 +44,11 @@ SPEED_METHOD = f"{DEPTH_METHOD}{SEPARATOR}{WIDTH_METHOD}"
 DEFAULT_PHASE = "decode"
 # The speed target sets both stages' targets; a parameter target beside it is a contradiction.
 REFUSED_SETTINGS = ("ratio", "blocks", "sparsity", "depth_share")
-# The workload a table profiled on the fly prices: bench-speed's decode case (batch 1, a
-# 32-token prompt, 128 new tokens) and the issue's prefill case (one 2048-token prompt).
+# The workload a table profiled on the fly prices: bench-speed's decode case (batch 1 after a
+# 32-token prompt; 32 new tokens, not bench-speed's 128: the cost per token is the same and the
+# profile takes a quarter of the time) and the issue's prefill case (one 2048-token prompt).
 WORKLOADS = {
-    "decode": {"batch": 1, "prompt_len": 32, "gen_len": 128},
+    "decode": {"batch": 1, "prompt_len": 32, "gen_len": 32},
     "prefill": {"batch": 1, "prompt_len": 2048, "gen_len": 1},
 }
 WORKLOAD_KEYS = ("batch", "prompt_len", "gen_len")
@@ -203,6 +204,12 @@ def prune_for_speed(
 
     def predict(structure) -> float:
         return predict_latency(table, structure, request.phase)  # type: ignore[arg-type]
+
+    if not predict(dense) > 0:  # a table timed on a very noisy machine can price nonsense
+        raise LatencyModelError(
+            f"the latency table predicts {predict(dense):.3g} s for the dense model; "
+            "profile it again (more --runs, a quieter machine)"
+        )
 
     # The depth search runs on a copy and only its prefix is kept: no checkpoint or plots of it
     # in the run directory (they would show blocks the chosen split does not remove).
