@@ -184,6 +184,8 @@ def render_report_md(report: dict, images: list[str] | None = None) -> str:
     target = ", ".join(
         f"{k} {settings[k]}" for k in ("ratio", "blocks", "sparsity") if settings.get(k) is not None
     )
+    if report.get("speed_target"):  # --target-speedup: the stages' targets were chosen for it
+        target = f"speed-up {report['speed_target']['target']:g}× {report['speed_target']['phase']}"
     lines = [
         f"# prunekit run: {report.get('method')} on {model.get('spec')}",
         "",

@@ -192,6 +192,7 @@ def test_report_and_output_show_the_split_beside_the_pure_plans(hand_run):
     assert record["latency_table"]["path"].endswith("hand.json")
     assert not (out / "latency.json").exists()
     markdown = (out / "report.md").read_text()
+    assert f"- target: speed-up {TARGET:g}× decode;" in markdown
     assert "## Speed target" in markdown and "| chosen split |" in markdown
     assert "| depth only |" in markdown and "| width only |" in markdown
     output = hand_run["output"]
