@@ -8,10 +8,17 @@ medians), predicted speed-up, ratio_total, WikiText-2 ppl (seqlen 512), zero-sho
 HellaSwag / ARC-e (first 500 items). bf16 where the CPU runs it natively (recorded).
 
     PRUNEKIT_DATA_DIR=../shared/data python bench/speedtarget.py [--targets decode:1.25 ...]
+        [--table latency.json] [--depth-blocks N]
 
-One BlockPruner search (``--depth-blocks`` steps) serves every target: its prefixes are the
-depth plans. Not run yet: the TODO(issue16-A/B) lines call the combined-plan and latency-table
-code of the other two parts of issue 16 and are wired when those land.
+The latency tables are ``prunekit profile``'s: one per phase, profiled here on the dense model
+with the workload ``prune --target-speedup`` uses (decode: batch 1, 32-token prompt, 128 new
+tokens, as bench-speed; prefill: 1 x 2048) and saved beside the page as
+speedtarget-latency-<phase>.json, unless ``--table`` gives one. One BlockPruner search serves
+every target (its prefixes are the depth plans; the greedy search is prefix-consistent), run
+for the most steps any target needs (``depth_blocks_bound``) unless ``--depth-blocks`` caps it.
+Every plan is built as ``prune --target-speedup`` builds its choice
+(``prunekit.speedtarget.prune.split_stages``: the depth prefix, then FASP at s on what it left).
+The section between the latency-model markers (bench/latency_model.py) is kept.
 """
 
 from __future__ import annotations
@@ -26,28 +33,34 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from latency_model import LATENCY_END, LATENCY_START
 from results_notes import NOTES_MARKER, kept_notes
 
 from prunekit.api import prune
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.speed import SpeedSettings, measure_speed, speedups
 from prunekit.evaluation.zeroshot import zeroshot
+from prunekit.latency.profile import ProfileSettings, profile_model
+from prunekit.latency.structure import ModelStructure, structure_of
+from prunekit.latency.table import LatencyTable, predict_latency
+from prunekit.methods.combined import run_stages
 from prunekit.methods.depth.calibration import settings_windows
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.dtype import cpu_has_native_bf16
 from prunekit.models.loading import LoadedModel, load_model
 from prunekit.report.accounting import parameter_counts, pruning_ratios
-from prunekit.speedtarget.losses import calibration_loss_fn, depth_prefix_plan, fresh_copy
+from prunekit.speedtarget.losses import calibration_loss_fn, fresh_copy
+from prunekit.speedtarget.prune import SPEED_METHOD, WORKLOADS, split_stages
 from prunekit.speedtarget.report import speed_target_record
 from prunekit.speedtarget.search import (
     DepthStep,
     Split,
     WidthRule,
     candidate_splits,
+    depth_blocks_bound,
     depth_steps,
     search_speed_target,
 )
-from prunekit.surgery import apply_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (("decode", 1.25), ("decode", 1.5), ("decode", 2.0), ("prefill", 1.5))
@@ -86,31 +99,44 @@ def measured_speedup(dense: LoadedModel, pruned: LoadedModel, phase: str, runs: 
     return case["pruned"]
 
 
-def latency_predictor(dense: LoadedModel, phase: str, table_path: Path | None):
+def latency_table(dense: LoadedModel, phase: str, args) -> LatencyTable:
+    """``--table``, or this machine's profile of ``dense`` for ``phase`` (saved beside the page)
+    with the workload ``prune --target-speedup`` profiles on the fly."""
+    if args.table is not None:
+        table = LatencyTable.load(args.table)
+        table.phase(phase)
+        return table
+    workload = dict(WORKLOADS[phase])
+    if args.profile_prompt_len:
+        workload["prompt_len"] = args.profile_prompt_len
+    if args.profile_gen_len:
+        workload["gen_len"] = args.profile_gen_len
+    settings = ProfileSettings(phases=(phase,), runs=args.profile_runs, **workload)
+    table = profile_model(dense, settings)
+    table.save(args.out.with_name(f"{args.out.stem}-latency-{phase}.json"))
+    return table
+
+
+def latency_predictor(
+    dense: LoadedModel, phase: str, table: LatencyTable
+) -> tuple[Callable[[ModelStructure], float], ModelStructure]:
     """predict(structure) -> seconds for ``phase``, and the dense structure."""
-    # TODO(issue16-B): from prunekit.latency.table import LatencyTable, predict_latency,
-    # structure_of; table = LatencyTable.load(table_path) if table_path else the `prunekit
-    # profile` of ``dense`` at batch 1 / prompt 2048 / gen 128 on this machine.
-    raise NotImplementedError("the latency table (issue 16, part 2) is not merged yet")
+
+    def predict(structure: ModelStructure) -> float:
+        return predict_latency(table, structure, phase)  # type: ignore[arg-type]
+
+    return predict, structure_of(dense)
 
 
 def build_split(plan_depth, settings: PruneSettings, rule: WidthRule) -> Callable:
-    """build(copy, split): the first k depth steps, then FASP at s_k on the depth-pruned copy."""
+    """build(copy, split): what ``prune --target-speedup`` builds for a split — the first k
+    depth steps replayed, then FASP at s_k (``rule``'s targets and multiple) on what they left."""
+    width = dataclasses.replace(
+        settings, targets=list(rule.targets), multiple_of=rule.multiple_of, run_dir=None
+    )
 
     def build(candidate: LoadedModel, split: Split) -> None:
-        if split.k:
-            apply_plan(candidate, depth_prefix_plan(plan_depth, split.k))
-        if split.sparsity > 0:
-            width = dataclasses.replace(
-                settings,
-                sparsity=split.sparsity,
-                ratio=None,
-                targets=list(rule.targets),
-                multiple_of=rule.multiple_of,
-            )
-            # TODO(issue16-A): FASP on a depth-pruned model (BlockwiseDecoderLayer) needs the
-            # combined-plan work; until then this raises UnsupportedArchitectureError for k > 0.
-            get_method("fasp").prune(candidate, width)
+        run_stages(candidate, SPEED_METHOD, split_stages(split, plan_depth, width, None), {}, None)
 
     return build
 
@@ -131,11 +157,13 @@ def until_measured(
     build: Callable,
     phase: str,
     target: float,
-    runs: int,
+    args,
     width_only: bool,
 ) -> tuple[Split, LoadedModel, float]:
-    """Build ``split``, measure it, and push it until its measured speed-up reaches ``target``."""
-    for push in range(PUSH_STEPS + 1):
+    """Build ``split``, measure it, and push it until its measured speed-up reaches ``target``
+    (at most ``--push-steps`` times)."""
+    runs = args.runs
+    for push in range(args.push_steps + 1):
         candidate = pushed_split(split, steps, push, width_only)
         pruned = fresh_copy(dense)
         build(pruned, candidate)
@@ -154,8 +182,8 @@ def evaluate(dense: LoadedModel, pruned: LoadedModel, row: Row, args) -> None:
     row.zeroshot = {name: task.acc for name, task in scores.tasks.items()}
 
 
-def run_target(dense, plan_depth, settings, phase, target, args) -> tuple[list[Row], dict]:
-    predict, structure = latency_predictor(dense, phase, args.table)
+def run_target(dense, plan_depth, settings, phase, target, table, args) -> tuple[list[Row], dict]:
+    predict, structure = latency_predictor(dense, phase, table)
     steps = depth_steps(plan_depth.trajectory)
     windows = settings_windows(dense, settings)
     rule = WidthRule()
@@ -181,9 +209,11 @@ def run_target(dense, plan_depth, settings, phase, target, args) -> tuple[list[R
             measured = measured_speedup(dense, pruned, phase, args.runs)
         else:
             split, pruned, measured = until_measured(
-                dense, split, steps, build, phase, target, args.runs, width_only
+                dense, split, steps, build, phase, target, args, width_only
             )
-        row = Row(label, name, split.k, split.sparsity, plan_rule.multiple_of, split.speedup)
+        # Predicted from the built model's shape (a pushed split is not the one priced).
+        predicted = predict(structure) / predict(structure_of(pruned))
+        row = Row(label, name, split.k, split.sparsity, plan_rule.multiple_of, predicted)
         row.measured = measured
         # The search's measured loss, for the splits it priced (not pushed, same width rule).
         loss = (
@@ -217,26 +247,79 @@ def render(rows: list[Row], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_targets(text: str) -> list[tuple[str, float]]:
+    """ "decode:1.25,prefill:1.5" -> [("decode", 1.25), ("prefill", 1.5)]."""
+    targets = []
+    for item in text.split(","):
+        phase, _, value = item.partition(":")
+        if phase not in WORKLOADS or not value:
+            raise SystemExit(f"--targets: {item!r} is not phase:speedup (phase decode or prefill)")
+        targets.append((phase, float(value)))
+    return targets
+
+
+def depth_blocks_needed(dense: LoadedModel, tables: dict, targets) -> int:
+    """Steps of the one depth search that reach every target's depth-only end (or all blocks)."""
+    structure = structure_of(dense)
+    every = 2 * len(structure.layers)
+    bounds = []
+    for phase, target in targets:
+        predict, _ = latency_predictor(dense, phase, tables[phase])
+        bound = depth_blocks_bound(structure, predict, target)
+        bounds.append(every if bound is None else bound)
+    return min(every, max(bounds))
+
+
+def write_page(path: Path, page: str) -> None:
+    """The generated tables, then the latency-model section (bench/latency_model.py's, kept),
+    then the hand-written notes (kept)."""
+    old = path.read_text() if path.exists() else ""
+    section = ""
+    if LATENCY_START in old and LATENCY_END in old:
+        rest = old.split(LATENCY_START, 1)[1]
+        section = LATENCY_START + rest.split(LATENCY_END, 1)[0] + LATENCY_END + "\n"
+    notes = kept_notes(path)
+    if section and section in notes:
+        notes = notes.replace(section, "").lstrip("\n")
+    text = page + ("\n" + section if section else "") + "\n" + NOTES_MARKER + "\n" + notes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--depth-blocks", type=int, default=30, help="BlockPruner search steps")
+    parser.add_argument("--targets", default=",".join(f"{p}:{t:g}" for p, t in TARGETS))
+    parser.add_argument(
+        "--depth-blocks", type=int, default=None, help="cap on the BlockPruner search steps"
+    )
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=None)
     parser.add_argument("--limit", type=int, default=500)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--profile-runs", type=int, default=3)
+    parser.add_argument("--profile-prompt-len", type=int, default=None, help="smoke runs only")
+    parser.add_argument("--profile-gen-len", type=int, default=None, help="smoke runs only")
+    parser.add_argument("--push-steps", type=int, default=PUSH_STEPS)
     parser.add_argument("--table", type=Path, default=None, help="a `prunekit profile` table")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results/speedtarget.md")
     args = parser.parse_args()
+    targets = parse_targets(args.targets)
 
     dtype = "bf16" if cpu_has_native_bf16() else "fp32"
     dense = load_model("smollm2-135m", dtype=dtype, device="cpu")
     settings = PruneSettings(calib="c4", n_samples=args.n_samples, seqlen=args.seqlen, seed=0)
     started = time.perf_counter()
+    tables = {phase: latency_table(dense, phase, args) for phase in dict(targets)}
+    profile_s = time.perf_counter() - started
+    blocks = depth_blocks_needed(dense, tables, targets)
+    if args.depth_blocks is not None:
+        blocks = min(blocks, args.depth_blocks)
+    started = time.perf_counter()
     depth = prune(
         fresh_copy(dense),
         "blockpruner",
-        blocks=args.depth_blocks,
+        blocks=blocks,
         **{k: getattr(settings, k) for k in ("calib", "n_samples", "seqlen", "seed")},
     ).plan
     meta = {
@@ -244,15 +327,17 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "limit": args.limit,
+        "profile_s": profile_s,
+        "depth_blocks": blocks,
         "depth_search_s": time.perf_counter() - started,
+        "tables": {phase: str(args.table) if args.table else "profiled" for phase in tables},
     }
     rows, records = [], {}
-    for phase, target in TARGETS:
-        target_rows, record = run_target(dense, depth, settings, phase, target, args)
+    for phase, target in targets:
+        target_rows, record = run_target(dense, depth, settings, phase, target, tables[phase], args)
         rows += target_rows
         records[f"{phase}:{target:g}"] = record
-        notes = kept_notes(args.out)
-        args.out.write_text(render(rows, meta) + "\n" + NOTES_MARKER + "\n" + notes)
+        write_page(args.out, render(rows, meta))
         data = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows], "search": records}
         args.out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     print(args.out.read_text())

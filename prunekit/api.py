@@ -220,7 +220,7 @@ def check_streamable(model: str) -> None:
 
 def prune(
     model: str | LoadedModel,
-    method: str,
+    method: str | None = None,
     *,
     out: str | Path | None = None,
     overwrite: bool = False,
@@ -236,6 +236,10 @@ def prune(
     attn_implementation: str | None = None,
     budget: MemoryBudget | None = None,
     offload_activations: bool | None = None,
+    target_speedup: float | None = None,
+    phase: str | None = None,
+    latency_table: str | Path | None = None,
+    latency_workload: dict | None = None,
     **settings: Any,
 ) -> PruneResult:
     """Prune ``model`` with ``method`` and return the pruned model, its plan and its report.
@@ -252,8 +256,26 @@ def prune(
     in less; ``choose_mode`` says which); with ``offload_activations`` (None: as the budget
     needs, on a GPU) the calibration states wait on the host. report.json's ``memory`` records
     the mode, the budget, the predicted and the measured peaks.
+
+    ``target_speedup`` S (``method`` blockpruner+fasp, its default): the split of removed blocks
+    and narrowed widths predicted S× faster in ``phase`` (decode or prefill) by ``latency_table``
+    (a ``prunekit profile`` file; None: profiled now with ``latency_workload``, saved as
+    RUN/latency.json) at the lowest calibration loss (docs/speed_target.md); report.json's
+    ``speed_target`` records it.
     """
-    chosen = get_method(method)
+    from prunekit.speedtarget.prune import (
+        SPEED_METHOD,
+        check_speed_request,
+        prune_for_speed,
+        save_profiled_table,
+    )
+
+    speed = speed_request(target_speedup, phase, latency_table, latency_workload)
+    if method is None and speed is None:
+        raise SettingsError("name a pruning method (prunekit methods lists them)")
+    chosen = get_method(method or SPEED_METHOD)
+    if speed is not None:
+        check_speed_request(chosen, settings, speed)
     options = checked_settings(chosen, settings, out, overwrite)
     check_inputs(options if "calib" in chosen.takes else None, eval_datasets, eval_tasks, task_data)
     budget = budget or MemoryBudget()
@@ -309,10 +331,13 @@ def prune(
         log.info("pruning %s with %s", loaded.spec, chosen.name)
         started = time.perf_counter()
         try:
-            plan = chosen.prune(loaded, options)
+            speed_run = prune_for_speed(loaded, options, speed) if speed else None
+            plan = speed_run.plan if speed_run else chosen.prune(loaded, options)
         finally:
             loaded.residency = residency_before
         timings["prune"] = time.perf_counter() - started
+        if speed_run and speed_run.profiled:
+            timings["profile"] = speed_run.profile_s
         after = parameter_counts(loaded.model, loaded.adapter)
         if wants_eval:
             run_eval("pruned")
@@ -325,8 +350,27 @@ def prune(
         from prunekit.methods.combined import combined_record
 
         report.update(combined_record(plan))
+    if speed_run:
+        report["speed_target"] = speed_run.record
+        save_profiled_table(speed_run, out)
     run_dir = write_run_dir(out, plan, report) if out else None
     return PruneResult(loaded, plan, report, run_dir)
+
+
+def speed_request(
+    target: float | None, phase: str | None, table: str | Path | None, workload: dict | None
+) -> Any:
+    """The ``--target-speedup`` request (a ``SpeedRequest``), or None; its options without a
+    target are refused."""
+    from prunekit.speedtarget.prune import DEFAULT_PHASE, SpeedRequest
+
+    if target is None:
+        given = [name for name, value in (("--phase", phase), ("--latency-table", table)) if value]
+        given += [f"--{k.replace('_', '-')}" for k in workload or {}]
+        if given:
+            raise SettingsError(f"{given[0]} applies to --target-speedup, which was not given")
+        return None
+    return SpeedRequest(target, phase or DEFAULT_PHASE, table, dict(workload or {}))
 
 
 def streaming_refusal(method: Method) -> str | None:

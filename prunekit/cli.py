@@ -403,9 +403,10 @@ def _forced_record(loaded) -> dict:
 def prune_command(
     ctx: typer.Context,
     method: str = typer.Option(
-        ...,
+        None,
         help="Pruning method (`prunekit methods` lists its settings), or a depth and a width "
-        "method joined by + (e.g. blockpruner+fasp: depth first, then width on what it left).",
+        "method joined by + (e.g. blockpruner+fasp: depth first, then width on what it left); "
+        "blockpruner+fasp with --target-speedup.",
     ),
     model: str = ModelOpt,
     out: Path = typer.Option(None, help="Run directory for plan.json, report.json, report.md."),
@@ -423,6 +424,24 @@ def prune_command(
         None,
         help="Combined methods (depth+width): fraction of --ratio the depth stage removes "
         "(default 0.5); the width stage removes the rest.",
+    ),
+    target_speedup: float = typer.Option(
+        None,
+        help="Instead of --ratio: the blockpruner+fasp split predicted this many times faster "
+        "(latency table) at the lowest calibration loss, e.g. 1.5.",
+    ),
+    phase: str = typer.Option(None, help="--target-speedup: decode (default) or prefill."),
+    latency_table: Path = typer.Option(
+        None, help="--target-speedup: a `prunekit profile` table (default: profile now)."
+    ),
+    batch: int = typer.Option(
+        None, help="--target-speedup, table profiled now: sequences per run (default 1)."
+    ),
+    prompt_len: int = typer.Option(
+        None, help="--target-speedup, table profiled now: prompt tokens (prefill 2048, decode 32)."
+    ),
+    gen_len: int = typer.Option(
+        None, help="--target-speedup, table profiled now: decode tokens per run (default 32)."
     ),
     calib: str = typer.Option(
         _default("calib"), help="Calibration text: c4, wikitext2, ptb or a file."
@@ -510,10 +529,18 @@ def prune_command(
 
     if not model:
         raise SettingsError("name a model with --model")
+    if method is None and target_speedup is None:
+        raise SettingsError(
+            "Missing option '--method' (prunekit methods lists them; or --target-speedup)"
+        )
+    method = method or "blockpruner+fasp"
     chosen = get_method(method)
     settings = _given_settings(ctx, chosen.takes)
     chosen.check_settings(settings)  # before any value is parsed: the first error is the real one
     settings = _parse_settings(settings)
+    workload = {"batch": batch, "prompt_len": prompt_len, "gen_len": gen_len}
+    workload = {k: v for k, v in workload.items() if v is not None}
+    _check_speed_target(chosen, settings, target_speedup, phase, latency_table, workload)
     from prunekit.memory import MemoryBudget
 
     budget = MemoryBudget.parse(max_memory, max_host_memory)
@@ -573,9 +600,18 @@ def prune_command(
         attn_implementation=attn_implementation,
         budget=budget,
         offload_activations=offload_activations,
+        target_speedup=target_speedup,
+        phase=phase,
+        latency_table=latency_table,
+        latency_workload=workload,
         **settings,
     )
     _print_params(method, result.report["params"])
+    if "speed_target" in result.report:
+        from prunekit.speedtarget.prune import speed_summary
+
+        for line in speed_summary(result.report["speed_target"]):
+            console.print(line, soft_wrap=True)
     for side in ("dense", "pruned"):
         if side in result.report["eval"]:
             _print_eval(side, result.report["eval"][side])
@@ -605,6 +641,17 @@ def prune_command(
             overwrite=overwrite,
         )
         _print_gguf(gguf)
+
+
+def _check_speed_target(chosen, settings, target, phase, table, workload) -> None:
+    """--target-speedup and its options, refused in one line before anything else runs."""
+    from prunekit.api import speed_request
+
+    request = speed_request(target, phase, table, workload)
+    if request is not None:
+        from prunekit.speedtarget.prune import check_speed_request
+
+        check_speed_request(chosen, settings, request)
 
 
 def _check_save_gguf(path: Path, gguf_type: str, overwrite: bool, stream: bool) -> None:

@@ -168,6 +168,15 @@ def _zeroshot_section(evals: dict) -> list[str]:
     return ["## Zero-shot accuracy (higher is better)", "", note, "", *table(header, rows, align)]
 
 
+def _speed_target_section(report: dict) -> list[str]:
+    """``--target-speedup`` runs: the chosen split beside the pure plans (speedtarget/report.py)."""
+    if not report.get("speed_target"):
+        return []
+    from prunekit.speedtarget.report import speed_target_markdown
+
+    return [speed_target_markdown(report["speed_target"]), ""]
+
+
 def render_report_md(report: dict, images: list[str] | None = None) -> str:
     model = report.get("model", {})
     settings = report.get("settings", {})
@@ -175,6 +184,8 @@ def render_report_md(report: dict, images: list[str] | None = None) -> str:
     target = ", ".join(
         f"{k} {settings[k]}" for k in ("ratio", "blocks", "sparsity") if settings.get(k) is not None
     )
+    if report.get("speed_target"):  # --target-speedup: the stages' targets were chosen for it
+        target = f"speed-up {report['speed_target']['target']:g}× {report['speed_target']['phase']}"
     lines = [
         f"# prunekit run: {report.get('method')} on {model.get('spec')}",
         "",
@@ -188,6 +199,7 @@ def render_report_md(report: dict, images: list[str] | None = None) -> str:
         "",
         *_params_section(report.get("params", {})),
         *_stages_section(report),
+        *_speed_target_section(report),
         *_ppl_section(evals),
         *_zeroshot_section(evals),
     ]

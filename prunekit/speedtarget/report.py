@@ -70,6 +70,7 @@ def speed_target_markdown(record: dict) -> str:
         f"predicted {record['predicted_speedup']:.3f}×, measured "
         f"{'–' if measured is None else f'{measured:.3f}×'}.",
         "",
+        *table_lines(record.get("latency_table"), record["phase"]),
     ]
     rows = [
         plan_row("chosen split", record["chosen"]),
@@ -90,6 +91,20 @@ def speed_target_markdown(record: dict) -> str:
         "rrrr",
     )
     return "\n".join(lines)
+
+
+def table_lines(source: dict | None, phase: str) -> list[str]:
+    """Which latency table priced the splits (recorded by ``prune --target-speedup``)."""
+    if not source:
+        return []
+    where = "profiled in this run (latency.json)" if source["profiled"] else source["path"]
+    workload = f"batch {source['batch']} × prompt {source['prompt_len']}"
+    if phase == "decode":
+        workload += f", {source['gen_len']} new tokens"
+    return [
+        f"Latency table: {where}; {source['device']}, {source['dtype']}, {workload}.",
+        "",
+    ]
 
 
 def plan_row(name: str, entry: dict | None) -> list[str]:
