@@ -23,6 +23,7 @@ round), and each entry is a median, so a load change on a shared machine hits al
 from __future__ import annotations
 
 import copy
+import logging
 import platform
 import statistics
 import time
@@ -46,6 +47,8 @@ from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import LoadedModel
 from prunekit.surgery.depth import CONFIG_KEY, remove_blocks
 from prunekit.surgery.width import slice_mlp, slice_value_channels
+
+log = logging.getLogger(__name__)
 
 # progress(label, done, total): one call per timed run (a progress line, a log, a test probe).
 Progress = Callable[[str, int, int], None]
@@ -272,7 +275,20 @@ def phase_table(
     fixed = medians[f"{phase}/fixed"]
 
     def block(spec: ProbeSpec) -> float:
-        return (medians[f"{phase}/{spec.label}"] - fixed) / copies
+        entry = (medians[f"{phase}/{spec.label}"] - fixed) / copies
+        if entry < 0:
+            # A block cannot cost less than nothing: the probe ran faster than the fixed part,
+            # which only timing noise (a busy machine, too few --runs) can do. A negative entry
+            # would make a pruned model look slower than one that keeps the block.
+            log.warning(
+                "%s %s probe timed below the fixed part (%.3g s): entry set to 0; "
+                "profile on an idle machine or with more --runs",
+                phase,
+                spec.label,
+                entry * copies,
+            )
+            return 0.0
+        return entry
 
     attn = {s.v_head_dim: block(s) for s in specs if s.kind == "attn"}
     mlp = {s.mlp_width: block(s) for s in specs if s.kind == "mlp" and s.aligned}

@@ -374,3 +374,29 @@ def test_a_run_directory_profiles_its_base_model_and_keeps_the_table_beside_it(t
 def test_default_output_beside_a_run_or_named_after_the_model(tmp_path):
     assert default_output("HuggingFaceTB/SmolLM2-135M", None).name == "latency-SmolLM2-135M.json"
     assert default_output("smollm2-135m", tmp_path) == tmp_path / "latency.json"
+
+
+def test_a_probe_timed_below_the_fixed_part_gives_a_zero_entry_not_a_negative_one(caplog):
+    # Timing noise on a busy machine can time a probe below the probe with no layer; a negative
+    # entry would price a pruned model slower than one that keeps the block.
+    from prunekit.latency.profile import ProbeSpec, phase_table
+
+    specs = [
+        ProbeSpec("attn", v_head_dim=16),
+        ProbeSpec("attn", v_head_dim=8),
+        ProbeSpec("mlp", mlp_width=64),
+        ProbeSpec("mlp", mlp_width=32),
+    ]
+    medians = {
+        "decode/fixed": 1.0,
+        "decode/layer": 1.8,
+        "decode/attn v16": 1.4,
+        "decode/attn v8": 0.9,  # below the fixed part: noise
+        "decode/mlp 64": 1.3,
+        "decode/mlp 32": 1.1,
+    }
+    with caplog.at_level("WARNING"):
+        table = phase_table(specs, medians, "decode", copies=2)
+    assert table.attn == {16: pytest.approx(0.2), 8: 0.0}
+    assert table.mlp == {64: pytest.approx(0.15), 32: pytest.approx(0.05)}
+    assert "attn v8" in caplog.text
