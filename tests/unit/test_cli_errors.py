@@ -13,25 +13,14 @@ import sys
 
 import pytest
 
-from prunekit import cli
 from prunekit.models.tiny import save_tiny
 from prunekit.report.run_dir import PARTIAL_PLAN_FILE, PLAN_FILE, REPORT_FILE
+from tests.unit.cli_helpers import run_main
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     return save_tiny("llama", str(tmp_path_factory.mktemp("tiny") / "llama"))
-
-
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["prunekit", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 PRUNE = ["prune", "--model", "TINY", "--out", "OUT", "--device", "cpu"]

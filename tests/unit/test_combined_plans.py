@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import warnings
 
 import gguf
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 import prunekit
-from prunekit import cli
 from prunekit.errors import PlanError, SettingsError
 from prunekit.export.from_run import export_run
 from prunekit.export.load import load_pruned
@@ -25,6 +23,7 @@ from prunekit.models.tiny import TINY_VOCAB, save_tiny, tiny_model, tiny_tokeniz
 from prunekit.plan import PLAN_VERSION, STAGED_PLAN_VERSION, PruningPlan
 from prunekit.runs import load_for_eval
 from prunekit.surgery import apply_plan
+from tests.unit.cli_helpers import run_main
 
 IDS = torch.randint(0, TINY_VOCAB, (2, 16), generator=torch.Generator().manual_seed(5))
 RATIO = 0.3
@@ -262,16 +261,6 @@ def test_targets_must_be_a_ratio_or_one_per_stage(settings, message, calib):
         prunekit.prune(fresh(), "blockpruner+fasp", calib=calib, n_samples=2, seqlen=32, **settings)
 
 
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["prunekit", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -283,6 +272,6 @@ def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
 def test_cli_refusals_are_one_line(monkeypatch, capsys, tiny_dir, tmp_path, extra, message):
     extra = [str(tmp_path / "save") if a == "SAVE" else a for a in extra]
     args = ["prune", "--model", tiny_dir, "--method", "blockpruner+fasp", "--ratio", "0.3"]
-    code, err = run_main(monkeypatch, capsys, [*args, "--out", str(tmp_path / "o"), *extra])
+    code, _, err = run_main(monkeypatch, capsys, [*args, "--out", str(tmp_path / "o"), *extra])
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

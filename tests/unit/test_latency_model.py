@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -42,6 +41,7 @@ from prunekit.models.loading import from_model
 from prunekit.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
 from prunekit.surgery.depth import remove_blocks
 from prunekit.surgery.width import slice_mlp, slice_value_channels
+from tests.unit.cli_helpers import run_main
 
 # ---- bookkeeping on a table of known numbers ---------------------------------------------------
 
@@ -314,20 +314,6 @@ def tiny_dir(tmp_path_factory) -> str:
     from prunekit.models.tiny import save_tiny
 
     return save_tiny("llama", str(tmp_path_factory.mktemp("tiny") / "llama"))
-
-
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    """The CLI's real entry point in-process (it maps errors to one line)."""
-    from prunekit import cli
-
-    monkeypatch.setattr(sys, "argv", ["prunekit", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ profiled on the fly), the search, the one combined plan, replay, export, report,
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 
 import pytest
@@ -29,6 +28,7 @@ from prunekit.speedtarget.losses import depth_prefix_plan
 from prunekit.speedtarget.prune import SPEED_METHOD, split_stages
 from prunekit.speedtarget.search import Split, WidthRule, narrow, remove_blocks
 from prunekit.surgery import apply_plan
+from tests.unit.cli_helpers import run_main
 from tests.unit.depth_helpers import one_thread  # noqa: F401
 
 LAYERS = 6
@@ -242,16 +242,6 @@ def test_a_table_profiled_on_the_fly_is_saved_in_the_run(tiny_dir, calib, tmp_pa
     assert predicted_speedup_of(table, dense, pruned, "prefill") >= 1.2
 
 
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["prunekit", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -272,7 +262,7 @@ def test_refusals_are_one_line(monkeypatch, capsys, tiny_dir, tmp_path, extra, m
     names = {"MISSING": str(tmp_path / "none.json"), "TABLE": str(table)}
     extra = [names.get(a, a) for a in extra]
     args = ["prune", "--model", tiny_dir, "--target-speedup", "1.5", "--out", str(tmp_path / "o")]
-    code, err = run_main(monkeypatch, capsys, [*args, *extra])
+    code, _, err = run_main(monkeypatch, capsys, [*args, *extra])
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
 
@@ -288,7 +278,7 @@ def test_refusals_are_one_line(monkeypatch, capsys, tiny_dir, tmp_path, extra, m
 def test_speed_options_alone_and_a_bad_target_are_refused(
     monkeypatch, capsys, tiny_dir, tmp_path, args, message
 ):
-    code, err = run_main(monkeypatch, capsys, ["prune", "--model", tiny_dir, *args])
+    code, _, err = run_main(monkeypatch, capsys, ["prune", "--model", tiny_dir, *args])
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
 
 
