@@ -476,7 +476,8 @@ def prune_command(
     ),
     allocation: str = typer.Option(
         _default("allocation"),
-        help="FASP: uniform (one fraction everywhere) or cost (per-group widths, measured cost).",
+        help="FASP: cost (per-group widths from measured cost; the default in memory) or "
+        "uniform (one fraction everywhere: the paper's, and the default when streaming).",
     ),
     damping: float = typer.Option(
         _default("damping"), help="FASP: restoration damping, as a fraction of mean(diag H)."

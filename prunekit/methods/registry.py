@@ -55,7 +55,8 @@ class PruneSettings:
     targets: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # width
     restore: bool = True
     multiple_of: int = 1
-    allocation: str = "uniform"  # width (FASP): uniform | cost
+    # width (FASP): uniform | cost; None: cost, or uniform where the run streams (fasp.py)
+    allocation: str | None = None
     damping: float = 0.1
     run_dir: str | None = None  # where the method checkpoints (resume)
     resume: bool = False
@@ -91,7 +92,7 @@ class PruneSettings:
             raise SettingsError(f"--multiple-of must be at least 1, got {self.multiple_of}")
         if self.damping < 0:
             raise SettingsError(f"--damping must be >= 0, got {self.damping}")
-        if self.allocation not in ("uniform", "cost"):
+        if self.allocation not in (None, "uniform", "cost"):
             raise SettingsError(f"--allocation must be uniform or cost, got {self.allocation!r}")
         if not self.targets or any(t not in ("mlp", "attn") for t in self.targets):
             raise SettingsError(f"--targets must be a subset of mlp,attn, got {self.targets}")

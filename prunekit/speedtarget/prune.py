@@ -116,7 +116,7 @@ def check_speed_request(method: Method, given: Mapping[str, Any], request: Speed
                 f"--target-speedup and {flag(name)} together: the speed target chooses both "
                 f"stages' targets; drop {flag(name)}"
             )
-    if given.get("allocation", "uniform") != "uniform":
+    if given.get("allocation") not in (None, "uniform"):
         raise SettingsError(
             "--target-speedup prices one uniform width per split; --allocation "
             f"{given['allocation']} is not searched"
@@ -177,7 +177,9 @@ def split_stages(
         stages.append((replaying(depth, prefix), stage_settings(depth, settings, blocks=split.k)))
     if split.sparsity > 0:
         width_settings = stage_settings(width, settings, sparsity=split.sparsity)
-        stages.append((width, dataclasses.replace(width_settings, run_dir=run_dir)))
+        # The search priced one uniform width: the stage must build exactly that.
+        width_settings = dataclasses.replace(width_settings, run_dir=run_dir, allocation="uniform")
+        stages.append((width, width_settings))
     return stages
 
 

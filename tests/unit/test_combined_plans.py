@@ -179,7 +179,13 @@ def test_whole_layers_then_uniform_widths_export_in_the_stock_format(calib, tmp_
     loaded = fresh()
     settings = {"calib": calib, "n_samples": 2, "seqlen": 32, "restore": False}
     result = prunekit.prune(
-        loaded, "sleb+fasp", blocks=1, sparsity=0.25, targets=["mlp"], **settings
+        loaded,
+        "sleb+fasp",
+        blocks=1,
+        sparsity=0.25,
+        targets=["mlp"],
+        allocation="uniform",
+        **settings,
     )
     exported = export_model(result.loaded, tmp_path / "m", plan=result.plan, report=result.report)
     assert exported.format == "hf"  # every layer has both blocks and the same widths

@@ -226,7 +226,9 @@ def test_width_card_prunekit_format_from_prune_save(tmp_path):
     widths = sorted({layer["intermediate_size"] for layer in layers})
     span = str(widths[0]) if len(widths) == 1 else f"{widths[0]}–{widths[-1]}"
     assert f"MLP width per layer {span}" in text
-    assert f"value head size {layers[0]['v_head_dim']}" in text
+    values = sorted({layer["v_head_dim"] for layer in layers})  # per layer: cost allocation
+    value_span = str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+    assert f"value head size {value_span}" in text
     check_numbers_equal_report(text, report, result.plan.to_dict())
     assert "## Zero-shot accuracy\n\nNot measured" in text
 

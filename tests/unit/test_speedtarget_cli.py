@@ -225,6 +225,14 @@ def test_a_split_builds_exactly_the_shape_it_was_priced_at(calib):
     assert blocks_left(structure_of(loaded)) == blocks_left(priced)
     assert len(priced.layers) == LAYERS and priced.layers[1].v_head_dim < 16  # both stages
 
+    # Every width too: the stage runs FASP's uniform allocation, whatever FASP's default.
+    def widths(structure):
+        return [
+            (lay.mlp_width, lay.v_head_dim if lay.attn_heads else 0) for lay in structure.layers
+        ]
+
+    assert widths(structure_of(loaded)) == widths(priced)
+
 
 def test_a_table_profiled_on_the_fly_is_saved_in_the_run(tiny_dir, calib, tmp_path):
     out = tmp_path / "run"

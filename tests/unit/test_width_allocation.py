@@ -29,6 +29,7 @@ def one_kv_head():
 
 
 def prune(loaded, **settings):
+    settings.setdefault("allocation", None)  # FASP's own default unless the test names one
     options = width_settings(n_samples=16, **settings)
     options.validate()
     with warnings.catch_warnings():  # few tokens per restored column on a tiny model: expected
@@ -117,7 +118,7 @@ def test_allocated_fasp_hits_the_ratio_target():
     assert plan.extra["allocation"]["target_params"] == math.ceil(0.2 * before)
     # The uniform allocation overshoots more (every layer moves at once).
     uniform = one_kv_head()
-    prune(uniform, ratio=0.2, sparsity=None)
+    prune(uniform, ratio=0.2, sparsity=None, allocation="uniform")
     assert 1 - parameter_counts(uniform.model, uniform.adapter).total / before > achieved
 
 
@@ -134,12 +135,17 @@ def test_sparsity_target_spends_the_uniform_budget():
     assert removed[0] <= removed[1] < removed[0] + 3 * 64
 
 
-def test_uniform_allocation_is_the_default_and_keeps_the_uniform_widths():
+def test_cost_allocation_is_the_default():
     default, explicit = one_kv_head(), one_kv_head()
-    plan_default = prune(default, sparsity=0.3)
-    plan_uniform = prune(explicit, sparsity=0.3, allocation="uniform")
-    assert plan_default.kept_channels == plan_uniform.kept_channels
-    torch.testing.assert_close(logits(default.model), logits(explicit.model), rtol=0, atol=0)
+    plan_default = prune(default, ratio=0.2, sparsity=None)
+    plan_cost = prune(explicit, ratio=0.2, sparsity=None, allocation="cost")
+    assert plan_default.kept_channels == plan_cost.kept_channels
+    assert plan_default.settings["allocation"] == "cost"  # the plan records what ran
+    assert plan_default.extra["allocation"]["mode"] == "cost"
+
+
+def test_uniform_allocation_keeps_the_uniform_widths():
+    plan_uniform = prune(one_kv_head(), sparsity=0.3, allocation="uniform")
     for entry in plan_uniform.kept_channels.values():
         assert len(entry["mlp"]) == kept_count(96, 0.3)
         assert len(entry["attn_v"][0]) == kept_count(16, 0.3)
@@ -196,3 +202,21 @@ def test_cost_allocation_refuses_to_stream_in_one_line(tmp_path):
             str(source), "fasp", save=tmp_path / "pruned", sparsity=0.3, allocation="cost"
         )
     assert "\n" not in str(caught.value)
+
+
+def test_streamed_default_falls_back_to_uniform_and_says_so(tmp_path, caplog):
+    """The default (cost) cannot stream: a streamed run takes the uniform allocation, in one
+    logged line, and records it; the plan equals an explicit uniform streamed run."""
+    from prunekit.api import prune_streamed
+    from tests.unit.test_streamed_width import SETTINGS, save_small_shards
+
+    source = save_small_shards("llama", tmp_path / "dense")
+    with caplog.at_level("WARNING", logger="prunekit.methods.width.fasp"):
+        default = prune_streamed(str(source), "fasp", save=tmp_path / "default", **SETTINGS)
+    notes = [r.getMessage() for r in caplog.records if "allocation uniform" in r.getMessage()]
+    assert len(notes) == 1 and "\n" not in notes[0]
+    explicit = prune_streamed(
+        str(source), "fasp", save=tmp_path / "uniform", allocation="uniform", **SETTINGS
+    )
+    assert default.plan.settings["allocation"] == "uniform"
+    assert default.plan.kept_channels == explicit.plan.kept_channels

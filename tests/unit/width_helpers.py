@@ -17,7 +17,10 @@ IDS = torch.randint(0, TINY_VOCAB, (2, 24), generator=torch.Generator().manual_s
 
 
 def width_settings(**overrides) -> PruneSettings:
+    # Uniform widths (one kept_count everywhere) are what these tests assert; FASP's default
+    # (cost allocation) is tested in test_width_allocation.py.
     values = dict(sparsity=0.3, n_samples=8, seqlen=64, calib="wikitext2", seed=0)
+    values["allocation"] = "uniform"
     values.update(overrides)
     return PruneSettings(**values)
 

@@ -6,12 +6,17 @@ of every query head reading that kv head) are scored ‖X_j‖₂ · Σ_i |W_ij|
 kept; the consumer is restored toward its original weights by damped least squares; Q and K are
 never touched. ALGORITHMS.md, "FASP", is the specification.
 
-``--allocation uniform`` keeps the same fraction of every group (the paper's setting);
-``--allocation cost`` first measures each group's reconstruction cost on the dense model and
-spends the sparsity where it costs least per parameter (``allocation.py``).
+``--allocation cost`` (the default) first measures each group's reconstruction cost on the dense
+model and spends the sparsity where it costs least per parameter (``allocation.py``);
+``--allocation uniform`` keeps the same fraction of every group (the paper's setting, and what a
+streamed run gets by default: the cost curves need a pass over the dense model first).
+docs/results/width.md has the evidence for the default.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import logging
 
 import torch
 
@@ -44,8 +49,12 @@ from prunekit.methods.width.uniform import UniformPruner
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
+log = logging.getLogger(__name__)
+
 
 def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+    # The plan records the allocation that ran, never None.
+    settings = dataclasses.replace(settings, allocation=resolved_allocation(loaded, settings))
     return run_width_method(
         "fasp",
         loaded,
@@ -54,6 +63,21 @@ def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
         attn_unit="value",
         before_pass=allocate_by_cost if settings.allocation == "cost" else None,
     )
+
+
+def resolved_allocation(loaded: LoadedModel, settings: PruneSettings) -> str:
+    """The user's ``--allocation``; by default ``cost``, or ``uniform`` when the run streams
+    (said in one line): the cost curves need a whole pass over the dense model before the
+    pruning pass, which a streamed run does not hold."""
+    if settings.allocation is not None:
+        return settings.allocation
+    if getattr(loaded.residency, "streamed", False):
+        log.warning(
+            "fasp: the run streams, so it uses --allocation uniform (the default cost "
+            "allocation needs the model in memory)"
+        )
+        return "uniform"
+    return "cost"
 
 
 def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:

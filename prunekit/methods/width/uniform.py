@@ -108,6 +108,8 @@ class UniformPruner:
         """Least-squares restore ``consumer`` on its kept columns (before it is sliced)."""
         if not self.restore or stats is None or stats.gram is None:
             return
+        if len(kept) == consumer.weight.shape[1]:
+            return  # a group the allocation leaves whole: nothing to restore (only fp noise)
         result = restore_consumer(
             consumer.weight,
             stats.gram,
