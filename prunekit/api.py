@@ -240,6 +240,7 @@ def prune(
     phase: str | None = None,
     latency_table: str | Path | None = None,
     latency_workload: dict | None = None,
+    measure_speedup: bool = True,
     **settings: Any,
 ) -> PruneResult:
     """Prune ``model`` with ``method`` and return the pruned model, its plan and its report.
@@ -261,7 +262,8 @@ def prune(
     and narrowed widths predicted S× faster in ``phase`` (decode or prefill) by ``latency_table``
     (a ``prunekit profile`` file; None: profiled now with ``latency_workload``, saved as
     RUN/latency.json) at the lowest calibration loss (docs/speed_target.md); report.json's
-    ``speed_target`` records it.
+    ``speed_target`` records it, with the speed-up measured against the dense model on this
+    machine (``measure_speedup=False``: not timed, no dense copy kept meanwhile).
     """
     from prunekit.speedtarget.prune import (
         SPEED_METHOD,
@@ -270,7 +272,7 @@ def prune(
         save_profiled_table,
     )
 
-    speed = speed_request(target_speedup, phase, latency_table, latency_workload)
+    speed = speed_request(target_speedup, phase, latency_table, latency_workload, measure_speedup)
     if method is None and speed is None:
         raise SettingsError("name a pruning method (prunekit methods lists them)")
     chosen = get_method(method or SPEED_METHOD)
@@ -358,7 +360,11 @@ def prune(
 
 
 def speed_request(
-    target: float | None, phase: str | None, table: str | Path | None, workload: dict | None
+    target: float | None,
+    phase: str | None,
+    table: str | Path | None,
+    workload: dict | None,
+    measure: bool = True,
 ) -> Any:
     """The ``--target-speedup`` request (a ``SpeedRequest``), or None; its options without a
     target are refused."""
@@ -370,7 +376,7 @@ def speed_request(
         if given:
             raise SettingsError(f"{given[0]} applies to --target-speedup, which was not given")
         return None
-    return SpeedRequest(target, phase or DEFAULT_PHASE, table, dict(workload or {}))
+    return SpeedRequest(target, phase or DEFAULT_PHASE, table, dict(workload or {}), measure)
 
 
 def streaming_refusal(method: Method) -> str | None:

@@ -443,6 +443,11 @@ def prune_command(
     gen_len: int = typer.Option(
         None, help="--target-speedup, table profiled now: decode tokens per run (default 32)."
     ),
+    measure_speedup: bool = typer.Option(
+        True,
+        help="--target-speedup: time the pruned model against the dense one once built "
+        "(keeps a dense copy meanwhile).",
+    ),
     calib: str = typer.Option(
         _default("calib"), help="Calibration text: c4, wikitext2, ptb or a file."
     ),
@@ -605,6 +610,7 @@ def prune_command(
         phase=phase,
         latency_table=latency_table,
         latency_workload=workload,
+        measure_speedup=measure_speedup,
         **settings,
     )
     _print_params(method, result.report["params"])

@@ -32,7 +32,8 @@ from prunekit.methods.combined import SEPARATOR, run_stages, stage_settings
 from prunekit.methods.registry import Method, PruneSettings, flag, get_method
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
-from prunekit.speedtarget.losses import depth_prefix_plan
+from prunekit.speedtarget.losses import depth_prefix_plan, fresh_copy
+from prunekit.speedtarget.measure import measure_speedup
 from prunekit.speedtarget.report import speed_target_record
 from prunekit.speedtarget.run import search_for_speed
 from prunekit.speedtarget.search import PHASES, Split, check_target
@@ -63,6 +64,8 @@ class SpeedRequest:
     phase: str = DEFAULT_PHASE
     latency_table: str | Path | None = None  # None: profile one on the fly
     workload: dict = dataclasses.field(default_factory=dict)  # batch, prompt_len, gen_len
+    # Time the pruned model against the dense one once built (a dense copy is kept meanwhile).
+    measure: bool = True
 
     def check(self) -> None:
         check_target(self.target)
@@ -240,9 +243,21 @@ def prune_for_speed(
         "target_speedup": request.target,
         "phase": request.phase,
     }
+    dense_copy = fresh_copy(loaded) if request.measure else None
     plan = run_stages(loaded, SPEED_METHOD, stages, record_settings, None)
     plan.extra["speed_target"] = chosen_record(search.result.chosen, request)
-    record = speed_target_record(search.result)
+    measurement = None
+    if dense_copy is not None:
+        measurement = measure_speedup(dense_copy, loaded, table, request.phase)
+        del dense_copy
+        log.info(
+            "measured %.3fx %s (predicted %.3fx)",
+            measurement["speedup"],
+            request.phase,
+            chosen.speedup,
+        )
+    record = speed_target_record(search.result, measurement and measurement["speedup"])
+    record["measurement"] = measurement
     record["latency_table"] = table_record(table, request, profiled)
     return SpeedPrune(plan, record, table, profiled, profile_s)
 
@@ -296,9 +311,16 @@ def speed_summary(record: dict) -> list[str]:
 
     table = record.get("latency_table", {})
     source = "profiled now" if table.get("profiled") else table.get("path", "?")
-    return [
+    lines = [
         f"speed target {record['target']:g}x {record['phase']} (latency table: {source})",
         f"  chosen:     {describe(record['chosen'])}",
         f"  depth only: {describe(record['depth_only'])}",
         f"  width only: {describe(record['width_only'])}",
     ]
+    measured = record.get("measurement")
+    if measured:
+        lines.append(
+            f"  measured:   {measured['speedup']:.3f}x (dense {measured['dense_s']:.4g} s, "
+            f"pruned {measured['pruned_s']:.4g} s; medians of {measured['runs']} interleaved runs)"
+        )
+    return lines

@@ -187,7 +187,12 @@ def test_report_and_output_show_the_split_beside_the_pure_plans(hand_run):
     out = hand_run["out"]
     record = json.loads((out / "report.json").read_text())["speed_target"]
     assert record["target"] == TARGET and record["phase"] == "decode"
-    assert record["measured_speedup"] is None
+    # Timed here against the dense model on the table's workload (interleaved medians).
+    measured = record["measurement"]
+    assert measured["workload"] == {"batch": 1, "prompt_len": 32, "gen_len": 128}
+    assert measured["dense_s"] > 0 and measured["pruned_s"] > 0
+    assert record["measured_speedup"] == measured["dense_s"] / measured["pruned_s"]
+    assert f"measured:   {measured['speedup']:.3f}x" in hand_run["output"]
     assert record["latency_table"]["profiled"] is False
     assert record["latency_table"]["path"].endswith("hand.json")
     assert not (out / "latency.json").exists()
@@ -238,13 +243,14 @@ def test_a_table_profiled_on_the_fly_is_saved_in_the_run(tiny_dir, calib, tmp_pa
     out = tmp_path / "run"
     args = ["prune", "--model", tiny_dir, "--target-speedup", "1.2", "--phase", "prefill"]
     args += ["--prompt-len", "16", "--out", str(out), "--device", "cpu", "--dtype", "float32"]
-    output = invoke([*args, *calib_args(calib)])
-    assert "latency table: profiled now" in output
+    output = invoke([*args, "--no-measure-speedup", *calib_args(calib)])
+    assert "latency table: profiled now" in output and "measured:" not in output
     table = LatencyTable.load(out / "latency.json")
     assert list(table.phases) == ["prefill"]
     assert (table.batch, table.prompt_len, table.device, table.dtype) == (1, 16, "cpu", "fp32")
     record = json.loads((out / "report.json").read_text())["speed_target"]
     assert record["phase"] == "prefill" and record["latency_table"]["profiled"] is True
+    assert record["measured_speedup"] is None and record["measurement"] is None
     dense = structure_of(load_model(tiny_dir, device="cpu", dtype="float32"))
     pruned = structure_of(replayed(tiny_dir, out))
     assert predicted_speedup_of(table, dense, pruned, "prefill") >= 1.2
