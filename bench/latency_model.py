@@ -128,10 +128,14 @@ VARIANTS: dict[str, Callable[[LoadedModel, argparse.Namespace], dict]] = {
     "blockpruner-0.10": depth(DEPTH_BLOCKS[:8]),
     "sleb-0.1": method("sleb", ratio=0.1),
     "sleb-0.2": method("sleb", ratio=0.2),
-    "fasp-0.2": method("fasp", sparsity=0.2),
-    "fasp-0.4": method("fasp", sparsity=0.4),
-    "fasp-m64-0.3": method("fasp", sparsity=0.3, multiple_of=64),
-    "fasp-0.2+blocks-8": width_then_depth("fasp", DEPTH_BLOCKS[:8], sparsity=0.2),
+    # Uniform widths (the names give the one sparsity); "fasp-r0.2" has per-layer widths.
+    "fasp-0.2": method("fasp", sparsity=0.2, allocation="uniform"),
+    "fasp-0.4": method("fasp", sparsity=0.4, allocation="uniform"),
+    "fasp-m64-0.3": method("fasp", sparsity=0.3, multiple_of=64, allocation="uniform"),
+    "fasp-r0.2": method("fasp", ratio=0.2, allocation="cost"),
+    "fasp-0.2+blocks-8": width_then_depth(
+        "fasp", DEPTH_BLOCKS[:8], sparsity=0.2, allocation="uniform"
+    ),
 }
 
 
