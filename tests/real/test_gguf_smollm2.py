@@ -59,7 +59,9 @@ WIDTH = dict(sparsity=0.2, n_samples=2, seqlen=128, calib="wikitext2", seed=0)
 
 def pruned(case: str):
     loaded = load_model("smollm2-135m", dtype="fp32", device="cpu")
-    if case in ("fasp", "flap"):
+    if case == "fasp":  # one width everywhere: the stock llama graph, value heads padded
+        plan = get_method(case).prune(loaded, PruneSettings(**WIDTH, allocation="uniform"))
+    elif case == "flap":  # per-layer widths: the deci graph
         plan = get_method(case).prune(loaded, PruneSettings(**WIDTH))
     else:
         blocks = WHOLE_LAYERS if case == "layers" else DEPTH_BLOCKS

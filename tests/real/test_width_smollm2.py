@@ -57,5 +57,5 @@ def test_default_cost_allocation_beats_uniform_on_smollm2(smollm2_fp32):
     assert any(w["attn"] == 64 for w in widths)  # some value groups are left whole
     ppl_allocated = perplexity(allocated, "wikitext2", 512, 8).ppl
     ppl_uniform = perplexity(uniform, "wikitext2", 512, 8).ppl
-    print(f"allocated {ppl_allocated:.2f} uniform {ppl_uniform:.2f}")
-    assert ppl_allocated < ppl_uniform
+    assert ppl_allocated < 0.95 * ppl_uniform  # measured 66.59 vs 72.99
+    assert 60 < ppl_allocated < 72
