@@ -456,14 +456,15 @@ def prune_command(
     seed: int = typer.Option(_default("seed"), help="Seed of the calibration sampling."),
     candidates: str = typer.Option(
         _default("candidates"),
-        help="Block-level depth: attn, mlp, blocks (= both; the default), layers, or "
-        "blocks+layers (greedy search: every block and every whole layer).",
+        help="Block-level depth: attn, mlp, blocks (= both), layers, or blocks+layers "
+        "(BlockPruner's default: every block and every whole layer; the paper's is blocks).",
     ),
     protect_layers: str = typer.Option(None, help="Depth: layers never removed, e.g. 0,-1."),
     criterion: str = typer.Option(
         _default("criterion"),
-        help="Greedy depth search: ppl (the papers'; the default), ppl-per-param, kl (KL from "
-        "the dense model's next-token distribution) or kl-per-param.",
+        help="Greedy depth search: ppl (the papers'; SLEB's default), ppl-per-param, kl (KL "
+        "from the dense model's next-token distribution) or kl-per-param (BlockPruner's "
+        "default; ppl-per-param when streaming).",
     ),
     exhaustive: bool = typer.Option(
         False, help="Greedy depth search: score every candidate on every window (no bound)."

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from prunekit.errors import SettingsError
 from prunekit.latency.structure import ModelStructure
+from prunekit.methods.depth.blockpruner import PAPER_SETTING
 from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.registry import PruneSettings, get_method
 from prunekit.models.loading import LoadedModel
@@ -78,7 +79,16 @@ def search_for_speed(
     candidates = (len(dense.layers) - len(protected)) * len(kinds)
     bound = depth_blocks_bound(dense, predict, target, kinds)
     blocks = candidates if bound is None else min(bound, candidates)
-    depth_settings = dataclasses.replace(settings, blocks=blocks, ratio=None, sparsity=None)
+    # The splits price one block per depth step, by calibration loss rather than per parameter:
+    # the paper's setting unless the user named another (BlockPruner's own default differs).
+    depth_settings = dataclasses.replace(
+        settings,
+        blocks=blocks,
+        ratio=None,
+        sparsity=None,
+        criterion=settings.criterion or PAPER_SETTING["criterion"],
+        candidates=settings.candidates or PAPER_SETTING["candidates"],
+    )
     depth_plan = get_method(depth_method).prune(fresh_copy(loaded), depth_settings)
     windows = settings_windows(loaded, settings)
     loss_of = calibration_loss_fn(

@@ -14,8 +14,11 @@ from prunekit.export.load import load_pruned
 
 pytestmark = pytest.mark.real
 
-# Tiny calibration: the point is equality of the two paths, not a good pruning.
-SETTINGS = dict(blocks=2, calib="c4", n_samples=2, seqlen=32, seed=0)
+# Tiny calibration: the point is equality of the two paths, not a good pruning; a criterion
+# both paths run (BlockPruner's default, kl-per-param, runs in memory only).
+SETTINGS = dict(
+    blocks=2, calib="c4", n_samples=2, seqlen=32, seed=0, criterion="ppl", candidates="blocks"
+)
 
 
 @pytest.mark.parametrize("max_memory", [None, 1])  # one chunk; one window per chunk

@@ -205,3 +205,37 @@ def test_overlapping_candidates_are_counted_once_in_the_target_check(tmp_path) -
     # the units' parameters summed (a layer counted beside its blocks) would exceed it.
     with pytest.raises(SettingsError, match="cannot be met"):
         prune(_loaded(), "blockpruner", ratio=0.99, candidates="blocks+layers", **calib)
+
+
+def test_blocks_target_counts_blocks_when_whole_layers_are_candidates(tmp_path) -> None:
+    """--blocks K removes K blocks: a whole-layer candidate counts as two, and does not fit when
+    one block is left to remove."""
+    path = tmp_path / "calib.txt"
+    path.write_text(_SAMPLE_TEXT * 3)
+    calib = {"calib": str(path), "n_samples": 2, "seqlen": 24, "seed": 0}
+    settings = {"candidates": "blocks+layers", "criterion": "ppl-per-param", **calib}
+    plans = {k: prune(_loaded(), "blockpruner", blocks=k, **settings).plan for k in (1, 2, 3)}
+    for k, plan in plans.items():
+        assert len(plan.removed_blocks) == k
+    # The search does take whole layers here (else the test would not test the count).
+    assert any(len(step["blocks"]) == 2 for plan in plans.values() for step in plan.trajectory)
+
+
+def test_default_is_kl_per_param_over_blocks_and_layers(tmp_path) -> None:
+    path = tmp_path / "calib.txt"
+    path.write_text(_SAMPLE_TEXT * 3)
+    calib = {"calib": str(path), "n_samples": 2, "seqlen": 24, "seed": 0}
+    default = prune(_loaded(), "blockpruner", blocks=3, **calib).plan
+    named = prune(
+        _loaded(),
+        "blockpruner",
+        blocks=3,
+        criterion="kl-per-param",
+        candidates="blocks+layers",
+        **calib,
+    ).plan
+    assert default.removed_blocks == named.removed_blocks
+    assert (default.settings["criterion"], default.settings["candidates"]) == (
+        "kl-per-param",
+        "blocks+layers",
+    )

@@ -33,6 +33,9 @@ from tests.unit.width_helpers import logits
 pytestmark = pytest.mark.usefixtures("data_dir")
 
 CALIB = dict(n_samples=4, seqlen=32, calib="wikitext2", seed=0)
+# BlockPruner's default criterion (kl-per-param) runs in memory only: the comparisons of the
+# two paths name a search both run (the streamed default; test_cli_stream_prunes_depth_and_saves).
+STREAMABLE = dict(criterion="ppl-per-param", candidates="blocks+layers")
 # A budget no state fits: chunks of one window, so every pass runs several chunks and the exact
 # pass of each step is needed (the incumbent comes from the bound pass).
 ONE_WINDOW = 1
@@ -152,7 +155,8 @@ def test_streamed_layer_methods_export_equals_in_memory(family, tmp_path, method
     "family, method", [("llama", "blockpruner"), ("qwen2", "blockpruner"), ("llama", "rm-block")]
 )
 def test_streamed_block_methods_export_equals_in_memory(family, tmp_path, method):
-    memory, streamed = run_both(family, tmp_path, method, None, blocks=3, **CALIB)
+    search = STREAMABLE if method == "blockpruner" else {}
+    memory, streamed = run_both(family, tmp_path, method, None, blocks=3, **search, **CALIB)
     assert streamed.plan.removed_blocks == memory.plan.removed_blocks
     assert streamed.plan.extra["layer_blocks"] == memory.plan.extra["layer_blocks"]
     check_export(memory, tmp_path, "prunekit")
@@ -161,7 +165,7 @@ def test_streamed_block_methods_export_equals_in_memory(family, tmp_path, method
 def test_streamed_search_resumes(tmp_path, monkeypatch):
     """An interrupted streamed search resumes from its partial plan to the in-memory result."""
     source = save_small_shards("llama", tmp_path / "dense")
-    settings = dict(blocks=3, **CALIB)
+    settings = dict(blocks=3, **STREAMABLE, **CALIB)
     reference = prune(
         load_model(str(source), dtype="fp32", device="cpu"), "blockpruner", **settings
     )
@@ -182,7 +186,7 @@ def test_streamed_search_resumes(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prune_streamed(str(source), "blockpruner", save=tmp_path / "pruned", **stream)
     monkeypatch.undo()
-    assert len(json.loads((run / PARTIAL_PLAN_FILE).read_text())["removed_blocks"]) == 1
+    assert len(json.loads((run / PARTIAL_PLAN_FILE).read_text())["trajectory"]) == 1  # one step
     assert not (tmp_path / "pruned").exists()
     resumed = prune_streamed(
         str(source), "blockpruner", save=tmp_path / "pruned", resume=True, **stream
@@ -234,8 +238,14 @@ def test_cli_stream_prunes_depth_and_saves(tmp_path):
         [sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
+    # The default criterion cannot stream: the run says which one it used instead, once.
+    assert done.stderr.count("uses --criterion ppl-per-param") == 1, done.stderr
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert len(plan["removed_blocks"]) == 2
+    assert (plan["settings"]["criterion"], plan["settings"]["candidates"]) == (
+        "ppl-per-param",
+        "blocks+layers",
+    )
     reloaded = load_pruned(tmp_path / "pruned", device="cpu")
     assert reloaded.model.config.prunekit_depth["kept_layers"] == plan["extra"]["kept_layers"]
 
@@ -254,7 +264,7 @@ BIG = dict(
     head_dim=64,
 )
 BUDGET = 128 * 2**20
-MEMORY_SETTINGS = dict(blocks=2, n_samples=2, seqlen=32, seed=0)
+MEMORY_SETTINGS = dict(blocks=2, n_samples=2, seqlen=32, seed=0, **STREAMABLE)
 CALIBRATION_CHARS = 20_000
 
 MEASURE = textwrap.dedent(

@@ -7,6 +7,7 @@ first and last layer unless told otherwise). All share ``greedy_search`` and the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 from prunekit.methods.depth.common import (
@@ -30,10 +31,18 @@ from prunekit.methods.registry import (
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
+log = logging.getLogger(__name__)
+
 SLEB_DEFAULT_PROTECT = [0, -1]
-# BlockPruner without --criterion / --candidates. The paper's setting is ppl over single blocks;
-# docs/results/depth.md measures the alternatives (issue 15).
-BLOCKPRUNER_DEFAULT = {"criterion": "ppl", "candidates": "blocks"}
+# BlockPruner without --criterion / --candidates: the divergence from the dense model's
+# next-token distribution per removed parameter, over single blocks and whole layers — the
+# setting that beat SLEB and ShortGPT in docs/results/depth.md (issue 15). The paper's setting
+# is ``PAPER_SETTING``.
+BLOCKPRUNER_DEFAULT = {"criterion": "kl-per-param", "candidates": "blocks+layers"}
+PAPER_SETTING = {"criterion": "ppl", "candidates": "blocks"}
+# A streamed search scores only ppl criteria (layer_major.STREAMED_CRITERIA): the default's
+# closest streamable form.
+STREAMED_DEFAULT_CRITERION = "ppl-per-param"
 # SLEB and layer-PPL: the calibration ppl (their papers'); units are layers.
 LAYER_DEFAULT = {"criterion": "ppl", "candidates": None}
 
@@ -113,9 +122,23 @@ def run_greedy(
     return finish(loaded, method, settings, expected, state, extra, setup.identity)
 
 
+def blockpruner_defaults(loaded: LoadedModel, settings: PruneSettings) -> dict:
+    """BLOCKPRUNER_DEFAULT, with a ppl criterion when the run streams and none was given (said
+    in one line): the KL criteria need the dense model's logits beside each candidate's."""
+    if settings.criterion is None and is_streamed(loaded):
+        log.warning(
+            "blockpruner: the run streams, so it uses --criterion %s (the default %s needs "
+            "the model in memory)",
+            STREAMED_DEFAULT_CRITERION,
+            BLOCKPRUNER_DEFAULT["criterion"],
+        )
+        return {**BLOCKPRUNER_DEFAULT, "criterion": STREAMED_DEFAULT_CRITERION}
+    return BLOCKPRUNER_DEFAULT
+
+
 def prune_blockpruner(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
     naive = bool(settings.options.get("naive", False))  # the oracle: benchmarks and tests
-    settings = with_defaults(settings, BLOCKPRUNER_DEFAULT)
+    settings = with_defaults(settings, blockpruner_defaults(loaded, settings))
     return run_greedy(loaded, settings, "blockpruner", "block", settings.protect_layers, naive)
 
 

@@ -77,10 +77,10 @@ def unit_parameters(runner: BlockRunner, units: list[Candidate]) -> dict[Candida
     }
 
 
-def make_target(settings: PruneSettings, total_params: int) -> Target:
+def make_target(settings: PruneSettings, total_params: int, counts_blocks: bool = False) -> Target:
     if (settings.ratio is None) == (settings.blocks is None):
         raise SettingsError("give exactly one target: --ratio R or --blocks K")
-    return Target(settings.ratio, settings.blocks, total_params)
+    return Target(settings.ratio, settings.blocks, total_params, counts_blocks)
 
 
 @dataclass
@@ -116,7 +116,8 @@ def prepare_units(
             f"--candidates {settings.candidates} is for greedy searches (blockpruner): a one-shot "
             "ranking needs disjoint candidates"
         )
-    target = make_target(settings, count_parameters(loaded.model))
+    # --blocks K counts blocks for block-level methods (a whole-layer candidate is two).
+    target = make_target(settings, count_parameters(loaded.model), counts_blocks=unit == "block")
     windows = half_windows(settings_windows(loaded, settings), settings.options.get("windows"))
     identity = None
     if is_streamed(loaded):  # the criteria that stream are checked by the caller

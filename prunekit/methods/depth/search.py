@@ -234,11 +234,23 @@ class Target:
     ratio: float | None
     count: int | None
     total_params: int
+    # Count removed blocks, not removed units: BlockPruner's --blocks K with whole layers among
+    # the candidates (a layer is two blocks). Layer methods (SLEB) count layers.
+    counts_blocks: bool = False
+
+    def removed_count(self, removed: Sequence[Candidate]) -> int:
+        return sum(len(u) for u in removed) if self.counts_blocks else len(removed)
 
     def reached(self, removed: int, removed_params: int) -> bool:
         if self.count is not None:
             return removed >= self.count
         return removed_params / self.total_params >= (self.ratio or 0.0)
+
+    def fits(self, candidate: Candidate, removed: int) -> bool:
+        """Whether removing ``candidate`` keeps a block count within --blocks K."""
+        if self.count is None or not self.counts_blocks:
+            return True
+        return removed + len(candidate) <= self.count
 
     def check_feasible(self, unit_params: Sequence[int], unit_name: str) -> None:
         """Refuse targets the candidates cannot meet, before any work is done."""
@@ -329,11 +341,13 @@ def greedy_search(
     )
     bar = progress_bar(desc, total=steps, initial=len(state.removed), unit="step", leave=True)
     try:
-        while not target.reached(len(state.removed), removed_params):
+        while not target.reached(target.removed_count(state.removed), removed_params):
             gone = {b for u in state.removed for b in u}
             active = [b for b in all_blocks if b not in gone]
-            # Units may overlap (a layer and its blocks): one sharing a removed block is gone.
-            candidates = [u for u in units if gone.isdisjoint(u)]
+            # Units may overlap (a layer and its blocks): one sharing a removed block is gone;
+            # with --blocks K, a layer no longer fits when one block is left to remove.
+            removed = target.removed_count(state.removed)
+            candidates = [u for u in units if gone.isdisjoint(u) and target.fits(u, removed)]
             if not candidates:
                 break
             criterion = Criterion(criterion_name, runner.tokens, base_nll or 0.0, dict(unit_params))
