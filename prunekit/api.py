@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunekit.engine.residency import Resident, Streamed
+from prunekit.engine.residency import Resident, Streamed, is_streamed
 from prunekit.errors import ModelNotFoundError, PrunekitError, SettingsError
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.export.per_layer import describe_layers
@@ -81,7 +81,7 @@ def evaluate_ppl(
 
     A lazily loaded model (``open_streamed``) is evaluated layer by layer, holding at most
     ``max_memory`` (bytes, or a size such as "2GB"; None: every window in one chunk)."""
-    if not getattr(loaded.residency, "streamed", False):  # in memory (Resident, or none)
+    if not is_streamed(loaded):  # in memory (Resident, or none)
         if max_memory is not None:
             raise SettingsError(
                 "max_memory bounds a streamed evaluation: open the model with open_streamed"

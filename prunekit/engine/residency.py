@@ -145,6 +145,12 @@ class Streamed:
                 self.finished(part, self.lazy.module(part))
 
 
+def is_streamed(loaded: LoadedModel) -> bool:
+    """Whether the model's weights stay in their shards (a lazily loaded skeleton); a model in
+    memory has a ``Resident`` residency or none."""
+    return bool(getattr(loaded.residency, "streamed", False))
+
+
 def _meta_copies(module: nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
     """Meta stand-ins of a module's parameters in their current (pruned) shapes."""
     return {

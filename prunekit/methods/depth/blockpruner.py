@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import time
 
+from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
     checkpointer,
     finish,
@@ -17,7 +18,7 @@ from prunekit.methods.depth.common import (
     resume_state,
     search_settings,
 )
-from prunekit.methods.depth.layer_major import check_streamable, is_streamed
+from prunekit.methods.depth.layer_major import check_streamable
 from prunekit.methods.depth.search import GROUP_BYTES, greedy_search
 from prunekit.methods.registry import (
     CALIBRATION,

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
+from prunekit.engine.residency import is_streamed
 from prunekit.errors import PlanError, SettingsError
 from prunekit.export.streamed import write_depth_pruned
 from prunekit.methods.depth.calibration import BlockRunner, Candidate, settings_windows
 from prunekit.methods.depth.criteria import make_runner
-from prunekit.methods.depth.layer_major import StreamedDepthRunner, is_streamed, streamed_identity
+from prunekit.methods.depth.layer_major import StreamedDepthRunner, streamed_identity
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef

@@ -53,11 +53,6 @@ STREAMED_CRITERIA = ("ppl", "ppl-per-param")
 TokenScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def is_streamed(loaded: LoadedModel) -> bool:
-    """Whether the model's weights stay in their shards (a lazily loaded skeleton)."""
-    return bool(getattr(loaded.residency, "streamed", False))
-
-
 def streamed_identity(loaded: LoadedModel) -> dict:
     """``loaded.identity()``, its weight fingerprint read from the shards in row slices (never a
     whole part resident; the same fingerprint as the model in memory)."""

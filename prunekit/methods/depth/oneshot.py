@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.calibration import BlockRunner, Candidate
 from prunekit.methods.depth.common import (
     finish,
@@ -23,7 +24,6 @@ from prunekit.methods.depth.common import (
     prepare_units,
     search_settings,
 )
-from prunekit.methods.depth.layer_major import is_streamed
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import (
     CALIBRATION,

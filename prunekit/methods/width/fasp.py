@@ -20,6 +20,7 @@ import logging
 
 import torch
 
+from prunekit.engine.residency import is_streamed
 from prunekit.engine.sequential import sequential_pass
 from prunekit.errors import SettingsError
 from prunekit.methods.registry import (
@@ -71,7 +72,7 @@ def resolved_allocation(loaded: LoadedModel, settings: PruneSettings) -> str:
     pruning pass, which a streamed run does not hold."""
     if settings.allocation is not None:
         return settings.allocation
-    if getattr(loaded.residency, "streamed", False):
+    if is_streamed(loaded):
         log.warning(
             "fasp: the run streams, so it uses --allocation uniform (the default cost "
             "allocation needs the model in memory)"
