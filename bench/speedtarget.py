@@ -37,6 +37,7 @@ from latency_model import LATENCY_END, LATENCY_START
 from results_notes import NOTES_MARKER, kept_notes
 
 from prunekit.api import prune
+from prunekit.errors import SettingsError
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.speed import SpeedSettings, measure_speed, speedups
 from prunekit.evaluation.zeroshot import zeroshot
@@ -44,7 +45,8 @@ from prunekit.latency.profile import ProfileSettings, profile_model
 from prunekit.latency.structure import ModelStructure, structure_of
 from prunekit.latency.table import LatencyTable, predict_latency
 from prunekit.methods.combined import run_stages
-from prunekit.methods.depth.calibration import settings_windows
+from prunekit.methods.depth.blockpruner import PAPER_SETTING
+from prunekit.methods.depth.calibration import held_out_settings_windows
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.dtype import cpu_has_native_bf16
 from prunekit.models.loading import LoadedModel, load_model
@@ -83,6 +85,7 @@ class Row:
     wikitext2: float | None = None
     zeroshot: dict = dataclasses.field(default_factory=dict)
     calib_ppl: float | None = None
+    note: str | None = None  # why the plan has no row of numbers (it cannot reach the target)
 
 
 def speed_settings(phase: str, runs: int) -> SpeedSettings:
@@ -173,34 +176,50 @@ def until_measured(
     return candidate, pruned, measured
 
 
-def evaluate(dense: LoadedModel, pruned: LoadedModel, row: Row, args) -> None:
-    before = parameter_counts(dense.model, dense.adapter)
-    after = parameter_counts(pruned.model, pruned.adapter)
-    row.ratio_total = pruning_ratios(before, after)["ratio_total"]
-    row.wikitext2 = perplexity(pruned, "wikitext2", seqlen=512, max_windows=args.eval_windows).ppl
-    scores = zeroshot(pruned, TASKS, limit=args.limit)
-    row.zeroshot = {name: task.acc for name, task in scores.tasks.items()}
+# The same plan often wins two rows (the combined choice is a pure plan when a mix does not pay):
+# its quality numbers are computed once. Key: the blocks removed, the sparsity, the width rule.
+EVALUATED: dict[tuple, tuple[float, float, dict]] = {}
+
+
+def evaluate(dense: LoadedModel, pruned: LoadedModel, row: Row, split: Split, args) -> None:
+    key = (tuple(split.removed_blocks), round(split.sparsity, 6), row.multiple_of)
+    if key not in EVALUATED:
+        before = parameter_counts(dense.model, dense.adapter)
+        after = parameter_counts(pruned.model, pruned.adapter)
+        ratio = pruning_ratios(before, after)["ratio_total"]
+        ppl = perplexity(pruned, "wikitext2", seqlen=512, max_windows=args.eval_windows).ppl
+        scores = zeroshot(pruned, TASKS, limit=args.limit)
+        EVALUATED[key] = (ratio, ppl, {name: task.acc for name, task in scores.tasks.items()})
+    row.ratio_total, row.wikitext2, row.zeroshot = EVALUATED[key]
 
 
 def run_target(dense, plan_depth, settings, phase, target, table, args) -> tuple[list[Row], dict]:
     predict, structure = latency_predictor(dense, phase, table)
     steps = depth_steps(plan_depth.trajectory)
-    windows = settings_windows(dense, settings)
+    windows = held_out_settings_windows(dense, settings)  # as prune --target-speedup scores
     rule = WidthRule()
     loss_of = calibration_loss_fn(dense, windows, build_split(plan_depth, settings, rule))
     result = search_speed_target(structure, steps, predict, target, phase, loss_of, rule)
     rule64 = WidthRule(multiple_of=64)
-    fasp64 = candidate_splits(structure, [], predict, target, rule64)[0]
     label = f"{target:g}x {phase}"
     plans = (  # (row, split, rule, width only)
         ("BlockPruner", result.depth_only, rule, False),
         ("FASP", result.width_only, rule, True),
-        ("FASP, multiple of 64", fasp64, rule64, True),
+        ("FASP, multiple of 64", None, rule64, True),
         ("combined", result.chosen, rule, False),
     )
     rows = []
     for name, split, plan_rule, width_only in plans:
+        if split is None and width_only:
+            try:  # FASP alone at the rule's widths, or why it cannot reach the target
+                split = candidate_splits(structure, [], predict, target, plan_rule)[0]
+            except SettingsError as exc:
+                rows.append(Row(label, name, 0, math.nan, plan_rule.multiple_of, math.nan))
+                rows[-1].note = str(exc)
+                continue
         if split is None:
+            note = f"BlockPruner alone does not reach {target:g}x within {len(steps)} steps"
+            rows.append(Row(label, name, len(steps), 0.0, 1, math.nan, note=note))
             continue
         build = build_split(plan_depth, settings, plan_rule)
         if name == "combined":
@@ -220,7 +239,7 @@ def run_target(dense, plan_depth, settings, phase, target, table, args) -> tuple
             result.losses.get(split.k) if plan_rule is rule and split in result.candidates else None
         )
         row.calib_ppl = math.exp(loss) if loss is not None else None
-        evaluate(dense, pruned, row, args)
+        evaluate(dense, pruned, row, split, args)
         rows.append(row)
         del pruned
     return rows, speed_target_record(result)
@@ -239,11 +258,17 @@ def render(rows: list[Row], meta: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        if r.note is not None:
+            lines.append(f"| {r.target} | {r.plan} | – | – | – | – | – | – | – | – | – |")
+            continue
         acc = [f"{100 * r.zeroshot.get(t, float('nan')):.1f}" for t in TASKS]
         lines.append(
             f"| {r.target} | {r.plan} | {r.k} | {r.sparsity:.3f} | {r.predicted:.2f}× "
             f"| {r.measured:.2f}× | {r.ratio_total:.3f} | {r.wikitext2:.2f} | " + " | ".join(acc)
         )
+    notes = [f"- {r.target}, {r.plan}: {r.note}" for r in rows if r.note is not None]
+    if notes:
+        lines += ["", "Plans that cannot reach a target (a dash in the table):", "", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -320,6 +345,8 @@ def main() -> None:
         fresh_copy(dense),
         "blockpruner",
         blocks=blocks,
+        # What ``prune --target-speedup`` searches with (prunekit/speedtarget/run.py).
+        **PAPER_SETTING,
         **{k: getattr(settings, k) for k in ("calib", "n_samples", "seqlen", "seed")},
     ).plan
     meta = {

@@ -6,12 +6,14 @@ from prunekit.data.windows import (
     check_seqlen,
     corpus_tokens,
     eval_windows,
+    held_out_windows,
     tokenize_text,
 )
 
 __all__ = [
     "CORPORA",
     "calibration_windows",
+    "held_out_windows",
     "check_dataset",
     "check_seqlen",
     "corpus_source",

@@ -76,15 +76,65 @@ def calibration_windows(
     The corpus is tokenized as one stream (documents joined), so a window may span documents,
     as in the SparseGPT/BlockPruner calibration loaders. Same seed -> same windows.
     """
+    body, span = _window_span(tokens, n_samples, seqlen, bos_token_id)
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, span + 1, (n_samples,), generator=generator)
+    return _cut(tokens, starts.tolist(), body, bos_token_id)
+
+
+# Held-out draws use their own stream, so they never replay the calibration draw's offsets.
+HELD_OUT_SEED_OFFSET = 7_919
+MAX_HELD_OUT_DRAWS = 64  # rounds of n_samples candidate offsets before the corpus is too small
+
+
+def held_out_windows(
+    tokens: torch.Tensor,
+    n_samples: int,
+    seqlen: int,
+    seed: int,
+    bos_token_id: int | None = None,
+) -> torch.Tensor:
+    """``n_samples`` windows like :func:`calibration_windows` that share no token with the
+    windows ``calibration_windows(tokens, n_samples, seqlen, seed)`` draws.
+
+    A loss measured on the calibration windows rewards a method that fits them (FASP's
+    least-squares restoration does, with few tokens per column); these score a plan fairly.
+    """
+    body, span = _window_span(tokens, n_samples, seqlen, bos_token_id)
+    generator = torch.Generator().manual_seed(seed)
+    taken = torch.randint(0, span + 1, (n_samples,), generator=generator).tolist()
+    generator = torch.Generator().manual_seed(seed + HELD_OUT_SEED_OFFSET)
+    starts: list[int] = []
+    for _ in range(MAX_HELD_OUT_DRAWS):
+        for start in torch.randint(0, span + 1, (n_samples,), generator=generator).tolist():
+            if all(abs(start - other) >= body for other in taken):
+                starts.append(start)
+                taken.append(start)
+            if len(starts) == n_samples:
+                return _cut(tokens, starts, body, bos_token_id)
+    raise DataError(
+        f"calibration text has {tokens.numel()} tokens: too few for {n_samples} held-out windows "
+        f"of {seqlen} beside the {n_samples} calibration ones"
+    )
+
+
+def _window_span(
+    tokens: torch.Tensor, n_samples: int, seqlen: int, bos_token_id: int | None
+) -> tuple[int, int]:
+    """(text tokens per window, last possible start)."""
     if n_samples < 1:
         raise SettingsError("n_samples must be at least 1")
     body = seqlen - 1 if bos_token_id is not None else seqlen
     span = tokens.numel() - body
     if span < 0:
         raise DataError(f"calibration text has {tokens.numel()} tokens, fewer than {seqlen}")
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, span + 1, (n_samples,), generator=generator)
-    windows = torch.stack([tokens[s : s + body] for s in starts.tolist()])
+    return body, span
+
+
+def _cut(
+    tokens: torch.Tensor, starts: list[int], body: int, bos_token_id: int | None
+) -> torch.Tensor:
+    windows = torch.stack([tokens[s : s + body] for s in starts])
     if bos_token_id is not None:
-        windows = torch.cat([torch.full((n_samples, 1), bos_token_id), windows], dim=1)
+        windows = torch.cat([torch.full((len(starts), 1), bos_token_id), windows], dim=1)
     return windows

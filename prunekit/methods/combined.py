@@ -219,7 +219,7 @@ def run_stages(
             raise SettingsError(f"{name}: stage {number} ({method.name}) did not finish")
         plans.append(plan)
         after = count_parameters(loaded.model)
-        summaries.append(stage_summary(method, settings, before, after, dense))
+        summaries.append(stage_summary(method, settings, before, after, dense, plan.settings))
     extra = {"order": [m.name for m, _ in stages], "stages": summaries}
     if split is not None:
         extra["split"] = split
@@ -233,10 +233,18 @@ def run_stages(
 
 
 def stage_summary(
-    method: Method, settings: PruneSettings, before: int, after: int, dense: int
+    method: Method,
+    settings: PruneSettings,
+    before: int,
+    after: int,
+    dense: int,
+    resolved: dict | None = None,
 ) -> dict:
     """What one stage asked for and removed: its target, its ratio of the model it was given,
-    and the ratio_total (against the dense model) after it."""
+    and the ratio_total (against the dense model) after it. ``resolved``: the stage plan's own
+    settings, which name the defaults the method chose (criterion, allocation...) where the
+    request left them None."""
+    resolved = resolved or {}
     return {
         "method": method.name,
         "family": method.family,
@@ -247,7 +255,7 @@ def stage_summary(
         "ratio_of_stage_input": 1.0 - after / before,
         "ratio_total_after": 1.0 - after / dense,
         "settings": {
-            k: v
+            k: v if v is not None else resolved.get(k)
             for k, v in dataclasses.asdict(settings).items()
             if k in method.takes and k not in TARGETS
         },

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from prunekit.errors import SettingsError
 from prunekit.latency.structure import ModelStructure
 from prunekit.methods.depth.blockpruner import PAPER_SETTING
-from prunekit.methods.depth.calibration import settings_windows
+from prunekit.methods.depth.calibration import held_out_settings_windows
 from prunekit.methods.registry import PruneSettings, get_method
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
@@ -90,7 +90,8 @@ def search_for_speed(
         candidates=settings.candidates or PAPER_SETTING["candidates"],
     )
     depth_plan = get_method(depth_method).prune(fresh_copy(loaded), depth_settings)
-    windows = settings_windows(loaded, settings)
+    # Scored on held-out windows: FASP restores on the calibration ones and would fit them.
+    windows = held_out_settings_windows(loaded, settings)
     loss_of = calibration_loss_fn(
         loaded, windows, lambda copy, split: build(copy, split, depth_plan)
     )

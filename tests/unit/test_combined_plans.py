@@ -88,6 +88,9 @@ def test_the_split_routes_settings_and_reaches_the_ratio(run):
     )
     assert width["settings"]["multiple_of"] == 2 and "criterion" not in width["settings"]
     assert depth["settings"]["calib"] == width["settings"]["calib"]  # calibration: both stages
+    # Settings left to the methods name what they chose, not None.
+    assert depth["settings"]["candidates"] == "blocks+layers"
+    assert width["settings"]["allocation"] == "cost"
     assert depth["target"] == {"ratio": pytest.approx(SHARE * RATIO)}
     # The width stage's own ratio comes from what the depth stage really removed.
     dense = depth["params_before"]

@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 
-from prunekit.data import calibration_windows, check_seqlen, eval_windows, load_corpus
+from prunekit.data import (
+    calibration_windows,
+    check_seqlen,
+    eval_windows,
+    held_out_windows,
+    load_corpus,
+)
 from prunekit.data.corpora import corpus_source
 from prunekit.errors import DataError, SettingsError
 
@@ -88,3 +94,26 @@ def test_offline_corpora_follow_the_protocol(data_dir):
     c4 = load_corpus("c4")
     assert len(c4) > 1_000_000
     assert "PRUNEKIT_DATA_DIR" in corpus_source("c4") and "sample" in corpus_source("c4")
+
+
+def _token_sets(windows: torch.Tensor) -> set[int]:
+    return {int(t) for t in windows.flatten()}
+
+
+def test_held_out_windows_share_no_token_with_the_calibration_windows():
+    tokens = torch.arange(400)  # a window's values are its positions in the stream
+    calib = calibration_windows(tokens, 4, 32, seed=0)
+    held = held_out_windows(tokens, 4, 32, seed=0)
+    assert held.shape == calib.shape
+    assert not _token_sets(held) & _token_sets(calib)
+    assert torch.equal(held, held_out_windows(tokens, 4, 32, seed=0))  # seeded
+    # Negative control: a plain draw with another seed overlaps on a corpus this small.
+    assert _token_sets(calibration_windows(tokens, 4, 32, seed=1)) & _token_sets(calib)
+
+
+def test_held_out_windows_keep_the_bos_and_refuse_a_corpus_too_small():
+    tokens = torch.arange(5, 400)
+    held = held_out_windows(tokens, 2, 16, seed=3, bos_token_id=1)
+    assert held.shape == (2, 16) and (held[:, 0] == 1).all()
+    with pytest.raises(DataError, match="too few for 4 held-out windows"):
+        held_out_windows(torch.arange(100), 4, 32, seed=0)

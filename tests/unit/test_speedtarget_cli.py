@@ -18,7 +18,7 @@ from prunekit.export.load import load_pruned
 from prunekit.latency.structure import structure_of
 from prunekit.latency.table import LatencyTable, predict_latency
 from prunekit.methods.combined import run_stages
-from prunekit.methods.depth.calibration import settings_windows
+from prunekit.methods.depth.calibration import held_out_settings_windows
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import from_model, load_model
 from prunekit.models.tiny import TINY_VOCAB, save_tiny, tiny_model, tiny_tokenizer
@@ -164,10 +164,12 @@ def test_the_replayed_plan_reaches_the_target_with_the_chosen_split(hand_run, ti
 
 
 def test_the_replayed_model_is_the_one_the_search_measured(hand_run, tiny_dir, calib):
-    """Its calibration loss is the chosen split's recorded loss, and no pure plan beats it."""
+    """Its held-out calibration loss is the chosen split's recorded loss, and no pure plan beats
+    it."""
     record = json.loads((hand_run["out"] / "report.json").read_text())["speed_target"]
     loaded = replayed(tiny_dir, hand_run["out"])
-    nll, count = windows_nll(loaded, settings_windows(loaded, PruneSettings(calib=calib, **CALIB)))
+    settings = PruneSettings(calib=calib, **CALIB)
+    nll, count = windows_nll(loaded, held_out_settings_windows(loaded, settings))
     assert nll / count == pytest.approx(record["chosen"]["calib_loss"], rel=1e-5)
     for pure in ("depth_only", "width_only"):
         assert record[pure] is not None

@@ -12,8 +12,9 @@ import torch
 
 from prunekit.api import prune
 from prunekit.errors import SettingsError
+from prunekit.evaluation.perplexity import windows_nll
 from prunekit.latency.structure import LayerStructure, ModelStructure
-from prunekit.methods.depth.calibration import settings_windows
+from prunekit.methods.depth.calibration import held_out_settings_windows, settings_windows
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
@@ -340,8 +341,8 @@ def test_depth_prefix_losses_match_the_trajectory(tiny_run, calib) -> None:
 
 def test_search_for_speed_runs_the_depth_search_to_the_bound(calib) -> None:
     """End to end up to the choice on a tiny model. The build replays the depth prefix only (the
-    width stage on a depth-pruned model is the combined-plan code's), so the loss is BlockPruner's
-    own along k: the chosen split is the measured one with the lowest calibration ppl."""
+    width stage on a depth-pruned model is the combined-plan code's), so each loss is the depth
+    prefix's on the held-out windows: the chosen split is the measured one with the lowest."""
     loaded = tiny_dense()
     dense = dense_structure(loaded.model.config)
     settings = PruneSettings(**calib, candidates="attn")
@@ -352,9 +353,14 @@ def test_search_for_speed_runs_the_depth_search_to_the_bound(calib) -> None:
     result = run.result
     assert result.depth_only is not None and result.depth_only.k <= bound
     ppl = {k: math.exp(loss) for k, loss in result.losses.items()}
+    held_out = held_out_settings_windows(loaded, settings)
     for k in ppl:
-        if k:
-            assert ppl[k] == pytest.approx(run.depth_plan.trajectory[k - 1]["calib_ppl"])
+        prefix = tiny_dense()
+        apply_plan(prefix, depth_prefix_plan(run.depth_plan, k))
+        nll, count = windows_nll(prefix, held_out)
+        assert ppl[k] == pytest.approx(math.exp(nll / count))
+        if k:  # not the calibration windows' ppl, which the search recorded
+            assert ppl[k] != pytest.approx(run.depth_plan.trajectory[k - 1]["calib_ppl"])
     assert result.chosen.k == min(ppl, key=lambda k: (ppl[k], k))
     assert tiny_dense().model.state_dict().keys() == loaded.model.state_dict().keys()
     with pytest.raises(SettingsError, match="single-block"):

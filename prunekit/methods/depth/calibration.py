@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
+from prunekit.data import calibration_windows, check_seqlen, corpus_tokens, held_out_windows
 from prunekit.engine.layerwise import (
     CalibrationBlocks,
     LayerContext,
@@ -30,10 +30,25 @@ Candidate = tuple[BlockRef, ...]
 
 def settings_windows(loaded: LoadedModel, settings: PruneSettings) -> torch.Tensor:
     """The seeded calibration windows the settings describe ([n_samples, seqlen] token ids)."""
+    tokens, bos = _calibration_text(loaded, settings)
+    return calibration_windows(tokens, settings.n_samples, settings.seqlen, settings.seed, bos)
+
+
+def held_out_settings_windows(loaded: LoadedModel, settings: PruneSettings) -> torch.Tensor:
+    """As many windows of the same calibration text as ``settings_windows``, none overlapping
+    them: a plan restored on the calibration windows is scored on these."""
+    tokens, bos = _calibration_text(loaded, settings)
+    return held_out_windows(tokens, settings.n_samples, settings.seqlen, settings.seed, bos)
+
+
+def _calibration_text(
+    loaded: LoadedModel, settings: PruneSettings
+) -> tuple[torch.Tensor, int | None]:
+    """The calibration corpus as one token stream, and the BOS each window starts with (if any)."""
     check_seqlen(settings.seqlen, loaded.model.config)
     tokens = corpus_tokens(loaded.tokenizer, settings.calib)
     bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
-    return calibration_windows(tokens, settings.n_samples, settings.seqlen, settings.seed, bos)
+    return tokens, bos
 
 
 class BlockRunner(CalibrationBlocks):
