@@ -219,6 +219,12 @@ def run_stages(
             raise SettingsError(f"{name}: stage {number} ({method.name}) did not finish")
         plans.append(plan)
         after = count_parameters(loaded.model)
+        if number < len(stages) and not loaded.adapter.layers(loaded.model):
+            following = stages[number][0].name
+            raise SettingsError(
+                f"{name}: stage {number} ({method.name}) removed every layer, which leaves "
+                f"{following} nothing to prune; lower its target"
+            )
         summaries.append(stage_summary(method, settings, before, after, dense, plan.settings))
     extra = {"order": [m.name for m, _ in stages], "stages": summaries}
     if split is not None:

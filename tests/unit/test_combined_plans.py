@@ -176,6 +176,16 @@ def test_prune_combined_takes_each_stages_own_target(calib):
     assert torch.equal(logits(replayed.model), logits(loaded.model))
 
 
+def test_a_depth_stage_that_leaves_no_layer_is_refused_in_one_line(calib):
+    """Every block of the 4 layers removed: the width stage would get an empty model."""
+    depth = PruneSettings(blocks=8, calib=calib, n_samples=2, seqlen=32)
+    with pytest.raises(SettingsError, match=r"stage 1 \(blockpruner\) removed every layer"):
+        prune_combined(fresh(), "blockpruner", "fasp", depth, PruneSettings(sparsity=0.2))
+    # Negative control: one block fewer leaves a layer part for FASP to narrow.
+    depth = PruneSettings(blocks=7, calib=calib, n_samples=2, seqlen=32)
+    prune_combined(fresh(), "blockpruner", "magnitude", depth, PruneSettings(sparsity=0.2))
+
+
 def test_whole_layers_then_uniform_widths_export_in_the_stock_format(calib, tmp_path):
     from prunekit.export.save import export_model
 
