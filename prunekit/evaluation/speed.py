@@ -177,10 +177,14 @@ def run_interleaved(
             run()
         _sync(devices[name])
     seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(runs):
-        for name, run in runners.items():
+    names = list(runners)
+    for round_number in range(runs):
+        # Each round starts with the next model: no model always runs first (after the others'
+        # allocations) or last, so a position effect spreads over all of them.
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            run()
+            runners[name]()
             _sync(devices[name])
             seconds[name].append(time.perf_counter() - start)
     peaks = {name: untimed_peak_memory(run, devices[name]) for name, run in runners.items()}

@@ -43,3 +43,13 @@ def test_timed_runs_have_no_sampler_thread_and_peak_memory_is_still_reported():
         assert len(result.seconds) == RUNS
         # RSS is sampled, and a freed block may return to a pool: allow some slack below 64 MB
         assert result.peak_memory_mb is not None and result.peak_memory_mb > HELD_MB / 2
+
+
+def test_each_round_starts_with_the_next_model():
+    """No model always runs first: the timed order rotates by one each round."""
+    order: list[str] = []
+    runners = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    run_interleaved("case", runners, dict.fromkeys("abc", "cpu"), 1, runs=3, warmup=0)
+    timed = order[:9]  # then one untimed memory run each, in the given order
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert order[9:] == ["a", "b", "c"]
