@@ -4,6 +4,7 @@ profiled on the fly), the search, the one combined plan, replay, export, report,
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 
 import pytest
@@ -308,3 +309,22 @@ def test_the_python_api_takes_the_same_request(tiny_dir, calib, tmp_path):
     loaded = from_model(tiny_model("llama", num_hidden_layers=LAYERS), tiny_tokenizer(), "t")
     with pytest.raises(SettingsError, match="no 'prefill' phase"):
         prunekit.prune(loaded, target_speedup=1.5, phase="prefill", latency_table=table, **CALIB)
+
+
+def test_a_cpu_table_timed_with_other_threads_is_flagged(caplog):
+    from types import SimpleNamespace
+
+    from prunekit.speedtarget.prune import warn_if_other_threads
+
+    threads = torch.get_num_threads()
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="prunekit"):
+        warn_if_other_threads(SimpleNamespace(machine={"threads": threads + 1}), cpu)
+    assert f"timed with {threads + 1} CPU threads, this run has {threads}" in caplog.text
+    caplog.clear()
+    # Negative controls: the same thread count, or a GPU run, say nothing.
+    with caplog.at_level(logging.WARNING, logger="prunekit"):
+        warn_if_other_threads(SimpleNamespace(machine={"threads": threads}), cpu)
+        gpu = SimpleNamespace(device=torch.device("cuda"))
+        warn_if_other_threads(SimpleNamespace(machine={"threads": threads + 1}), gpu)
+    assert caplog.text == ""
