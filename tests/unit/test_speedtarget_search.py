@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -380,3 +381,19 @@ def depth_prefix_build(candidate, split: Split, depth_plan) -> None:
     prefix = depth_prefix_plan(depth_plan, split.k)
     assert tuple(prefix.removed_blocks) == split.removed_blocks
     apply_plan(candidate, prefix)
+
+
+def test_scoring_a_split_keeps_only_the_few_tokens_warning_quiet() -> None:
+    """Each scored split runs FASP, whose few-tokens-per-column warning would repeat per split;
+    other warnings still show."""
+    loaded = tiny_dense()
+    windows = torch.randint(0, loaded.model.config.vocab_size, (1, 16))
+
+    def build(candidate, split: Split) -> None:
+        warnings.warn("only 1.0 calibration tokens per restored column (< 10): ...", stacklevel=1)
+        warnings.warn("something else", stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        calibration_loss_fn(loaded, windows, build)(Split(0, (), 0.0, 1.0, 1.0))
+    assert [str(w.message) for w in seen] == ["something else"]
