@@ -77,9 +77,7 @@ def calibration_windows(
     as in the SparseGPT/BlockPruner calibration loaders. Same seed -> same windows.
     """
     body, span = _window_span(tokens, n_samples, seqlen, bos_token_id)
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, span + 1, (n_samples,), generator=generator)
-    return _cut(tokens, starts.tolist(), body, bos_token_id)
+    return _cut(tokens, _seeded_starts(span, n_samples, seed), body, bos_token_id)
 
 
 # Held-out draws use their own stream, so they never replay the calibration draw's offsets.
@@ -101,8 +99,7 @@ def held_out_windows(
     least-squares restoration does, with few tokens per column); these score a plan fairly.
     """
     body, span = _window_span(tokens, n_samples, seqlen, bos_token_id)
-    generator = torch.Generator().manual_seed(seed)
-    taken = torch.randint(0, span + 1, (n_samples,), generator=generator).tolist()
+    taken = _seeded_starts(span, n_samples, seed)  # the calibration windows' starts
     generator = torch.Generator().manual_seed(seed + HELD_OUT_SEED_OFFSET)
     starts: list[int] = []
     for _ in range(MAX_HELD_OUT_DRAWS):
@@ -129,6 +126,11 @@ def _window_span(
     if span < 0:
         raise DataError(f"calibration text has {tokens.numel()} tokens, fewer than {seqlen}")
     return body, span
+
+
+def _seeded_starts(span: int, count: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, span + 1, (count,), generator=generator).tolist()
 
 
 def _cut(
