@@ -214,8 +214,9 @@ def run_target(dense, plan_depth, settings, phase, target, table, args) -> tuple
             try:  # FASP alone at the rule's widths, or why it cannot reach the target
                 split = candidate_splits(structure, [], predict, target, plan_rule)[0]
             except SettingsError as exc:
-                rows.append(Row(label, name, 0, math.nan, plan_rule.multiple_of, math.nan))
-                rows[-1].note = str(exc)
+                rows.append(
+                    Row(label, name, 0, math.nan, plan_rule.multiple_of, math.nan, note=str(exc))
+                )
                 continue
         if split is None:
             note = f"BlockPruner alone does not reach {target:g}x within {len(steps)} steps"
