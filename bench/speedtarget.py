@@ -44,16 +44,16 @@ from prunekit.evaluation.zeroshot import zeroshot
 from prunekit.latency.profile import ProfileSettings, profile_model
 from prunekit.latency.structure import ModelStructure, structure_of
 from prunekit.latency.table import LatencyTable, predict_latency
-from prunekit.methods.combined import run_stages
 from prunekit.methods.depth.blockpruner import PAPER_SETTING
-from prunekit.methods.depth.calibration import held_out_settings_windows
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.dtype import cpu_has_native_bf16
 from prunekit.models.loading import LoadedModel, load_model
 from prunekit.report.accounting import parameter_counts, pruning_ratios
-from prunekit.speedtarget.losses import calibration_loss_fn, fresh_copy
-from prunekit.speedtarget.prune import SPEED_METHOD, WORKLOADS, split_stages
+from prunekit.speedtarget.losses import fresh_copy
+from prunekit.speedtarget.prune import WORKLOADS
+from prunekit.speedtarget.prune import build_split as speed_build_split
 from prunekit.speedtarget.report import speed_target_record
+from prunekit.speedtarget.run import choose_split
 from prunekit.speedtarget.search import (
     DepthStep,
     Split,
@@ -61,7 +61,6 @@ from prunekit.speedtarget.search import (
     candidate_splits,
     depth_blocks_bound,
     depth_steps,
-    search_speed_target,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,14 +133,9 @@ def latency_predictor(
 def build_split(plan_depth, settings: PruneSettings, rule: WidthRule) -> Callable:
     """build(copy, split): what ``prune --target-speedup`` builds for a split — the first k
     depth steps replayed, then FASP at s_k (``rule``'s targets and multiple) on what they left."""
-    width = dataclasses.replace(
-        settings, targets=list(rule.targets), multiple_of=rule.multiple_of, run_dir=None
-    )
-
-    def build(candidate: LoadedModel, split: Split) -> None:
-        run_stages(candidate, SPEED_METHOD, split_stages(split, plan_depth, width, None), {}, None)
-
-    return build
+    width = dataclasses.replace(settings, targets=list(rule.targets), multiple_of=rule.multiple_of)
+    build = speed_build_split(width)
+    return lambda candidate, split: build(candidate, split, plan_depth)
 
 
 def pushed_split(split: Split, steps: list[DepthStep], push: int, width_only: bool) -> Split:
@@ -196,11 +190,11 @@ def evaluate(dense: LoadedModel, pruned: LoadedModel, row: Row, split: Split, ar
 def run_target(dense, plan_depth, settings, phase, target, table, args) -> tuple[list[Row], dict]:
     predict, structure = latency_predictor(dense, phase, table)
     steps = depth_steps(plan_depth.trajectory)
-    windows = held_out_settings_windows(dense, settings)  # as prune --target-speedup scores
-    rule = WidthRule()
-    loss_of = calibration_loss_fn(dense, windows, build_split(plan_depth, settings, rule))
-    result = search_speed_target(structure, steps, predict, target, phase, loss_of, rule)
-    rule64 = WidthRule(multiple_of=64)
+    # The choice ``prune --target-speedup`` makes, on the one depth search every target shares.
+    build = speed_build_split(settings)
+    result = choose_split(dense, settings, target, phase, structure, predict, build, plan_depth)
+    rule = WidthRule(tuple(settings.targets), settings.multiple_of)
+    rule64 = dataclasses.replace(rule, multiple_of=64)
     label = f"{target:g}x {phase}"
     plans = (  # (row, split, rule, width only)
         ("BlockPruner", result.depth_only, rule, False),

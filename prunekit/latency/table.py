@@ -180,7 +180,15 @@ def mlp_seconds(table: LatencyTable, phase: PhaseTable, width: int) -> float:
     """One MLP block of ``width`` channels: the aligned curve for multiples of the table's
     ``multiple_of`` (and the full width), the unaligned curve otherwise."""
     aligned = width % table.multiple_of == 0 or width == table.mlp_width
-    curve = phase.mlp if aligned or not phase.mlp_unaligned else phase.mlp_unaligned
+    if aligned or not phase.mlp_unaligned:
+        return interpolate(phase.mlp, width)
+    # The unaligned curve's widths stop a grid step below the full width; above its last point
+    # it runs to the full width's entry. Extrapolated along its own last segment instead, a
+    # width one channel short of full was priced like a whole grid step narrower (on SmolLM2
+    # prefill: 7.8 ms instead of 12.8 ms per MLP, so a 1-channel FASP stage "bought" 1.5x).
+    curve = dict(phase.mlp_unaligned)
+    if table.mlp_width in phase.mlp:
+        curve.setdefault(table.mlp_width, phase.mlp[table.mlp_width])
     return interpolate(curve, width)
 
 

@@ -73,7 +73,7 @@ def search_for_speed(
             f"--target-speedup needs single-block depth candidates (attn, mlp or blocks), "
             f"got --candidates {settings.candidates}"
         )
-    rule = WidthRule(tuple(settings.targets), settings.multiple_of)
+    WidthRule(tuple(settings.targets), settings.multiple_of)  # a bad rule fails before the search
     kinds = BLOCK_CANDIDATES[settings.candidates]
     protected = {i for i in settings.protect_layers if 0 <= i < len(dense.layers)}
     candidates = (len(dense.layers) - len(protected)) * len(kinds)
@@ -90,11 +90,28 @@ def search_for_speed(
         candidates=settings.candidates or PAPER_SETTING["candidates"],
     )
     depth_plan = get_method(depth_method).prune(fresh_copy(loaded), depth_settings)
+    result = choose_split(loaded, settings, target, phase, dense, predict, build, depth_plan)
+    return SpeedTargetRun(result, depth_plan)
+
+
+def choose_split(
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    target: float,
+    phase: str,
+    dense: ModelStructure,
+    predict: Predictor,
+    build: SplitBuild,
+    depth_plan: PruningPlan,
+) -> SpeedTargetResult:
+    """Given a depth search (``depth_plan``, run at least as far as the target needs), price
+    every split, measure a few on held-out windows and choose one. A depth search that serves
+    several targets (bench/speedtarget.py) calls this once per target."""
+    rule = WidthRule(tuple(settings.targets), settings.multiple_of)
     # Scored on held-out windows: FASP restores on the calibration ones and would fit them.
     windows = held_out_settings_windows(loaded, settings)
     loss_of = calibration_loss_fn(
         loaded, windows, lambda copy, split: build(copy, split, depth_plan)
     )
     steps = depth_steps(depth_plan.trajectory)
-    result = search_speed_target(dense, steps, predict, target, phase, loss_of, rule)
-    return SpeedTargetRun(result, depth_plan)
+    return search_speed_target(dense, steps, predict, target, phase, loss_of, rule)

@@ -111,6 +111,25 @@ def test_unaligned_widths_are_priced_on_their_own_curve():
     # 70 lies on the unaligned segment 40 -> 100 (5 s -> 8 s), not the aligned one.
     assert predict_latency(table, unaligned, "prefill") == pytest.approx(base + 6.5)
     assert phase.mlp_unaligned == {40: 5.0, 100: 8.0}
+    assert phase.mlp_unaligned == {40: 5.0, 100: 8.0}
+
+
+def test_an_unaligned_width_near_full_is_priced_toward_the_full_width():
+    """Above the unaligned curve's last point (100) the price runs to the full width's entry
+    (128: 6 s), not along the 40 -> 100 segment: one channel less than full costs about what
+    full costs (the search once bought a predicted 1.5x prefill with a 1-channel FASP stage)."""
+    table = known_table()
+    base = predict_latency(table, structure(FULL), "prefill") - 6.0  # all but the MLP block
+    mlp_at = {
+        width: predict_latency(table, structure(FULL.__class__(4, 2, 16, 16, width)), "prefill")
+        - base
+        for width in (100, 114, 127)
+    }
+    assert mlp_at[100] == pytest.approx(8.0)
+    assert mlp_at[114] == pytest.approx(7.0)  # halfway from 100 (8 s) to 128 (6 s)
+    assert mlp_at[127] == pytest.approx(8.0 - 2.0 * 27 / 28)
+    # The extrapolated segment 40 -> 100 would have said 5 + 87 / 20 = 9.35 s at 127.
+    assert mlp_at[127] != pytest.approx(9.35)
 
 
 def test_interpolation_is_exact_at_grid_points_and_monotone_between():

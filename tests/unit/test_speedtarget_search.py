@@ -21,7 +21,7 @@ from prunekit.models.loading import from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
 from prunekit.speedtarget.losses import calibration_loss_fn, depth_prefix_plan
 from prunekit.speedtarget.report import speed_target_markdown, speed_target_record
-from prunekit.speedtarget.run import search_for_speed
+from prunekit.speedtarget.run import choose_split, search_for_speed
 from prunekit.speedtarget.search import (
     DepthStep,
     Split,
@@ -374,6 +374,22 @@ def test_search_for_speed_runs_the_depth_search_to_the_bound(calib) -> None:
             predict,
             depth_prefix_build,
         )
+
+
+def test_one_depth_search_serves_a_nearer_target(calib) -> None:
+    """bench/speedtarget.py runs one depth search for every target and calls ``choose_split``
+    per target: on a longer search's plan it makes the choice ``search_for_speed`` makes alone
+    (the greedy search is prefix-consistent and the splits end at the depth-only one)."""
+    loaded = tiny_dense()
+    dense = dense_structure(loaded.model.config)
+    settings = PruneSettings(**calib, candidates="attn")
+    args = ("decode", dense, predict, depth_prefix_build)
+    far = search_for_speed(loaded, settings, 1.25, *args)
+    near = search_for_speed(loaded, settings, 1.1, *args)
+    assert len(far.depth_plan.trajectory) > len(near.depth_plan.trajectory)
+    reused = choose_split(loaded, settings, 1.1, *args, far.depth_plan)
+    assert reused.chosen == near.result.chosen
+    assert reused.candidates == near.result.candidates and reused.losses == near.result.losses
 
 
 def depth_prefix_build(candidate, split: Split, depth_plan) -> None:
