@@ -193,7 +193,7 @@ def run_target(dense, plan_depth, settings, phase, target, table, args) -> tuple
     # The choice ``prune --target-speedup`` makes, on the one depth search every target shares.
     build = speed_build_split(settings)
     result = choose_split(dense, settings, target, phase, structure, predict, build, plan_depth)
-    rule = WidthRule(tuple(settings.targets), settings.multiple_of)
+    rule = result.rule  # the search's rule: its losses are the ones for rows built with it
     rule64 = dataclasses.replace(rule, multiple_of=64)
     label = f"{target:g}x {phase}"
     plans = (  # (row, split, rule, width only)

@@ -73,7 +73,6 @@ def search_for_speed(
             f"--target-speedup needs single-block depth candidates (attn, mlp or blocks), "
             f"got --candidates {settings.candidates}"
         )
-    WidthRule(tuple(settings.targets), settings.multiple_of)  # a bad rule fails before the search
     kinds = BLOCK_CANDIDATES[settings.candidates]
     protected = {i for i in settings.protect_layers if 0 <= i < len(dense.layers)}
     candidates = (len(dense.layers) - len(protected)) * len(kinds)

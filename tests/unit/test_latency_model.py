@@ -111,7 +111,6 @@ def test_unaligned_widths_are_priced_on_their_own_curve():
     # 70 lies on the unaligned segment 40 -> 100 (5 s -> 8 s), not the aligned one.
     assert predict_latency(table, unaligned, "prefill") == pytest.approx(base + 6.5)
     assert phase.mlp_unaligned == {40: 5.0, 100: 8.0}
-    assert phase.mlp_unaligned == {40: 5.0, 100: 8.0}
 
 
 def test_an_unaligned_width_near_full_is_priced_toward_the_full_width():
