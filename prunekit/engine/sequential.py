@@ -79,6 +79,12 @@ class InputStatistics:
             for rows, cols in self._blocks:
                 if rows != cols:
                     self._gram[cols, rows] = self._gram[rows, cols].T
+                else:
+                    # A diagonal block is one full GEMM, and a kernel may sum entry (i, j) in
+                    # another order than (j, i) (AVX2 CPUs do: they differ in the last bit).
+                    # Its upper triangle is mirrored too, so H is exactly symmetric everywhere.
+                    block = self._gram[rows, cols]
+                    block.copy_(block.triu() + block.triu(1).T)
             self._mirrored = True
         return self._gram
 
