@@ -49,6 +49,7 @@ PROBES = [
     "The tower is 324 metres (1,063 ft) tall, about the same height as an 81-storey building.",
     "two  spaces,   three, \t tab and trailing space ",
     "line one\nline two\n\n  indented line\r\nCRLF",
+    "\n a newline first, then a space",
     "digits 0123456789 and 3.14159 and 2024-12-06",
     "café, naïve, Zürich, señor, Ærøskøbing, Œuvre",
     "日本語のテキスト 東京 中文 한국어",
@@ -57,7 +58,7 @@ PROBES = [
 ]
 SPECIAL_PROBE = "an answer</s>"
 # A space first, or after a special token: HF's fast tokenizer leaves out a "▁" (module docstring)
-LEADING_SPACE = [" leading space", "  two leading spaces", "\n newline first", "x</s> y</s>z"]
+LEADING_SPACE = [" leading space", "  two leading spaces", "x</s> y</s>z"]
 TEXT = "The quick brown fox jumps over the lazy dog. A pruned model keeps what matters"
 TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
 
