@@ -12,7 +12,8 @@ Metaspace pre-tokenizer adds no "▁" prefix to text that already starts with a 
 ``legacy=False`` (transformers' default) none to text right after a special token; llama.cpp
 and SentencePiece itself add one in both places. ``test_leading_space_follows_sentencepiece``
 pins that down: there llama.cpp gives SentencePiece's ids, not the fast tokenizer's. The slow
-(sentencepiece-backed) tokenizer agrees with llama.cpp everywhere.
+(sentencepiece-backed) tokenizer, and a fast one whose normalizer adds the prefix (the older
+tokenizer.json form), agree with llama.cpp everywhere.
 """
 
 from __future__ import annotations
@@ -182,6 +183,36 @@ def test_slow_tokenizer_matches_llama_cpp_everywhere(spm_file, tmp_path):
         assert llm.metadata["tokenizer.ggml.add_bos_token"] == "false"  # it adds no BOS
         for text in [*PROBES, SPECIAL_PROBE, *LEADING_SPACE]:
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf_ids(slow, text)
+
+
+def test_prepend_normalizer_matches_llama_cpp_everywhere(fast, tmp_path):
+    """The older tokenizer.json form of the same tokenizer (a Prepend("▁") + Replace(" ", "▁")
+    normalizer, no pre-tokenizer, as in Llama 2's hub repository) prefixes every chunk between
+    special tokens, as llama.cpp does: no leading-space difference."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    data = json.loads(fast.backend_tokenizer.to_str())
+    data["pre_tokenizer"] = None
+    data["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        ],
+    }
+    legacy = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    m = from_model(tiny_model("llama", vocab_size=len(legacy)), legacy, spec="tiny-spm-legacy")
+    result = export_gguf(m, tmp_path / "legacy.gguf", gguf_type="f32")
+    with llama_model(result.path) as llm:
+        assert llm.metadata["tokenizer.ggml.add_space_prefix"] == "true"
+        for text in [*PROBES, SPECIAL_PROBE, *LEADING_SPACE]:
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf_ids(legacy, text)
 
 
 def test_fast_and_slow_write_the_same_vocabulary(spm_file, fast):
