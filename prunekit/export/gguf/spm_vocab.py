@@ -39,8 +39,9 @@ from prunekit.export.gguf.vocab import (
 
 SPACE = "▁"
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-ADDED_SCORE = -1000.0  # added tokens are matched whole, never merged: their score is unused
-NO_MERGE_SCORE = -1e9  # tokens no merge makes: below every merge
+# Tokens no merge makes (single characters, bytes, special and added tokens): below every merge,
+# so llama.cpp never prefers forming one of them from text over a merge HF would make.
+NO_MERGE_SCORE = -1e9
 
 
 def _normalizer_prefix(normalizer: dict | None) -> bool:
@@ -114,7 +115,7 @@ def _types_and_scores(
     unk = tokenizer.unk_token_id
     types, values = [], []
     for token_id, token in enumerate(tokens):
-        score = ADDED_SCORE
+        score = NO_MERGE_SCORE
         if token_id not in vocab:
             kind = TokenType.UNUSED
         elif token_id == unk:
@@ -126,7 +127,7 @@ def _types_and_scores(
         elif BYTE_TOKEN.fullmatch(token):
             kind = TokenType.BYTE
         else:
-            kind, score = TokenType.NORMAL, scores.get(token, NO_MERGE_SCORE)
+            kind, score = TokenType.NORMAL, scores.get(token, score)
         types.append(int(kind))
         values.append(score)
     return tokens, types, values
@@ -210,6 +211,6 @@ def sentencepiece_vocab(tokenizer: Any, rows: int) -> GgufVocab:
         else:
             tokens.append(vocab[token_id] if added.special else vocab[token_id].replace(SPACE, " "))
             types.append(int(TokenType.CONTROL if added.special else TokenType.USER_DEFINED))
-        scores.append(ADDED_SCORE)
+        scores.append(NO_MERGE_SCORE)
     prefix = normalizer.add_dummy_prefix
     return _vocab(tokenizer, tokens, types, scores, prefix, {"scores": "sentencepiece model"})
