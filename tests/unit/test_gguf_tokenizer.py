@@ -11,7 +11,7 @@ import pytest
 
 from prunekit.errors import ExportError
 from prunekit.export.gguf import export_gguf
-from prunekit.export.gguf.tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT, pre_name
+from prunekit.export.gguf.bpe_vocab import _LLAMA3_SPLIT, _QWEN2_SPLIT, pre_name
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, TINY_VOCAB, tiny_model
 from tests.unit.gguf_helpers import llama_model

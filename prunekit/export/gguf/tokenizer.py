@@ -1,10 +1,9 @@
-"""Tokenizer metadata: the source GGUF's own, or built from a Hugging Face BPE tokenizer.
+"""Tokenizer metadata: the source GGUF's own, or built from the Hugging Face tokenizer.
 
-llama.cpp re-implements the tokenizer from ``tokenizer.ggml.*``: the token list, their types,
-the BPE merges and ``tokenizer.ggml.pre``, which names the pre-tokenizer regex. The pre name is
-read off the tokenizer's own pre-tokenizer (its split regex), never guessed from the model name;
-an unknown one is refused rather than tokenized differently. The token list is padded to the
-embedding's rows with unused ``[PAD{i}]`` entries.
+llama.cpp re-implements the tokenizer from ``tokenizer.ggml.*``. ``hf_vocab`` reads an HF
+tokenizer into that data (``GgufVocab``), whatever the model family: byte-level BPE becomes
+llama.cpp's ``gpt2`` tokenizer (``bpe_vocab``), SentencePiece BPE its ``llama`` one
+(``spm_vocab``). What llama.cpp would tokenize differently is refused, one line each.
 """
 
 from __future__ import annotations
@@ -14,118 +13,51 @@ from pathlib import Path
 from typing import Any
 
 import gguf
-from gguf import GGUFValueType, TokenType
+from gguf import GGUFValueType
 
 from prunekit.errors import ExportError
-
-_GPT2_SPLIT = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)"
-_LLAMA3_SPLIT = (
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"
-    "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
-)
-_QWEN2_SPLIT = _LLAMA3_SPLIT.replace("\\p{N}{1,3}", "\\p{N}")
+from prunekit.export.gguf.bpe_vocab import bpe_vocab
+from prunekit.export.gguf.spm_vocab import SPACE, sentencepiece_vocab, spm_vocab
+from prunekit.export.gguf.vocab import GgufVocab
 
 
-def _split_patterns(pre: dict | None) -> list[str] | None:
-    """The pre-tokenizer as a list of split steps ('bytelevel', 'digits', or a regex)."""
-    if pre is None:
-        return None
-    steps = pre["pretokenizers"] if pre.get("type") == "Sequence" else [pre]
-    out = []
-    for step in steps:
-        kind = step.get("type")
-        if kind == "ByteLevel":
-            if step.get("use_regex", True):
-                out.append(_GPT2_SPLIT)
-        elif kind == "Digits" and step.get("individual_digits"):
-            out.append("digits")
-        elif kind == "Split":
-            pattern = step.get("pattern", {})
-            out.append(pattern.get("Regex") or pattern.get("String"))
-        else:
-            out.append(f"<{kind}>")
-    return out
+def _is_sentencepiece_style(tokenizer_json: dict) -> bool:
+    """SentencePiece-style: spaces become "▁" or unknown text falls back to bytes, where a
+    byte-level BPE maps every byte to a printable character instead."""
+    steps = [tokenizer_json.get("normalizer"), tokenizer_json.get("pre_tokenizer")]
+    text = json.dumps(steps, ensure_ascii=False)
+    model = tokenizer_json["model"]
+    return model["type"] == "Unigram" or bool(model.get("byte_fallback")) or SPACE in text
 
 
-# Split steps -> llama.cpp's name for the same pre-tokenizer.
-_PRE_NAMES = {
-    (_GPT2_SPLIT,): "gpt-2",
-    ("digits", _GPT2_SPLIT): "smollm",
-    (_LLAMA3_SPLIT,): "llama-bpe",
-    (_QWEN2_SPLIT,): "qwen2",
-}
-
-
-def pre_name(tokenizer_json: dict) -> str:
-    steps = _split_patterns(tokenizer_json.get("pre_tokenizer"))
-    name = _PRE_NAMES.get(tuple(steps or ()))
-    if name is None:
-        raise ExportError(
-            f"GGUF export: unrecognised BPE pre-tokenizer {steps}; llama.cpp would split text "
-            "differently"
-        )
-    return name
-
-
-def _token_types(tokenizer: Any, count: int, rows: int) -> list[int]:
-    added = tokenizer.added_tokens_decoder  # id -> AddedToken
-    types = []
-    for token_id in range(rows):
-        if token_id >= count:
-            types.append(TokenType.UNUSED)
-        elif token_id in added:
-            types.append(TokenType.CONTROL if added[token_id].special else TokenType.USER_DEFINED)
-        else:
-            types.append(TokenType.NORMAL)
-    return [int(t) for t in types]
-
-
-def _merges(model: dict) -> list[str]:
-    return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-
-
-def _adds_bos(tokenizer: Any) -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
-
-
-def bpe_metadata(writer: gguf.GGUFWriter, tokenizer: Any, rows: int) -> dict:
-    """Write an HF byte-level BPE tokenizer's metadata; returns what the report records."""
+def hf_vocab(tokenizer: Any, rows: int) -> GgufVocab:
+    """The GGUF tokenizer data of an HF tokenizer, its token list padded to ``rows``."""
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(
         tokenizer, "_tokenizer", None
     )
     if backend is None:
-        raise ExportError("GGUF export needs a fast (tokenizers) tokenizer")
+        if getattr(tokenizer, "sp_model", None) is not None:
+            return sentencepiece_vocab(tokenizer, rows)
+        raise ExportError(
+            "GGUF export needs a fast (tokenizers) or a SentencePiece-backed tokenizer, "
+            f"not {type(tokenizer).__name__}"
+        )
     data = json.loads(backend.to_str())
+    if _is_sentencepiece_style(data):
+        return spm_vocab(tokenizer, data, rows)
     if data["model"]["type"] != "BPE":
         raise ExportError(
-            f"GGUF export writes BPE tokenizers; this one is {data['model']['type']} "
-            "(SentencePiece models are not supported yet)"
+            f"GGUF export writes BPE and SentencePiece tokenizers; this one is "
+            f"{data['model']['type']}"
         )
-    vocab = {token_id: token for token, token_id in tokenizer.get_vocab().items()}
-    count = max(vocab) + 1
-    if count > rows:
-        raise ExportError(f"the tokenizer has {count} tokens but the embedding only {rows} rows")
-    tokens = [vocab.get(i, f"[PAD{i}]") for i in range(rows)]
-    pre = pre_name(data)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(_token_types(tokenizer, count, rows))
-    writer.add_token_merges(_merges(data["model"]))
-    for token_id, add in (
-        (tokenizer.bos_token_id, writer.add_bos_token_id),
-        (tokenizer.eos_token_id, writer.add_eos_token_id),
-        (tokenizer.unk_token_id, writer.add_unk_token_id),
-        (tokenizer.pad_token_id, writer.add_pad_token_id),
-    ):
-        if token_id is not None:
-            add(token_id)
-    writer.add_add_bos_token(_adds_bos(tokenizer))
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str):
-        writer.add_chat_template(template)
-    return {"source": "huggingface", "model": "gpt2", "pre": pre, "tokens": rows}
+    return bpe_vocab(tokenizer, data, rows)
+
+
+def write_hf_tokenizer(writer: gguf.GGUFWriter, tokenizer: Any, rows: int) -> dict:
+    """Write the HF tokenizer's metadata; returns what the report records."""
+    vocab = hf_vocab(tokenizer, rows)
+    vocab.write(writer)
+    return vocab.report()
 
 
 def copy_gguf_tokenizer(writer: gguf.GGUFWriter, source: Path, rows: int) -> dict:

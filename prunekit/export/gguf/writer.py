@@ -29,7 +29,7 @@ from prunekit.export.gguf.encode import (
 )
 from prunekit.export.gguf.layout import GgufLayout, check_model_fits, plan_layout
 from prunekit.export.gguf.tensors import TensorSpec, model_tensors, rope_settings
-from prunekit.export.gguf.tokenizer import bpe_metadata, copy_gguf_tokenizer
+from prunekit.export.gguf.tokenizer import copy_gguf_tokenizer, write_hf_tokenizer
 from prunekit.export.per_layer import describe_for_report, describe_layers
 from prunekit.models.loading import LoadedModel, resolve_spec
 from prunekit.plan import PruningPlan, write_json_atomic
@@ -136,7 +136,7 @@ def write_gguf(loaded: LoadedModel, path: Path, layout: GgufLayout, gguf_type: s
     if source is not None:
         tokenizer = copy_gguf_tokenizer(writer, source, rows)
     else:
-        tokenizer = bpe_metadata(writer, loaded.tokenizer, rows)
+        tokenizer = write_hf_tokenizer(writer, loaded.tokenizer, rows)
     specs = list(model_tensors(model, loaded.adapter, layout))  # specs only: no tensor data yet
     fallbacks = _add_tensor_infos(writer, specs, gguf_type)
     writer.write_header_to_file()
