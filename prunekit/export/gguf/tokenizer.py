@@ -89,8 +89,14 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
-def bpe_metadata(writer: gguf.GGUFWriter, tokenizer: Any, rows: int) -> dict:
-    """Write an HF byte-level BPE tokenizer's metadata; returns what the report records."""
+def bpe_metadata(
+    writer: gguf.GGUFWriter, tokenizer: Any, rows: int, bos_required: bool = False
+) -> dict:
+    """Write an HF byte-level BPE tokenizer's metadata; returns what the report records.
+
+    ``bos_required``: the family needs BOS at the start of every sequence (Gemma; prunekit
+    prepends it per window), so llama.cpp is told to add it whatever the tokenizer does.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(
         tokenizer, "_tokenizer", None
     )
@@ -121,11 +127,22 @@ def bpe_metadata(writer: gguf.GGUFWriter, tokenizer: Any, rows: int) -> dict:
     ):
         if token_id is not None:
             add(token_id)
-    writer.add_add_bos_token(_adds_bos(tokenizer))
+    if bos_required and tokenizer.bos_token_id is None:
+        raise ExportError(
+            "the model needs a BOS token before every sequence; the tokenizer has none"
+        )
+    add_bos = bos_required or _adds_bos(tokenizer)
+    writer.add_add_bos_token(add_bos)
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str):
         writer.add_chat_template(template)
-    return {"source": "huggingface", "model": "gpt2", "pre": pre, "tokens": rows}
+    return {
+        "source": "huggingface",
+        "model": "gpt2",
+        "pre": pre,
+        "tokens": rows,
+        "add_bos": add_bos,
+    }
 
 
 def copy_gguf_tokenizer(writer: gguf.GGUFWriter, source: Path, rows: int) -> dict:
