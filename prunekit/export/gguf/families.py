@@ -2,8 +2,8 @@
 
 A family's GGUF knowledge (the llama.cpp architecture, what it can express and what is
 refused, its hyper-parameters and tensors) lives in one module per family: ``llama`` (with
-``layout`` and ``tensors``) for the Llama family and Qwen2. The writer only calls the three
-functions named here.
+``layout`` and ``tensors``) for the Llama family and Qwen2, ``gemma3`` for Gemma 3. The writer
+only calls the three functions named here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import gguf
 from torch import nn
 
 from prunekit.errors import UnsupportedArchitectureError
-from prunekit.export.gguf import llama
+from prunekit.export.gguf import gemma3, llama
 from prunekit.export.gguf.layout import GgufLayout
 from prunekit.export.gguf.tensors import TensorSpec, model_tensors
 from prunekit.models.adapters import Adapter
@@ -33,12 +33,13 @@ class GgufFamily:
 
 
 LLAMA = GgufFamily(plan=llama.plan, add_hparams=llama.add_hparams, tensors=model_tensors)
-GGUF_FAMILIES = {"llama": LLAMA, "qwen2": LLAMA}
+GEMMA3 = GgufFamily(plan=gemma3.plan, add_hparams=gemma3.add_hparams, tensors=gemma3.model_tensors)
+GGUF_FAMILIES = {"llama": LLAMA, "qwen2": LLAMA, "gemma3": GEMMA3}
 
 
 def gguf_family(family: str) -> GgufFamily:
     if family not in GGUF_FAMILIES:
         raise UnsupportedArchitectureError(
-            f"GGUF export supports the Llama family and Qwen2, not {family!r}"
+            f"GGUF export supports the Llama family, Qwen2 and Gemma 3, not {family!r}"
         )
     return GGUF_FAMILIES[family]
