@@ -27,6 +27,8 @@ import torch
 from prunekit.errors import ExportError, UnsupportedArchitectureError
 from prunekit.export.gguf import export_gguf
 from prunekit.export.gguf.gemma3 import llama_cpp_query_scale
+from prunekit.export.load import load_pruned
+from prunekit.export.save import export_model
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import TINY_SLIDING_WINDOW, tiny_model, tiny_tokenizer
@@ -119,6 +121,23 @@ def test_whole_layers_removed_keep_their_kinds(tmp_path):
     ids = prompt_ids()
     moved = np.abs(torch_logits(every_6th, ids) - torch_logits(m.model, ids)).max()
     assert moved > 10 * TOLERANCE
+
+
+def test_reloaded_run_exports_the_same(tmp_path):
+    """The path of ``prunekit export run --format gguf``: saved, reloaded by ``load_pruned``
+    (layer kinds from the saved ``layer_types``), exported; compared with the in-memory model."""
+    m = loaded(seed=4)
+    remove_blocks(m, [BlockRef(2, "attn"), BlockRef(2, "mlp")])
+    export_model(m, tmp_path / "model")
+    reloaded = load_pruned(tmp_path / "model", device="cpu")
+    path = tmp_path / "reloaded.gguf"
+    export_gguf(reloaded, path, gguf_type="f32")
+    ids = prompt_ids()
+    with llama_model(path) as llm:
+        got = llama_logits(llm, ids)
+    assert np.abs(got - torch_logits(m.model, ids)).max() < TOLERANCE
+    fields = gguf.GGUFReader(path).fields
+    assert pattern({k: f.contents() for k, f in fields.items()}) == [True, False, False]
 
 
 def test_no_global_layer_left(tmp_path):
