@@ -165,7 +165,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Gemma3Layout:
             f"ones, not {_rope_kind(full)!r} / {_rope_kind(local)!r}"
         )
     first = layers[0]
-    wanted = scales[0] if scales[0] is not None else head_dim**-0.5
+    wanted = scales[0]
     applied = llama_cpp_query_scale(len(layers), config.hidden_size, first.n_head, head_dim)
     factor = wanted / applied
     adjustments = []
