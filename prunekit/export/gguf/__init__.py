@@ -1,4 +1,4 @@
-"""GGUF export for llama.cpp and ollama (``llama`` or ``deci`` architecture)."""
+"""GGUF export for llama.cpp and ollama (``llama``, ``deci`` or ``gemma3`` architecture)."""
 
 from prunekit.export.gguf.encode import GGUF_TYPES
 from prunekit.export.gguf.writer import GgufResult, check_gguf_target, export_gguf

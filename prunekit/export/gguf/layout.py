@@ -28,7 +28,7 @@ from prunekit.export.per_layer import LayerShape
 # One q8_0 block: the zero MLP quantizes in every type.
 ZERO_MLP_WIDTH = 32
 # Adapter families whose layers are Llama-wired (RMS norms, SiLU-gated MLP, rotate-half RoPE).
-GGUF_FAMILIES = ("llama", "qwen2")
+LLAMA_FAMILIES = ("llama", "qwen2")
 
 BlockState = Literal["kept", "zero", "none"]
 
@@ -44,21 +44,27 @@ class GgufLayer:
     n_head_kv: int
     n_ff: int
     v_head_dim: int  # the pruned value head size (== head_dim unless padded)
+    sliding: bool = False  # attends through the sliding window (gemma3's per-layer pattern)
 
 
 @dataclass
 class GgufLayout:
-    arch: Literal["llama", "deci"]
+    arch: Literal["llama", "deci", "gemma3"]
     head_dim: int
     layers: list[GgufLayer]
     padding: list[dict] = field(default_factory=list)
+    # Exact rewrites of weights that make llama.cpp compute what the model does (a folded
+    # query scale), for report.json beside the padding.
+    adjustments: list[dict] = field(default_factory=list)
+    sliding_window: int | None = None
 
     @property
     def uniform(self) -> bool:
-        return self.arch == "llama"
+        """One head count and FFN width for every layer (scalars, not per-layer arrays)."""
+        return self.arch != "deci"
 
 
-def _head_dim(shapes: list[LayerShape]) -> int:
+def common_head_dim(shapes: list[LayerShape]) -> int:
     head_dims = {s.head_dim for s in shapes if s.has_attn}
     if len(head_dims) > 1:
         raise ExportError(
@@ -139,14 +145,14 @@ def padding_records(layers: list[GgufLayer], head_dim: int) -> list[dict]:
 
 def plan_layout(shapes: list[LayerShape], family: str) -> GgufLayout:
     """Architecture and per-layer GGUF shapes of a pruned model (one-line refusals)."""
-    if family not in GGUF_FAMILIES:
+    if family not in LLAMA_FAMILIES:
         raise UnsupportedArchitectureError(
-            f"GGUF export supports the Llama family and Qwen2, not {family!r}"
+            f"the GGUF llama/deci layout is for the Llama family and Qwen2, not {family!r}"
         )
     kept = [(i, s) for i, s in enumerate(shapes) if s.has_attn or s.has_mlp]
     if not kept:
         raise ExportError("every layer was removed; nothing to write to GGUF")
-    head_dim = _head_dim(shapes)
+    head_dim = common_head_dim(shapes)
     layers = [gguf_layer(i, s, head_dim, first=not n) for n, (i, s) in enumerate(kept)]
     signatures = {(g.n_head, g.n_head_kv, g.n_ff) for g in layers}
     uniform = len(signatures) == 1 and layers[0].n_head > 0 and layers[0].n_ff > 0

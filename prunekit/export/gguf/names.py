@@ -13,6 +13,9 @@ _GLOBAL = {
 }
 _LAYER = {
     "attn_norm": gguf.MODEL_TENSOR.ATTN_NORM,
+    "q_norm": gguf.MODEL_TENSOR.ATTN_Q_NORM,
+    "k_norm": gguf.MODEL_TENSOR.ATTN_K_NORM,
+    "attn_post_norm": gguf.MODEL_TENSOR.ATTN_POST_NORM,
     "q": gguf.MODEL_TENSOR.ATTN_Q,
     "k": gguf.MODEL_TENSOR.ATTN_K,
     "v": gguf.MODEL_TENSOR.ATTN_V,
@@ -21,6 +24,7 @@ _LAYER = {
     "gate": gguf.MODEL_TENSOR.FFN_GATE,
     "up": gguf.MODEL_TENSOR.FFN_UP,
     "down": gguf.MODEL_TENSOR.FFN_DOWN,
+    "ffn_post_norm": gguf.MODEL_TENSOR.FFN_POST_NORM,
 }
 
 

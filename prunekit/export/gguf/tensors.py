@@ -48,16 +48,16 @@ def pad_head_columns(weight: torch.Tensor, n_heads: int, head_dim: int) -> torch
     return pad_head_rows(weight.T, n_heads, head_dim).T.contiguous()
 
 
-def _f32(tensor: torch.Tensor) -> torch.Tensor:
+def as_f32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to(device="cpu", dtype=torch.float32)
 
 
-def _spec(name: str, shape: tuple[int, ...], make: Callable[[], torch.Tensor]) -> TensorSpec:
+def tensor_spec(name: str, shape: tuple[int, ...], make: Callable[[], torch.Tensor]) -> TensorSpec:
     return TensorSpec(name, tuple(int(d) for d in shape), make)
 
 
 def _constant(name: str, shape: tuple[int, ...], value: float) -> TensorSpec:
-    return _spec(name, shape, lambda: torch.full(shape, value, dtype=torch.float32))
+    return tensor_spec(name, shape, lambda: torch.full(shape, value, dtype=torch.float32))
 
 
 def _kept_attention(
@@ -65,49 +65,51 @@ def _kept_attention(
 ) -> Iterator[TensorSpec]:
     hidden = attn.q_proj.in_features
     q_rows, kv_rows = g.n_head * head_dim, g.n_head_kv * head_dim
-    yield _spec(
-        layer_name("attn_norm", index), (hidden,), lambda: _f32(layer.input_layernorm.weight)
+    yield tensor_spec(
+        layer_name("attn_norm", index), (hidden,), lambda: as_f32(layer.input_layernorm.weight)
     )
-    yield _spec(
+    yield tensor_spec(
         layer_name("q", index),
         (q_rows, hidden),
-        lambda: rope_interleave(_f32(attn.q_proj.weight), g.n_head),
+        lambda: rope_interleave(as_f32(attn.q_proj.weight), g.n_head),
     )
-    yield _spec(
+    yield tensor_spec(
         layer_name("k", index),
         (kv_rows, hidden),
-        lambda: rope_interleave(_f32(attn.k_proj.weight), g.n_head_kv),
+        lambda: rope_interleave(as_f32(attn.k_proj.weight), g.n_head_kv),
     )
-    yield _spec(
+    yield tensor_spec(
         layer_name("v", index),
         (kv_rows, hidden),
-        lambda: pad_head_rows(_f32(attn.v_proj.weight), g.n_head_kv, head_dim),
+        lambda: pad_head_rows(as_f32(attn.v_proj.weight), g.n_head_kv, head_dim),
     )
     if attn.q_proj.bias is not None:
-        yield _spec(
+        yield tensor_spec(
             layer_name("q", index, "bias"),
             (q_rows,),
-            lambda: rope_interleave(_f32(attn.q_proj.bias), g.n_head),
+            lambda: rope_interleave(as_f32(attn.q_proj.bias), g.n_head),
         )
     if attn.k_proj.bias is not None:
-        yield _spec(
+        yield tensor_spec(
             layer_name("k", index, "bias"),
             (kv_rows,),
-            lambda: rope_interleave(_f32(attn.k_proj.bias), g.n_head_kv),
+            lambda: rope_interleave(as_f32(attn.k_proj.bias), g.n_head_kv),
         )
     if attn.v_proj.bias is not None:
-        yield _spec(
+        yield tensor_spec(
             layer_name("v", index, "bias"),
             (kv_rows,),
-            lambda: pad_head_rows(_f32(attn.v_proj.bias), g.n_head_kv, head_dim),
+            lambda: pad_head_rows(as_f32(attn.v_proj.bias), g.n_head_kv, head_dim),
         )
-    yield _spec(
+    yield tensor_spec(
         layer_name("o", index),
         (hidden, q_rows),
-        lambda: pad_head_columns(_f32(attn.o_proj.weight), g.n_head, head_dim),
+        lambda: pad_head_columns(as_f32(attn.o_proj.weight), g.n_head, head_dim),
     )
     if attn.o_proj.bias is not None:
-        yield _spec(layer_name("o", index, "bias"), (hidden,), lambda: _f32(attn.o_proj.bias))
+        yield tensor_spec(
+            layer_name("o", index, "bias"), (hidden,), lambda: as_f32(attn.o_proj.bias)
+        )
 
 
 def _zero_attention(index: int, hidden: int, head_dim: int) -> Iterator[TensorSpec]:
@@ -123,18 +125,20 @@ def _kept_mlp(index: int, layer: nn.Module, mlp: Any) -> Iterator[TensorSpec]:
     down = mlp.consumer
     hidden, width = down.out_features, down.in_features
     norm = layer.post_attention_layernorm
-    yield _spec(layer_name("ffn_norm", index), (hidden,), lambda: _f32(norm.weight))
+    yield tensor_spec(layer_name("ffn_norm", index), (hidden,), lambda: as_f32(norm.weight))
     for role, linear, shape in (
         ("gate", gate, (width, hidden)),
         ("up", up, (width, hidden)),
         ("down", down, (hidden, width)),
     ):
-        yield _spec(layer_name(role, index), shape, lambda linear=linear: _f32(linear.weight))
+        yield tensor_spec(
+            layer_name(role, index), shape, lambda linear=linear: as_f32(linear.weight)
+        )
         if linear.bias is not None:
-            yield _spec(
+            yield tensor_spec(
                 layer_name(role, index, "bias"),
                 (shape[0],),
-                lambda linear=linear: _f32(linear.bias),
+                lambda linear=linear: as_f32(linear.bias),
             )
 
 
@@ -192,16 +196,16 @@ def model_tensors(model: nn.Module, adapter: Any, layout: GgufLayout) -> Iterato
     config = model.config
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
-    yield _spec(global_name("embedding"), tuple(embedding.shape), lambda: _f32(embedding))
+    yield tensor_spec(global_name("embedding"), tuple(embedding.shape), lambda: as_f32(embedding))
     rope = rope_settings(config)
     if rope["rope_type"] == "llama3":
         factors = llama3_rope_factors(rope, layout.head_dim)
-        yield _spec(global_name("rope_freqs"), tuple(factors.shape), lambda: factors)
+        yield tensor_spec(global_name("rope_freqs"), tuple(factors.shape), lambda: factors)
     pruned_layers = adapter.layers(model)
     for index, g in enumerate(layout.layers):
         layer = pruned_layers[g.source]
         yield from layer_tensors(index, g, layer, adapter, config, layout.head_dim)
     norm = adapter.decoder(model).norm.weight
-    yield _spec(global_name("final_norm"), tuple(norm.shape), lambda: _f32(norm))
+    yield tensor_spec(global_name("final_norm"), tuple(norm.shape), lambda: as_f32(norm))
     if head is not embedding:  # a tied head is llama.cpp's default (token_embd reused)
-        yield _spec(global_name("lm_head"), tuple(head.shape), lambda: _f32(head))
+        yield tensor_spec(global_name("lm_head"), tuple(head.shape), lambda: as_f32(head))

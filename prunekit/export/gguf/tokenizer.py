@@ -8,6 +8,7 @@ llama.cpp's ``gpt2`` tokenizer (``bpe_vocab``), SentencePiece BPE its ``llama`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,21 @@ def hf_vocab(tokenizer: Any, rows: int) -> GgufVocab:
     return bpe_vocab(tokenizer, data, rows)
 
 
-def write_hf_tokenizer(writer: gguf.GGUFWriter, tokenizer: Any, rows: int) -> dict:
-    """Write the HF tokenizer's metadata; returns what the report records."""
+def write_hf_tokenizer(
+    writer: gguf.GGUFWriter, tokenizer: Any, rows: int, bos_required: bool = False
+) -> dict:
+    """Write the HF tokenizer's metadata; returns what the report records.
+
+    ``bos_required``: the family needs BOS at the start of every sequence (Gemma; prunekit
+    prepends it per window), so llama.cpp is told to add it whatever the tokenizer does.
+    """
     vocab = hf_vocab(tokenizer, rows)
+    if bos_required:
+        if tokenizer.bos_token_id is None:
+            raise ExportError(
+                "the model needs a BOS token before every sequence; the tokenizer has none"
+            )
+        vocab = dataclasses.replace(vocab, add_bos=True)
     vocab.write(writer)
     return vocab.report()
 

@@ -1,10 +1,11 @@
 """Write a pruned model as one GGUF file for llama.cpp / ollama, streamed and atomic.
 
 The header (metadata and every tensor's name, shape and type) is written first, then the
-tensors one at a time, each made from the model, converted and written before the next (see
-``tensors``). The file is assembled under a hidden temp name beside the target and renamed into
-place at the end; a ``<name>.report.json`` beside it records the run's report plus the export
-section (architecture, type, the zero padding applied and what it means for exactness).
+tensors one at a time, each made from the model, converted and written before the next (the
+family's layout, hyper-parameters and tensors come from its module: see ``families``). The file
+is assembled under a hidden temp name beside the target and renamed into place at the end; a
+``<name>.report.json`` beside it records the run's report plus the export section
+(architecture, type, the zero padding applied and what it means for exactness).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from prunekit.export.gguf.encode import (
     storage_type,
     stored_info,
 )
-from prunekit.export.gguf.layout import GgufLayout, check_model_fits, plan_layout
-from prunekit.export.gguf.tensors import TensorSpec, model_tensors, rope_settings
+from prunekit.export.gguf.families import GgufFamily, gguf_family
+from prunekit.export.gguf.layout import GgufLayout
+from prunekit.export.gguf.tensors import TensorSpec
 from prunekit.export.gguf.tokenizer import copy_gguf_tokenizer, write_hf_tokenizer
 from prunekit.export.per_layer import describe_for_report, describe_layers
 from prunekit.models.loading import LoadedModel, resolve_spec
@@ -74,27 +76,17 @@ def source_gguf(loaded: LoadedModel) -> Path | None:
     return source if source.suffix.lower() == ".gguf" and source.is_file() else None
 
 
-def _add_hparams(writer: gguf.GGUFWriter, config: Any, layout: GgufLayout, rows: int) -> None:
-    def per_layer(values: list[int]) -> int | list[int]:
-        return values[0] if layout.uniform else values
-
-    layers = layout.layers
-    writer.add_block_count(len(layers))
+def _add_shared_hparams(
+    writer: gguf.GGUFWriter, config: Any, layout: GgufLayout, rows: int
+) -> None:
+    """What every written architecture reads the same way (the family adds the rest)."""
+    writer.add_block_count(len(layout.layers))
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(per_layer([g.n_ff for g in layers]))
-    writer.add_head_count(per_layer([g.n_head for g in layers]))
-    writer.add_head_count_kv(per_layer([g.n_head_kv for g in layers]))
     writer.add_key_length(layout.head_dim)
     writer.add_value_length(layout.head_dim)
-    writer.add_rope_dimension_count(layout.head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(rows)
-    rope = rope_settings(config)
-    writer.add_rope_freq_base(float(rope["rope_theta"]))
-    if rope["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
 
 
 def _add_tensor_infos(
@@ -122,7 +114,9 @@ def _write_data(writer: gguf.GGUFWriter, specs: list[TensorSpec], gguf_type: str
         del tensor
 
 
-def write_gguf(loaded: LoadedModel, path: Path, layout: GgufLayout, gguf_type: str) -> dict:
+def write_gguf(
+    loaded: LoadedModel, path: Path, family: GgufFamily, layout: GgufLayout, gguf_type: str
+) -> dict:
     """Write the file at ``path``; returns the export facts for the report."""
     model = loaded.model
     rows = model.get_input_embeddings().weight.shape[0]
@@ -131,13 +125,15 @@ def write_gguf(loaded: LoadedModel, path: Path, layout: GgufLayout, gguf_type: s
     writer.add_file_type(int(FILE_TYPES[gguf_type]))
     if gguf_type == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_hparams(writer, model.config, layout, rows)
+    _add_shared_hparams(writer, model.config, layout, rows)
+    family.add_hparams(writer, model.config, layout)
     source = source_gguf(loaded)
     if source is not None:
         tokenizer = copy_gguf_tokenizer(writer, source, rows)
     else:
-        tokenizer = write_hf_tokenizer(writer, loaded.tokenizer, rows)
-    specs = list(model_tensors(model, loaded.adapter, layout))  # specs only: no tensor data yet
+        bos = loaded.adapter.bos_per_window
+        tokenizer = write_hf_tokenizer(writer, loaded.tokenizer, rows, bos_required=bos)
+    specs = list(family.tensors(model, loaded.adapter, layout))  # specs only: no tensor data yet
     fallbacks = _add_tensor_infos(writer, specs, gguf_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -163,14 +159,14 @@ def export_gguf(
     target = Path(out)
     check_gguf_type(gguf_type)
     check_gguf_target(target, overwrite)
-    layout = plan_layout(describe_layers(loaded.model, loaded.adapter), loaded.adapter.family)
-    check_model_fits(loaded.model, loaded.adapter, layout)
+    family = gguf_family(loaded.adapter.family)
+    layout = family.plan(loaded.model, loaded.adapter)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        facts = write_gguf(loaded, tmp, layout, gguf_type)
+        facts = write_gguf(loaded, tmp, family, layout, gguf_type)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -182,6 +178,7 @@ def export_gguf(
         "file_bytes": target.stat().st_size,
         "layers": [g.__dict__ for g in layout.layers],
         "padding": layout.padding,
+        "adjustments": layout.adjustments,
         "exactness": EXACTNESS[gguf_type],
         **facts,
     }
