@@ -50,12 +50,11 @@ $(VENV)/.llama-cpp: $(VENV)/.installed $(LLAMA_CPP_WHEEL)
 
 llama-cpp: $(VENV)/.llama-cpp
 
-# The main job on the embedded model: BlockPruner (loss per parameter removed, a few steps on a
-# CPU) to ~10 % fewer parameters, then dense vs pruned WikiText-2 perplexity.
+# The main job on the embedded model, demo-sized (prunekit/demo.py): BlockPruner over whole layers
+# to 10 % fewer parameters, then dense vs pruned WikiText-2 perplexity; it prints the `prunekit
+# prune` command it runs and what a full-size run changes.
 demo: install
-	$(VENV)/bin/prunekit prune --method blockpruner --criterion ppl-per-param \
-		--model smollm2-135m --ratio 0.1 --calib c4 --n-samples 4 --seqlen 128 \
-		--ppl wikitext2 --ppl-seqlen 512 --ppl-max-windows 32 --out runs/demo --overwrite
+	$(VENV)/bin/prunekit demo
 
 lint: install
 	$(VENV)/bin/ruff check prunekit tests bench

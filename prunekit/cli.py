@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prunekit.demo import DEMO_MODEL
 from prunekit.errors import PrunekitError, SettingsError
 from prunekit.methods.registry import SETTING_NAMES, PruneSettings, flag
 
@@ -1019,6 +1020,22 @@ def _memory_table(model: str, plan) -> Table:
     if not plan.on_gpu:
         table.caption = "compute device: cpu (the host)"
     return table
+
+
+@app.command("demo")
+def demo_command(
+    model: str = typer.Option(DEMO_MODEL, "--model", "-m", help="Model to prune."),
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory (replaced if it exists)."),
+) -> None:
+    """The main job in minutes: BlockPruner on SmolLM2 to 10 % fewer parameters, then dense vs
+    pruned WikiText-2 perplexity, at demo size (says what a full-size run changes)."""
+    from prunekit.demo import demo_argv, full_size_notes
+
+    argv = demo_argv(model, out)
+    console.print("[bold]prunekit " + " ".join(argv) + "[/]", soft_wrap=True)
+    app(argv, standalone_mode=False)
+    for line in full_size_notes(out):
+        console.print(line, soft_wrap=True)
 
 
 @app.command("methods")
