@@ -102,7 +102,7 @@ class WheelVenv:
             env=self.env,
             stdin=subprocess.DEVNULL,
         )
-        label = " ".join([program, *(a for a in args[:3] if "/" not in a)])
+        label = " ".join([program, *(a for a in args[:3] if "/" not in a and "\n" not in a)])
         return proc, label, time.perf_counter()
 
     def finish(self, started: tuple[subprocess.Popen, str, float]) -> subprocess.CompletedProcess:
