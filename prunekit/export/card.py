@@ -439,10 +439,19 @@ def _usage_section(fmt: str, name: str) -> list[str]:
         if remote
         else f'model = AutoModelForCausalLM.from_pretrained("{name}")'
     )
+    # AutoTokenizer reads config.json first, and its auto_map makes transformers ask "run the
+    # custom code? [y/N]" unless trust_remote_code is given (5.0 through 5.24; no layout of the
+    # directory avoids it, see tests/unit/test_export_compat.py): the card passes it to both.
+    load_tokenizer = (
+        f'tokenizer = AutoTokenizer.from_pretrained("{name}", trust_remote_code=True)'
+        if remote
+        else f'tokenizer = AutoTokenizer.from_pretrained("{name}")'
+    )
     note = (
         "The layers differ in shape, so the directory carries its own modeling file: transformers "
-        "loads it with `trust_remote_code=True`; `prunekit.load_pruned` loads it without running "
-        "that file."
+        "loads it with `trust_remote_code=True` (the tokenizer too: without it, AutoTokenizer "
+        "reads config.json and asks whether to run that file); `prunekit.load_pruned` loads it "
+        "without running that file."
         if remote
         else "Every layer has the same shape, so this is the stock architecture: transformers "
         "loads it as it is, no remote code."
@@ -455,7 +464,7 @@ def _usage_section(fmt: str, name: str) -> list[str]:
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        load_tokenizer,
         load,
         'inputs = tokenizer("The capital of France is", return_tensors="pt")',
         "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))",

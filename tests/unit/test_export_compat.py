@@ -106,3 +106,79 @@ def test_export_runs_on_declared_transformers(version, name, tmp_path):
     torch.testing.assert_close(torch.tensor(out["logits"]), expected, atol=1e-5, rtol=1e-4)
     assert out["generated"] == expected_generated.tolist()
     assert out["encoded"] == loaded.tokenizer(TEXT)["input_ids"]
+
+
+# The tokenizer calls a user may make on a heterogeneous export, each announced on stdout so the
+# remote-code question ("[y/N]", which input() writes to stdout) is attributed to its call.
+TOKENIZER_CALLS = textwrap.dedent(
+    """
+    import json, sys
+    path, version, text = sys.argv[1:4]
+    cache = sys.path[0]
+    sys.meta_path[:] = [f for f in sys.meta_path if "prunekit" not in repr(f)]
+    import transformers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    if transformers.__version__ != version or not transformers.__file__.startswith(cache):
+        raise SystemExit(f"wrong transformers: {transformers.__version__}, {transformers.__file__}")
+    trusted = {"trust_remote_code": True}
+    calls = {
+        "AutoTokenizer": lambda: AutoTokenizer.from_pretrained(path),
+        "AutoTokenizer trusted": lambda: AutoTokenizer.from_pretrained(path, **trusted),
+        "PreTrainedTokenizerFast": lambda: PreTrainedTokenizerFast.from_pretrained(path),
+    }
+    for name, call in calls.items():
+        print(f"\\n@@call {name}", flush=True)
+        ids = call()(text)["input_ids"]
+        print(f"\\n@@ids {json.dumps(ids)}", flush=True)
+    """
+)
+
+
+def run_closed_stdin(cache: str, script: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+    """``script`` isolated (-I) with the ``cache`` first on sys.path and stdin closed: a question
+    fails at once, never waits."""
+    return subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {cache!r})\n{script}", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"HF_MODULES_CACHE": str(cwd / "hf_modules"), "HF_HUB_OFFLINE": "1"},
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+def test_tokenizer_of_heterogeneous_export_without_the_question(version, tmp_path):
+    """AutoTokenizer calls AutoConfig on config.json before it reads tokenizer_config.json, and
+    AutoConfig asks "[y/N]" whenever config.json's auto_map names a config class for an unknown
+    model_type and trust_remote_code is not given: so a plain AutoTokenizer asks, on both ends of
+    the range, whatever tokenizer_config.json says (a TTY waits 15 s for the answer; stdin closed,
+    the question fails and the tokenizer still loads). The calls README and the model card give
+    load the same ids and ask nothing; the card's own snippet runs as written."""
+    cache = require_cache(version)
+    loaded = heterogeneous_llama()
+    expected = loaded.tokenizer(TEXT)["input_ids"]
+    assert export_model(loaded, tmp_path / "model", fmt="prunekit").format == "prunekit"
+
+    args = [str(tmp_path / "model"), version, TEXT]
+    proc = run_closed_stdin(cache, TOKENIZER_CALLS, args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calls = {}
+    for chunk in proc.stdout.split("\n@@call ")[1:]:
+        name, rest = chunk.split("\n", 1)
+        asked, ids = rest.split("\n@@ids ")
+        calls[name] = ("[y/N]" in asked, json.loads(ids))
+    assert calls == {
+        "AutoTokenizer": (True, expected),
+        "AutoTokenizer trusted": (False, expected),
+        "PreTrainedTokenizerFast": (False, expected),
+    }
+
+    card = (tmp_path / "model" / "README.md").read_text()
+    (snippet,) = [b for b in card.split("```python\n")[1:] if "AutoTokenizer" in b]
+    snippet = snippet.split("```")[0].replace("max_new_tokens=32", "max_new_tokens=4")
+    proc = run_closed_stdin(cache, snippet, [], tmp_path)  # the card names the folder "model"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[y/N]" not in proc.stdout + proc.stderr
+    assert proc.stdout.strip()  # the decoded generation

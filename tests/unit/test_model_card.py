@@ -209,6 +209,8 @@ def test_depth_card_says_how_to_load_its_format(depth_export):
     remote = report["export"]["format"] == "prunekit"
     assert ("trust_remote_code=True" in text) == remote
     assert 'AutoModelForCausalLM.from_pretrained("exported"' in text
+    trusted = ", trust_remote_code=True" if remote else ""
+    assert f'tokenizer = AutoTokenizer.from_pretrained("exported"{trusted})\n' in text
     assert 'prunekit.load_pruned("exported")' in text
     assert "llama-cli" not in text
 
@@ -221,7 +223,8 @@ def test_width_card_prunekit_format_from_prune_save(tmp_path):
     front, text, report = read_card(tmp_path / "fasp")
     assert report["export"]["format"] == "prunekit"  # FASP's value heads: per-layer shapes
     assert front["tags"] == ["pruned", "prunekit", "fasp"] and "license" not in front
-    assert 'from_pretrained("fasp", trust_remote_code=True)' in text
+    assert 'model = AutoModelForCausalLM.from_pretrained("fasp", trust_remote_code=True)' in text
+    assert 'tokenizer = AutoTokenizer.from_pretrained("fasp", trust_remote_code=True)' in text
     layers = report["export"]["layers"]
     widths = sorted({layer["intermediate_size"] for layer in layers})
     span = str(widths[0]) if len(widths) == 1 else f"{widths[0]}–{widths[-1]}"
