@@ -72,7 +72,8 @@ def write_page(rows: list[dict], meta: dict) -> None:
     for i, row in enumerate(rows, 1):
         t = row["timings"]
         lines.append(
-            f"| {i}{' (cold cache)' if row.get('cold') else ''} | {row['wall_s']} | "
+            f"| {i}{' (cold cache)' if row.get('cold') else ''} | {row['dtype']} | "
+            f"{row['wall_s']} | "
             f"{t.get('prune')} | {t.get('eval_dense')} | {t.get('eval_pruned')} | "
             f"{row['ratio_total']:.4f} | {row['ppl']['dense']:.2f} | {row['ppl']['pruned']:.2f} |"
         )
@@ -102,9 +103,9 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     if args.cold:
-        from prunekit.models.loading import _gguf_cache_path, smollm2_gguf_path
+        from prunekit.models.loading import gguf_cache_path, smollm2_gguf_path
 
-        cache = _gguf_cache_path(smollm2_gguf_path())
+        cache = gguf_cache_path(smollm2_gguf_path())
         if cache.exists():
             shutil.rmtree(cache)
     rows = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prunekit.demo import DEMO_MODEL
+from prunekit.demo import DEMO_MODEL, demo_argv, full_size_notes
 from prunekit.errors import PrunekitError, SettingsError
 from prunekit.methods.registry import SETTING_NAMES, PruneSettings, flag
 
@@ -26,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
 
 
 @app.callback()
@@ -37,6 +38,7 @@ def _main(
     ),
 ) -> None:
     _state["debug"] = debug
+    _state["verbose"] = verbose
     configure_logging(verbose)
 
 
@@ -1029,13 +1031,16 @@ def demo_command(
 ) -> None:
     """The main job in minutes: BlockPruner on SmolLM2 to 10 % fewer parameters, then dense vs
     pruned WikiText-2 perplexity, at demo size (says what a full-size run changes)."""
-    from prunekit.demo import demo_argv, full_size_notes
-
     argv = demo_argv(model, out)
-    console.print("[bold]prunekit " + " ".join(argv) + "[/]", soft_wrap=True)
-    app(argv, standalone_mode=False)
-    for line in full_size_notes(out):
-        console.print(line, soft_wrap=True)
+    console.print(shlex.join(["prunekit", *argv]), markup=False, soft_wrap=True, style="bold")
+    # The same app again, so the demo is exactly the printed command; the global options go
+    # first again, or the callback would reset --debug and --verbose to their defaults.
+    global_options = (["--debug"] if _state["debug"] else []) + (
+        ["--verbose"] if _state["verbose"] else []
+    )
+    app([*global_options, *argv], standalone_mode=False)
+    for line in full_size_notes(model, out):
+        console.print(line, markup=False, soft_wrap=True)
 
 
 @app.command("methods")

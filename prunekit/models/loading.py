@@ -100,7 +100,8 @@ def resolve_spec(spec: str) -> str:
     return spec
 
 
-def _gguf_cache_path(gguf: Path) -> Path:
+def gguf_cache_path(gguf: Path) -> Path:
+    """Where a GGUF's dequantized safetensors are cached (keyed by path, size and mtime)."""
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
     return cache_dir() / "gguf" / f"{gguf.stem}-{key[:12]}"
@@ -108,7 +109,7 @@ def _gguf_cache_path(gguf: Path) -> Path:
 
 def dequantized_gguf_dir(gguf: Path) -> Path:
     """A safetensors copy of a GGUF model (made once, atomically), with its tokenizer."""
-    target = _gguf_cache_path(gguf)
+    target = gguf_cache_path(gguf)
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,12 +7,15 @@ tests; elsewhere they are skipped with the command that installs it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from contextlib import contextmanager
 
+import gguf
 import numpy as np
 import pytest
+import torch
 
 INSTALL_HINT = "llama-cpp-python is not installed: run `make llama-cpp`"
 
@@ -70,3 +73,39 @@ def llama_perplexity(llm, windows: list[list[int]]) -> float:
         nll -= logp[np.arange(len(targets)), targets].sum()
         count += len(targets)
     return math.exp(nll / count)
+
+
+def torch_logits(model, ids: list[int]) -> np.ndarray:
+    """[len(ids), vocab] logits of the in-memory model, one forward pass."""
+    with torch.no_grad():
+        return model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+
+
+def assert_greedy_agrees(model, ids: list[int], generated: list[int], tolerance: float) -> None:
+    """Each token llama.cpp generated (through its KV cache) is prunekit's argmax at that step,
+    up to ties within the tolerance (a random tiny model has near-ties; the real-model tests
+    compare the token lists exactly)."""
+    logits = torch_logits(model, ids + generated)
+    for step, token in enumerate(generated):
+        row = logits[len(ids) - 1 + step]
+        assert row[token] >= row.max() - 2 * tolerance, (step, token, int(row.argmax()))
+
+
+def assert_runs_the_same(model, path, ids: list[int], tolerance: float) -> None:
+    """llama.cpp's logits on ``ids`` within ``tolerance`` of the model's, and its greedy tokens
+    the model's."""
+    want = torch_logits(model, ids)
+    with llama_model(path) as llm:
+        error = float(np.abs(llama_logits(llm, ids) - want).max())
+        assert error < tolerance, f"max |logit difference| {error:.2e}"
+        assert_greedy_agrees(model, ids, llama_greedy(llm, ids, 8), tolerance)
+
+
+def export_report(result) -> dict:
+    """The ``export`` section of an export's report.json."""
+    return json.loads(result.report_path.read_text())["export"]
+
+
+def gguf_metadata(path) -> dict:
+    """Every key of a GGUF file with its value."""
+    return {key: field.contents() for key, field in gguf.GGUFReader(path).fields.items()}

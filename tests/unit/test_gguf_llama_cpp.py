@@ -10,7 +10,7 @@ inside attention), far below the differences a wrong permutation or padding make
 
 from __future__ import annotations
 
-import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -24,9 +24,18 @@ from prunekit.models.loading import from_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 from prunekit.surgery.depth import remove_blocks
 from prunekit.surgery.width import slice_mlp, slice_value_channels
-from tests.unit.gguf_helpers import llama_greedy, llama_logits, llama_model
+from tests.unit import gguf_helpers
+from tests.unit.gguf_helpers import (
+    assert_runs_the_same,
+    export_report,
+    llama_logits,
+    llama_model,
+    torch_logits,
+)
 
 TOLERANCE = 2e-3
+# At this file's tolerance; test_gguf_spm imports it (and torch_logits) from here.
+assert_greedy_agrees = partial(gguf_helpers.assert_greedy_agrees, tolerance=TOLERANCE)
 TEXT = "The quick brown fox jumps over the lazy dog. A pruned model keeps what matters"
 
 
@@ -36,21 +45,6 @@ def loaded(family: str, **overrides):
 
 def prompt_ids() -> list[int]:
     return tiny_tokenizer()(TEXT)["input_ids"]
-
-
-def torch_logits(model, ids: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
-
-
-def assert_greedy_agrees(model, ids: list[int], generated: list[int]) -> None:
-    """Each token llama.cpp generated (through its KV cache) is prunekit's argmax at that step,
-    up to ties within the tolerance (a random tiny model has near-ties; the real-model tests
-    compare the token lists exactly)."""
-    logits = torch_logits(model, ids + generated)
-    for step, token in enumerate(generated):
-        row = logits[len(ids) - 1 + step]
-        assert row[token] >= row.max() - 2 * TOLERANCE, (step, token, int(row.argmax()))
 
 
 def narrow_value_heads(model_loaded, layer: int, keep: int) -> None:
@@ -70,13 +64,8 @@ def check_runs_the_same(model_loaded, tmp_path, expect_arch: str) -> dict:
     path = tmp_path / "model.gguf"
     result = export_gguf(model_loaded, path, gguf_type="f32")
     assert result.arch == expect_arch
-    ids = prompt_ids()
-    want = torch_logits(model_loaded.model, ids)
-    with llama_model(path) as llm:
-        got = llama_logits(llm, ids)
-        assert np.abs(got - want).max() < TOLERANCE
-        assert_greedy_agrees(model_loaded.model, ids, llama_greedy(llm, ids, 8))
-    return json.loads(result.report_path.read_text())["export"]
+    assert_runs_the_same(model_loaded.model, path, prompt_ids(), TOLERANCE)
+    return export_report(result)
 
 
 def test_dense_llama_untied_head(tmp_path):
@@ -129,7 +118,7 @@ def test_q8_0_within_quantization_error_and_fallback(tmp_path):
     narrow_mlp(m, 0, 40)  # a row of 40 is not whole q8_0 blocks: stored f16
     path = tmp_path / "q8.gguf"
     result = export_gguf(m, path, gguf_type="q8_0")
-    report = json.loads(result.report_path.read_text())["export"]
+    report = export_report(result)
     assert report["type_fallbacks"] == [{"tensor": "blk.0.ffn_down.weight", "stored": "f16"}]
     ids = prompt_ids()
     want = torch_logits(m.model, ids)

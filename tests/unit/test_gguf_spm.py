@@ -13,12 +13,14 @@ Metaspace pre-tokenizer adds no "▁" prefix to text that already starts with a 
 and SentencePiece itself add one in both places. ``test_leading_space_follows_sentencepiece``
 pins that down: there llama.cpp gives SentencePiece's ids, not the fast tokenizer's. The slow
 (sentencepiece-backed) tokenizer, and a fast one whose normalizer adds the prefix (the older
-tokenizer.json form), agree with llama.cpp everywhere.
+tokenizer.json form), agree with llama.cpp everywhere. The same holds after a user-defined token:
+llama.cpp starts a new chunk there, with its own "▁" prefix (``test_user_defined_tokens``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import gguf
 import numpy as np
@@ -62,12 +64,25 @@ SPECIAL_PROBE = "an answer</s>"
 LEADING_SPACE = [" leading space", "  two leading spaces", "x</s> y</s>z"]
 TEXT = "The quick brown fox jumps over the lazy dog. A pruned model keeps what matters"
 TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+# Trained into the model as user_defined_symbols (a piece for " x y", a plain one), and added by HF
+USER_DEFINED = ["<sep>", "▁x▁y"]
+ADDED = ["<tag>", "▁new▁word"]
 
 
 @pytest.fixture(scope="session")
-def spm_file(tmp_path_factory, data_dir):
-    text = load_corpus("wikitext2")[:TRAIN_CHARS]
-    return train_spm(text, tmp_path_factory.mktemp("spm"))
+def train_text(data_dir):
+    return load_corpus("wikitext2")[:TRAIN_CHARS]
+
+
+@pytest.fixture(scope="session")
+def spm_file(tmp_path_factory, train_text):
+    return train_spm(train_text, tmp_path_factory.mktemp("spm"))
+
+
+@pytest.fixture(scope="session")
+def user_defined_file(tmp_path_factory, train_text):
+    directory = tmp_path_factory.mktemp("spm-user-defined")
+    return train_spm(train_text, directory, user_defined_symbols=USER_DEFINED)
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +143,10 @@ def test_leading_space_follows_sentencepiece(spm_file, fast, spm_gguf):
         for text in LEADING_SPACE:
             got = llm.tokenize(text.encode(), add_bos=False, special=True)
             assert got == sentencepiece_ids(reference, text)
-            assert got != hf_ids(fast, text)
+            assert got != hf_ids(fast, text), (
+                "transformers' fast Metaspace tokenizer now prefixes like SentencePiece: "
+                "revisit the known difference in this module's docstring and docs/gguf.md"
+            )
 
 
 def test_logits_and_greedy_agree(fast, spm_gguf):
@@ -240,8 +258,45 @@ def test_added_tokens_are_user_defined_or_control(spm_file):
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|turn|>"]})
     vocab = hf_vocab(tokenizer, len(tokenizer))
     by_token = dict(zip(vocab.tokens, vocab.types, strict=True))
-    assert by_token["<sep>"] == by_token[" new word"] == TokenType.USER_DEFINED
+    assert by_token["<sep>"] == by_token["▁new▁word"] == TokenType.USER_DEFINED  # HF matches as is
     assert by_token["<|turn|>"] == TokenType.CONTROL
+
+
+@pytest.mark.parametrize(
+    ("make", "agree"),
+    [
+        (fast_tokenizer, ["and ▁x▁y", "a x y", "text<sep>", "a ▁new▁word", "new word<tag>"]),
+        (slow_tokenizer, ["a x y", "text<sep>", "one<tag>two ▁new▁word three"]),
+    ],
+    ids=["fast", "slow"],
+)
+def test_user_defined_tokens(user_defined_file, tmp_path, make, agree):
+    """llama.cpp matches user-defined tokens in the raw text, written as the text HF matches:
+    the fast tokenizer and HF's added tokens match "▁x▁y" as is, SentencePiece matches its own
+    pieces after spaces became "▁", so " x y". The text after one is a new chunk in llama.cpp,
+    with its own "▁" prefix; the slow tokenizer does so for its added tokens, SentencePiece for
+    its own pieces and the fast tokenizer do not."""
+    tokenizer = make(user_defined_file)
+    tokenizer.add_tokens(ADDED)
+    m = from_model(tiny_model("llama", vocab_size=len(tokenizer)), tokenizer, spec="tiny-spm-ud")
+    result = export_gguf(m, tmp_path / "user-defined.gguf", gguf_type="f32")
+    with llama_model(result.path) as llm:
+        for text in agree:
+            assert llm.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(
+                tokenizer, text
+            )
+        after = llm.tokenize(b"x<sep>y", add_bos=False, special=False)
+    assert after == hf_ids(tokenizer, "x<sep>") + hf_ids(tokenizer, "y")
+    assert after != hf_ids(tokenizer, "x<sep>y")
+    used = {i for text in agree for i in hf_ids(tokenizer, text)}
+    assert set(tokenizer.convert_tokens_to_ids(USER_DEFINED + ADDED)) <= used
+
+
+def drop_first_merge(data: dict) -> str:
+    """Removes the first merge; the refusal names it."""
+    first = data["model"]["merges"].pop(0)
+    left, right = first.split(" ", 1) if isinstance(first, str) else first
+    return re.escape(f"no BPE merge {left!r} + {right!r}")
 
 
 @pytest.mark.parametrize(
@@ -251,11 +306,31 @@ def test_added_tokens_are_user_defined_or_control(spm_file):
         (lambda d: d["model"].update(byte_fallback=False), "without byte fallback"),
         (lambda d: d.update(normalizer={"type": "NFKC"}), "normalizer step NFKC"),
         (lambda d: d["pre_tokenizer"].update(split=True), "splits text before the merges"),
-        (lambda d: d["model"]["merges"].pop(0), "no BPE merge '▁' \\+ 't'"),
+        (drop_first_merge, None),  # the message names the merge
     ],
 )
 def test_what_llama_cpp_would_tokenize_differently_is_refused(fast, change, message):
     data = json.loads(fast.backend_tokenizer.to_str())
-    change(data)
+    message = change(data) or message
     with pytest.raises(ExportError, match=message):
         spm_vocab(fast, data, len(fast))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # SentencePiece collapses runs of spaces and strips the ends; llama.cpp keeps them
+        ({"remove_extra_whitespaces": True}, "remove_extra_whitespaces"),
+        ({"byte_fallback": False}, "without byte fallback"),
+        ({"model_type": "unigram"}, "UNIGRAM"),
+        ({"normalization_rule_name": "nmt_nfkc"}, "normalization 'nmt_nfkc'"),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
+)
+def test_sentencepiece_model_llama_cpp_would_tokenize_differently_is_refused(
+    train_text, tmp_path, change, message
+):
+    """A model trained like the tests' one with one setting changed, as the slow tokenizer."""
+    tokenizer = slow_tokenizer(train_spm(train_text[:50_000], tmp_path, 400, **change))
+    with pytest.raises(ExportError, match=message):
+        hf_vocab(tokenizer, len(tokenizer))

@@ -212,7 +212,7 @@ def test_gguf_alias_opens_the_dequantized_cache(tmp_path, monkeypatch):
     gguf = tmp_path / "pkg" / "Fake.Q4_1.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF" + b"\x00" * 64)
-    cache = loading._gguf_cache_path(gguf)
+    cache = loading.gguf_cache_path(gguf)
     save_sharded(cache, "llama", tie_word_embeddings=True)
     monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: gguf)
     eager = load_model(str(cache), dtype="fp32", device="cpu").model

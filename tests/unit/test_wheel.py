@@ -135,8 +135,23 @@ def start_wheel_build(out: Path) -> subprocess.Popen:
     return subprocess.Popen(pip, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def dev_constraints(path: Path) -> Path:
+    """The dev venv's versions as pip constraints: the wheel's dependencies resolve to what the
+    rest of the suite runs on (and what pip has cached), not to whatever the index released
+    today; the wheel's own metadata still decides *which* packages come."""
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    path.write_text("\n".join(line for line in freeze if "==" in line and " @ " not in line))
+    return path
+
+
 def pip_install(venv: Path, *requirements: str) -> None:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]
+    pip += ["-c", str(dev_constraints(venv.parent / "constraints.txt"))]
     proc = subprocess.run([*pip, *requirements], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

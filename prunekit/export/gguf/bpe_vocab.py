@@ -15,6 +15,7 @@ from gguf import TokenType
 from prunekit.errors import ExportError
 from prunekit.export.gguf.vocab import (
     GgufVocab,
+    added_token,
     adds_bos_eos,
     chat_template,
     id_to_token,
@@ -78,7 +79,7 @@ def _token_types(tokenizer: Any, count: int, rows: int) -> list[int]:
         if token_id >= count:
             types.append(TokenType.UNUSED)
         elif token_id in added:
-            types.append(TokenType.CONTROL if added[token_id].special else TokenType.USER_DEFINED)
+            types.append(added_token(added[token_id].content, added[token_id].special)[1])
         else:
             types.append(TokenType.NORMAL)
     return [int(t) for t in types]

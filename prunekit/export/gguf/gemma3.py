@@ -44,14 +44,16 @@ from prunekit.export.gguf.layout import (
     GgufLayout,
     common_head_dim,
     gguf_layer,
+    kept_layers,
     padding_records,
 )
-from prunekit.export.gguf.names import global_name, layer_name
+from prunekit.export.gguf.names import layer_name
 from prunekit.export.gguf.tensors import (
     TensorSpec,
     as_f32,
-    pad_head_columns,
-    pad_head_rows,
+    attention_weights,
+    decoder_tensors,
+    mlp_weights,
     tensor_spec,
 )
 from prunekit.export.per_layer import LayerShape, describe_layers
@@ -139,9 +141,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Gemma3Layout:
     config = model.config
     _check_config(config)
     shapes = describe_layers(model, adapter)
-    kept = [(i, s) for i, s in enumerate(shapes) if s.has_attn or s.has_mlp]
-    if not kept:
-        raise ExportError("every layer was removed; nothing to write to GGUF")
+    kept = kept_layers(shapes)
     for index, shape in kept:
         _check_blocks(index, shape)
     head_dim = common_head_dim(shapes)
@@ -217,47 +217,23 @@ def _norm(name: str, weight: torch.Tensor, factor: float = 1.0) -> TensorSpec:
 def _layer_tensors(
     index: int, g: GgufLayer, layer: nn.Module, adapter: Adapter, config: Any, layout: Gemma3Layout
 ) -> Iterator[TensorSpec]:
-    head_dim = layout.head_dim
     attn = adapter.attention_channels(layer, config)
-    hidden = attn.q_proj.in_features
-    q_rows, kv_rows = g.n_head * head_dim, g.n_head_kv * head_dim
     yield _norm(layer_name("attn_norm", index), layer.input_layernorm.weight)
-    yield tensor_spec(layer_name("q", index), (q_rows, hidden), lambda: as_f32(attn.q_proj.weight))
-    yield tensor_spec(layer_name("k", index), (kv_rows, hidden), lambda: as_f32(attn.k_proj.weight))
-    yield tensor_spec(
-        layer_name("v", index),
-        (kv_rows, hidden),
-        lambda: pad_head_rows(as_f32(attn.v_proj.weight), g.n_head_kv, head_dim),
-    )
+    yield from attention_weights(index, g, attn, layout.head_dim, interleave=False)
     yield _norm(layer_name("q_norm", index), attn.module.q_norm.weight, layout.query_norm_factor)
     yield _norm(layer_name("k_norm", index), attn.module.k_norm.weight)
-    yield tensor_spec(
-        layer_name("o", index),
-        (hidden, q_rows),
-        lambda: pad_head_columns(as_f32(attn.o_proj.weight), g.n_head, head_dim),
-    )
     yield _norm(layer_name("attn_post_norm", index), layer.post_attention_layernorm.weight)
     yield _norm(layer_name("ffn_norm", index), layer.pre_feedforward_layernorm.weight)
-    mlp = adapter.mlp_channels(layer)
-    (gate, up), down = mlp.producers, mlp.consumer
-    for role, linear in (("gate", gate), ("up", up), ("down", down)):
-        yield tensor_spec(
-            layer_name(role, index),
-            tuple(linear.weight.shape),
-            lambda linear=linear: as_f32(linear.weight),
-        )
+    yield from mlp_weights(index, adapter.mlp_channels(layer))
     yield _norm(layer_name("ffn_post_norm", index), layer.post_feedforward_layernorm.weight)
 
 
 def model_tensors(model: nn.Module, adapter: Adapter, layout: GgufLayout) -> Iterator[TensorSpec]:
-    """Every tensor of the gemma3 file, in file order, each built only when its ``make`` runs."""
+    """Every tensor of the gemma3 file, in file order, each built only when its ``make`` runs
+    (the head is tied in every Gemma 3: llama.cpp reuses token_embd)."""
     assert isinstance(layout, Gemma3Layout)
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    yield tensor_spec(global_name("embedding"), tuple(embedding.shape), lambda: as_f32(embedding))
-    modules = adapter.layers(model)
-    for index, g in enumerate(layout.layers):
-        yield from _layer_tensors(index, g, modules[g.source], adapter, model.config, layout)
-    yield _norm(global_name("final_norm"), adapter.decoder(model).norm.weight)
-    if head is not embedding:  # tied (every Gemma 3): llama.cpp reuses token_embd
-        yield tensor_spec(global_name("lm_head"), tuple(head.shape), lambda: as_f32(head))
+
+    def one_layer(index: int, g: GgufLayer, layer: nn.Module) -> Iterator[TensorSpec]:
+        return _layer_tensors(index, g, layer, adapter, model.config, layout)
+
+    yield from decoder_tensors(model, adapter, layout, one_layer, norm=_norm)

@@ -27,8 +27,6 @@ from prunekit.export.per_layer import LayerShape
 
 # One q8_0 block: the zero MLP quantizes in every type.
 ZERO_MLP_WIDTH = 32
-# Adapter families whose layers are Llama-wired (RMS norms, SiLU-gated MLP, rotate-half RoPE).
-LLAMA_FAMILIES = ("llama", "qwen2")
 
 BlockState = Literal["kept", "zero", "none"]
 
@@ -143,15 +141,18 @@ def padding_records(layers: list[GgufLayer], head_dim: int) -> list[dict]:
     return records
 
 
-def plan_layout(shapes: list[LayerShape], family: str) -> GgufLayout:
-    """Architecture and per-layer GGUF shapes of a pruned model (one-line refusals)."""
-    if family not in LLAMA_FAMILIES:
-        raise UnsupportedArchitectureError(
-            f"the GGUF llama/deci layout is for the Llama family and Qwen2, not {family!r}"
-        )
+def kept_layers(shapes: list[LayerShape]) -> list[tuple[int, LayerShape]]:
+    """(index in the pruned model, shape) of each layer with a block left; refused if none."""
     kept = [(i, s) for i, s in enumerate(shapes) if s.has_attn or s.has_mlp]
     if not kept:
         raise ExportError("every layer was removed; nothing to write to GGUF")
+    return kept
+
+
+def plan_layout(shapes: list[LayerShape]) -> GgufLayout:
+    """``llama`` or ``deci``, and the per-layer GGUF shapes of a pruned Llama-family or Qwen2
+    model (which families get here is ``families.GGUF_FAMILIES``); one-line refusals."""
+    kept = kept_layers(shapes)
     head_dim = common_head_dim(shapes)
     layers = [gguf_layer(i, s, head_dim, first=not n) for n, (i, s) in enumerate(kept)]
     signatures = {(g.n_head, g.n_head_kv, g.n_ff) for g in layers}

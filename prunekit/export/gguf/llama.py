@@ -19,7 +19,7 @@ from prunekit.models.adapters import Adapter
 
 
 def plan(model: nn.Module, adapter: Adapter) -> GgufLayout:
-    layout = plan_layout(describe_layers(model, adapter), adapter.family)
+    layout = plan_layout(describe_layers(model, adapter))
     check_model_fits(model, adapter, layout)
     return layout
 

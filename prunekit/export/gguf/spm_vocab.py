@@ -9,14 +9,17 @@ merge ranks instead: token ``t`` gets the score ``-rank`` of the first merge tha
 gives the same merges in the same order provided every way llama.cpp could make ``t`` is one of
 its merges, and they are ranked together: checked, and refused otherwise.
 
-Token types: ``<0xNN>`` byte tokens BYTE, the unknown token UNKNOWN, special added tokens CONTROL
-(llama.cpp matches them in text only when asked to parse special tokens, as HF does by default),
-other added tokens USER_DEFINED (always matched, their "▁" written as spaces because llama.cpp
-matches them in the raw text), rows past the tokenizer UNUSED.
+Token types: ``<0xNN>`` byte tokens BYTE, the unknown token UNKNOWN, special added tokens CONTROL,
+other added tokens and the model's user-defined pieces USER_DEFINED, rows past the tokenizer
+UNUSED. llama.cpp matches user-defined tokens in the raw text, so each is written as the raw text
+the tokenizer matches (``vocab.added_token``): as is where HF matches it in the raw text (added
+tokens of both HF tokenizers, unless normalized by a normalizer that turns spaces into "▁"), its
+"▁" as spaces where it is matched after that replacement (SentencePiece's own user-defined pieces).
 
 Refused, one line each: Unigram models (llama.cpp's ``llama`` tokenizer does not run Viterbi),
 no byte fallback, normalizers other than the "▁" replacement and prefix (NFKC, precompiled
-charsmaps), pre-tokenizers that split text before the merges.
+charsmaps, SentencePiece's ``remove_extra_whitespaces``), pre-tokenizers that split text before
+the merges.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from gguf import TokenType
 from prunekit.errors import ExportError
 from prunekit.export.gguf.vocab import (
     GgufVocab,
+    added_token,
     adds_bos_eos,
     chat_template,
     id_to_token,
@@ -44,23 +48,26 @@ BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 NO_MERGE_SCORE = -1e9
 
 
-def _normalizer_prefix(normalizer: dict | None) -> bool:
-    """Whether the normalizer prepends "▁"; refuses any step llama.cpp would not do."""
+def _normalizer(normalizer: dict | None) -> tuple[bool, bool]:
+    """Whether the normalizer prepends "▁", and whether it turns spaces into "▁"; refuses any
+    step llama.cpp would not do."""
     steps = [] if normalizer is None else normalizer.get("normalizers", [normalizer])
-    prefix = False
+    prefix = metaspace = False
     for step in steps:
         kind = step.get("type")
         if kind == "Prepend" and step.get("prepend") == SPACE:
             prefix = True
-        elif not (
+        elif (
             kind == "Replace"
             and step.get("pattern", {}).get("String") == " "
             and step.get("content") == SPACE
         ):
+            metaspace = True
+        else:
             raise ExportError(
                 f"GGUF export: SentencePiece normalizer step {kind} is not applied by llama.cpp"
             )
-    return prefix
+    return prefix, metaspace
 
 
 def _pre_tokenizer_prefix(pre: dict | None) -> bool:
@@ -108,7 +115,7 @@ def merge_scores(merges: list[tuple[str, str]], normal: set[str]) -> dict[str, f
 
 
 def _types_and_scores(
-    tokenizer: Any, vocab: dict[int, str], scores: dict[str, float], rows: int
+    tokenizer: Any, vocab: dict[int, str], scores: dict[str, float], rows: int, metaspace: bool
 ) -> tuple[list[str], list[int], list[float]]:
     tokens = padded_tokens(vocab, rows)
     added = tokenizer.added_tokens_decoder  # id -> AddedToken
@@ -121,9 +128,10 @@ def _types_and_scores(
         elif token_id == unk:
             kind = TokenType.UNKNOWN
         elif token_id in added:
-            kind = TokenType.CONTROL if added[token_id].special else TokenType.USER_DEFINED
-            if kind == TokenType.USER_DEFINED:
-                tokens[token_id] = token.replace(SPACE, " ")
+            entry = added[token_id]
+            tokens[token_id], kind = added_token(
+                entry.content, entry.special, metaspace and entry.normalized
+            )
         elif BYTE_TOKEN.fullmatch(token):
             kind = TokenType.BYTE
         else:
@@ -146,13 +154,13 @@ def spm_vocab(tokenizer: Any, tokenizer_json: dict, rows: int) -> GgufVocab:
             "GGUF export: a SentencePiece BPE tokenizer without byte fallback is not supported "
             "(llama.cpp writes unknown characters as <0xNN> byte tokens)"
         )
-    prefix = _normalizer_prefix(tokenizer_json.get("normalizer"))
+    prefix, metaspace = _normalizer(tokenizer_json.get("normalizer"))
     prefix = _pre_tokenizer_prefix(tokenizer_json.get("pre_tokenizer")) or prefix
     vocab = id_to_token(tokenizer, rows)
     added = tokenizer.added_tokens_decoder
     normal = {t for i, t in vocab.items() if i not in added and not BYTE_TOKEN.fullmatch(t)}
     scores = merge_scores(_merge_pairs(model), normal)
-    tokens, types, values = _types_and_scores(tokenizer, vocab, scores, rows)
+    tokens, types, values = _types_and_scores(tokenizer, vocab, scores, rows, metaspace)
     return _vocab(tokenizer, tokens, types, values, prefix, {"scores": "merge ranks"})
 
 
@@ -176,7 +184,13 @@ def _vocab(tokenizer, tokens, types, scores, prefix, facts) -> GgufVocab:
 def sentencepiece_vocab(tokenizer: Any, rows: int) -> GgufVocab:
     """A slow HF tokenizer backed by a ``sentencepiece`` model (``tokenizer.sp_model``): the
     model's own pieces, scores and piece types, plus the tokens added on top of it."""
-    from sentencepiece import sentencepiece_model_pb2
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as error:
+        raise ExportError(
+            "GGUF export: reading a SentencePiece model needs sentencepiece and protobuf: "
+            "pip install sentencepiece protobuf"
+        ) from error
 
     source = getattr(tokenizer, "vocab_file", None)
     if source and Path(source).is_file():  # the file as written: HF may edit the loaded copy
@@ -198,19 +212,29 @@ def sentencepiece_vocab(tokenizer: Any, rows: int) -> GgufVocab:
             f"GGUF export: SentencePiece normalization {normalizer.name!r} is not applied by "
             "llama.cpp"
         )
-    count = len(proto.pieces)
-    tokens = [piece.piece for piece in proto.pieces]
-    types = [int(piece.type) for piece in proto.pieces]  # the same numbering as gguf.TokenType
-    scores = [float(piece.score) for piece in proto.pieces]
-    vocab = id_to_token(tokenizer, rows)
-    for token_id in range(count, rows):
+    if normalizer.remove_extra_whitespaces:
+        raise ExportError(
+            "GGUF export: SentencePiece's remove_extra_whitespaces (runs of spaces collapsed, "
+            "ends stripped) is not applied by llama.cpp"
+        )
+    tokens, types, scores = [], [], []
+    for piece in proto.pieces:
+        text, kind = piece.piece, int(piece.type)  # the same numbering as gguf.TokenType
+        if piece.type == piece.USER_DEFINED:  # SentencePiece matches it after spaces became "▁"
+            text, kind = added_token(piece.piece, special=False, metaspace=True)
+        tokens.append(text)
+        types.append(kind)
+        scores.append(float(piece.score))
+    id_to_token(tokenizer, rows)  # refuses more tokens than rows
+    for token_id in range(len(proto.pieces), rows):
         added = tokenizer.added_tokens_decoder.get(token_id)
-        if added is None:
-            tokens.append(f"[PAD{token_id}]")
-            types.append(int(TokenType.UNUSED))
-        else:
-            tokens.append(vocab[token_id] if added.special else vocab[token_id].replace(SPACE, " "))
-            types.append(int(TokenType.CONTROL if added.special else TokenType.USER_DEFINED))
+        text, kind = (
+            (f"[PAD{token_id}]", int(TokenType.UNUSED))
+            if added is None
+            else added_token(added.content, added.special)  # matched in the raw text
+        )
+        tokens.append(text)
+        types.append(kind)
         scores.append(NO_MERGE_SCORE)
     prefix = normalizer.add_dummy_prefix
     return _vocab(tokenizer, tokens, types, scores, prefix, {"scores": "sentencepiece model"})

@@ -9,7 +9,7 @@ rotates adjacent pairs; transformers rotates halves), with *that layer's* head c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,10 @@ def rope_interleave(rows: torch.Tensor, n_heads: int) -> torch.Tensor:
     head_dim = rows.shape[0] // n_heads
     grouped = rows.reshape(n_heads, 2, head_dim // 2, *rows.shape[1:])
     return grouped.transpose(1, 2).reshape(rows.shape)
+
+
+def _as_is(rows: torch.Tensor, n_heads: int) -> torch.Tensor:
+    return rows
 
 
 def pad_head_rows(rows: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
@@ -60,23 +64,29 @@ def _constant(name: str, shape: tuple[int, ...], value: float) -> TensorSpec:
     return tensor_spec(name, shape, lambda: torch.full(shape, value, dtype=torch.float32))
 
 
-def _kept_attention(
-    index: int, layer: nn.Module, g: GgufLayer, attn: Any, head_dim: int
+def norm_spec(name: str, weight: torch.Tensor) -> TensorSpec:
+    """An RMS norm weight as it is (llama.cpp multiplies by it, as Llama does)."""
+    return tensor_spec(name, tuple(weight.shape), lambda: as_f32(weight))
+
+
+def attention_weights(
+    index: int, g: GgufLayer, attn: Any, head_dim: int, interleave: bool
 ) -> Iterator[TensorSpec]:
+    """q/k/v/o and their biases; narrowed value heads zero-padded to ``head_dim``. With
+    ``interleave`` q/k rows are reordered for llama.cpp's adjacent-pair RoPE (``llama``,
+    ``deci``); NEOX-order graphs (``gemma3``) rotate halves, as transformers does."""
     hidden = attn.q_proj.in_features
     q_rows, kv_rows = g.n_head * head_dim, g.n_head_kv * head_dim
-    yield tensor_spec(
-        layer_name("attn_norm", index), (hidden,), lambda: as_f32(layer.input_layernorm.weight)
-    )
+    order = rope_interleave if interleave else _as_is
     yield tensor_spec(
         layer_name("q", index),
         (q_rows, hidden),
-        lambda: rope_interleave(as_f32(attn.q_proj.weight), g.n_head),
+        lambda: order(as_f32(attn.q_proj.weight), g.n_head),
     )
     yield tensor_spec(
         layer_name("k", index),
         (kv_rows, hidden),
-        lambda: rope_interleave(as_f32(attn.k_proj.weight), g.n_head_kv),
+        lambda: order(as_f32(attn.k_proj.weight), g.n_head_kv),
     )
     yield tensor_spec(
         layer_name("v", index),
@@ -87,13 +97,13 @@ def _kept_attention(
         yield tensor_spec(
             layer_name("q", index, "bias"),
             (q_rows,),
-            lambda: rope_interleave(as_f32(attn.q_proj.bias), g.n_head),
+            lambda: order(as_f32(attn.q_proj.bias), g.n_head),
         )
     if attn.k_proj.bias is not None:
         yield tensor_spec(
             layer_name("k", index, "bias"),
             (kv_rows,),
-            lambda: rope_interleave(as_f32(attn.k_proj.bias), g.n_head_kv),
+            lambda: order(as_f32(attn.k_proj.bias), g.n_head_kv),
         )
     if attn.v_proj.bias is not None:
         yield tensor_spec(
@@ -112,6 +122,13 @@ def _kept_attention(
         )
 
 
+def _kept_attention(
+    index: int, layer: nn.Module, g: GgufLayer, attn: Any, head_dim: int
+) -> Iterator[TensorSpec]:
+    yield norm_spec(layer_name("attn_norm", index), layer.input_layernorm.weight)
+    yield from attention_weights(index, g, attn, head_dim, interleave=True)
+
+
 def _zero_attention(index: int, hidden: int, head_dim: int) -> Iterator[TensorSpec]:
     """One zero query head over one zero KV head: the attention output is exactly zero."""
     yield _constant(layer_name("attn_norm", index), (hidden,), 1.0)
@@ -120,26 +137,26 @@ def _zero_attention(index: int, hidden: int, head_dim: int) -> Iterator[TensorSp
     yield _constant(layer_name("o", index), (hidden, head_dim), 0.0)
 
 
-def _kept_mlp(index: int, layer: nn.Module, mlp: Any) -> Iterator[TensorSpec]:
-    gate, up = mlp.producers
-    down = mlp.consumer
-    hidden, width = down.out_features, down.in_features
-    norm = layer.post_attention_layernorm
-    yield tensor_spec(layer_name("ffn_norm", index), (hidden,), lambda: as_f32(norm.weight))
-    for role, linear, shape in (
-        ("gate", gate, (width, hidden)),
-        ("up", up, (width, hidden)),
-        ("down", down, (hidden, width)),
-    ):
+def mlp_weights(index: int, mlp: Any) -> Iterator[TensorSpec]:
+    """gate, up and down, and their biases."""
+    (gate, up), down = mlp.producers, mlp.consumer
+    for role, linear in (("gate", gate), ("up", up), ("down", down)):
         yield tensor_spec(
-            layer_name(role, index), shape, lambda linear=linear: as_f32(linear.weight)
+            layer_name(role, index),
+            tuple(linear.weight.shape),
+            lambda linear=linear: as_f32(linear.weight),
         )
         if linear.bias is not None:
             yield tensor_spec(
                 layer_name(role, index, "bias"),
-                (shape[0],),
+                tuple(linear.bias.shape),
                 lambda linear=linear: as_f32(linear.bias),
             )
+
+
+def _kept_mlp(index: int, layer: nn.Module, mlp: Any) -> Iterator[TensorSpec]:
+    yield norm_spec(layer_name("ffn_norm", index), layer.post_attention_layernorm.weight)
+    yield from mlp_weights(index, mlp)
 
 
 def _zero_mlp(index: int, hidden: int, width: int) -> Iterator[TensorSpec]:
@@ -191,21 +208,40 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> torch.Tensor:
     return factors.to(torch.float32)
 
 
-def model_tensors(model: nn.Module, adapter: Any, layout: GgufLayout) -> Iterator[TensorSpec]:
-    """Every tensor of the GGUF file, in file order, each built only when its ``make`` runs."""
-    config = model.config
+def decoder_tensors(
+    model: nn.Module,
+    adapter: Any,
+    layout: GgufLayout,
+    layer_tensors: Callable[[int, GgufLayer, nn.Module], Iterator[TensorSpec]],
+    norm: Callable[[str, torch.Tensor], TensorSpec] = norm_spec,
+    extra: Iterable[TensorSpec] = (),
+) -> Iterator[TensorSpec]:
+    """A decoder's tensors in file order: the embedding, ``extra`` (global tensors such as
+    ``rope_freqs``), each GGUF layer's ``layer_tensors(index, g, pruned layer)``, the final
+    norm through ``norm``, and the output head unless it is tied to the embedding."""
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     yield tensor_spec(global_name("embedding"), tuple(embedding.shape), lambda: as_f32(embedding))
-    rope = rope_settings(config)
-    if rope["rope_type"] == "llama3":
-        factors = llama3_rope_factors(rope, layout.head_dim)
-        yield tensor_spec(global_name("rope_freqs"), tuple(factors.shape), lambda: factors)
+    yield from extra
     pruned_layers = adapter.layers(model)
     for index, g in enumerate(layout.layers):
-        layer = pruned_layers[g.source]
-        yield from layer_tensors(index, g, layer, adapter, config, layout.head_dim)
-    norm = adapter.decoder(model).norm.weight
-    yield tensor_spec(global_name("final_norm"), tuple(norm.shape), lambda: as_f32(norm))
+        yield from layer_tensors(index, g, pruned_layers[g.source])
+    yield norm(global_name("final_norm"), adapter.decoder(model).norm.weight)
     if head is not embedding:  # a tied head is llama.cpp's default (token_embd reused)
         yield tensor_spec(global_name("lm_head"), tuple(head.shape), lambda: as_f32(head))
+
+
+def model_tensors(model: nn.Module, adapter: Any, layout: GgufLayout) -> Iterator[TensorSpec]:
+    """Every tensor of the ``llama`` / ``deci`` file, in file order, each built only when its
+    ``make`` runs."""
+    config = model.config
+    rope = rope_settings(config)
+    extra = []
+    if rope["rope_type"] == "llama3":
+        factors = llama3_rope_factors(rope, layout.head_dim)
+        extra.append(tensor_spec(global_name("rope_freqs"), tuple(factors.shape), lambda: factors))
+
+    def one_layer(index: int, g: GgufLayer, layer: nn.Module) -> Iterator[TensorSpec]:
+        return layer_tensors(index, g, layer, adapter, config, layout.head_dim)
+
+    yield from decoder_tensors(model, adapter, layout, one_layer, extra=extra)

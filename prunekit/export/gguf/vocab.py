@@ -3,7 +3,8 @@
 ``bpe_vocab`` (byte-level BPE, ``gpt2``) and ``spm_vocab`` (SentencePiece, ``llama``) build a
 ``GgufVocab`` from a Hugging Face tokenizer; ``GgufVocab.write`` puts it in a GGUF file. The
 helpers here read what both kinds share off the HF tokenizer: special token ids, whether BOS/EOS
-are added, the chat template, and the token list padded to the embedding's rows.
+are added, the chat template, the token list padded to the embedding's rows, and how an added
+token is written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gguf
+from gguf import TokenType
 
 from prunekit.errors import ExportError
 
@@ -98,3 +100,13 @@ def id_to_token(tokenizer: Any, rows: int) -> dict[int, str]:
 def padded_tokens(vocab: dict[int, str], rows: int) -> list[str]:
     """One token per embedding row; rows the tokenizer never produces are ``[PAD{i}]``."""
     return [vocab.get(i, f"[PAD{i}]") for i in range(rows)]
+
+
+def added_token(content: str, special: bool, metaspace: bool = False) -> tuple[str, int]:
+    """An added token as llama.cpp's (text, type). Special: CONTROL, matched in text only when
+    parsing special tokens (as HF does by default). Others: USER_DEFINED, which llama.cpp always
+    matches in the raw text, so written as the raw text the tokenizer matches: as is, or, where
+    the tokenizer matches it after spaces became "▁" (``metaspace``), with its "▁" as spaces."""
+    if special:
+        return content, int(TokenType.CONTROL)
+    return (content.replace("▁", " ") if metaspace else content), int(TokenType.USER_DEFINED)
