@@ -20,8 +20,9 @@ pytestmark = pytest.mark.real
 
 
 def test_fast_search_equals_naive_search(smollm2_fp32, data_dir) -> None:
-    # Tiny calibration keeps the naive oracle (a full forward per candidate) affordable on CPU.
-    settings = PruneSettings(calib="c4", n_samples=2, seqlen=32, seed=0)
+    # Tiny calibration keeps the naive oracle (a full forward per candidate) affordable on a
+    # 2-core AVX2 CPU; equality, not the quality of the plan, is the point.
+    settings = PruneSettings(calib="c4", n_samples=2, seqlen=16, seed=0)
     runner = BlockRunner(smollm2_fp32, settings_windows(smollm2_fp32, settings))
     units = block_units(runner, "both", set())
     params = unit_parameters(runner, units)

@@ -17,14 +17,20 @@ pytestmark = pytest.mark.real
 # Tiny calibration: the point is equality of the two paths, not a good pruning; a criterion
 # both paths run (BlockPruner's default, kl-per-param, runs in memory only).
 SETTINGS = dict(
-    blocks=2, calib="c4", n_samples=2, seqlen=32, seed=0, criterion="ppl", candidates="blocks"
+    blocks=2, calib="c4", n_samples=2, seqlen=16, seed=0, criterion="ppl", candidates="blocks"
 )
 
 
-@pytest.mark.parametrize("max_memory", [None, 1])  # one chunk; one window per chunk
-def test_streamed_blockpruner_equals_in_memory(smollm2_fp32, data_dir, tmp_path, max_memory):
+@pytest.fixture(scope="module")
+def in_memory(smollm2_fp32, data_dir):
+    """The in-memory run both streamed variants are compared with (searched once)."""
     loaded = dataclasses.replace(smollm2_fp32, model=copy.deepcopy(smollm2_fp32.model))
-    memory = prune(loaded, "blockpruner", **SETTINGS)
+    return prune(loaded, "blockpruner", **SETTINGS)
+
+
+@pytest.mark.parametrize("max_memory", [None, 1])  # one chunk; one window per chunk
+def test_streamed_blockpruner_equals_in_memory(smollm2_fp32, in_memory, tmp_path, max_memory):
+    memory = in_memory
     streamed = prune_streamed(
         "smollm2-135m",
         "blockpruner",
@@ -39,7 +45,7 @@ def test_streamed_blockpruner_equals_in_memory(smollm2_fp32, data_dir, tmp_path,
         s["calib_nll"] for s in memory.plan.trajectory
     ]
     reloaded = load_pruned(tmp_path / "pruned", dtype="fp32", device="cpu")
-    ids = loaded.tokenizer("The capital of France is Paris.", return_tensors="pt").input_ids
+    ids = smollm2_fp32.tokenizer("The capital of France is Paris.", return_tensors="pt").input_ids
     with torch.inference_mode():
         expected = memory.model(ids).logits
         got = reloaded.model(ids).logits
