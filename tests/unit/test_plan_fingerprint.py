@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from prunekit.models.tiny import save_tiny, tiny_model, tiny_tokenizer
 from prunekit.plan import PruningPlan, write_json_atomic
 from prunekit.runs import load_for_eval, load_run
 from prunekit.surgery import apply_plan
+from tests.unit.cli_helpers import run_main
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +163,12 @@ def test_export_refuses_other_weights_and_records_force(base_dir, tmp_path):
     assert "forced_model_mismatch" not in json.loads((tmp_path / "out" / "report.json").read_text())
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=300
-    )
+def test_cli_force_and_overwrite(base_dir, tmp_path, monkeypatch, capsys):
+    def run_cli(*args: str) -> subprocess.CompletedProcess:
+        """The CLI's entry point in-process (a subprocess per call cost ~4 s of imports)."""
+        code, out, err = run_main(monkeypatch, capsys, list(args))
+        return subprocess.CompletedProcess(args, code or 0, out, err)
 
-
-def test_cli_force_and_overwrite(base_dir, tmp_path):
     run_dir = depth_run(base_dir, tmp_path / "run")
     variant = perturbed_copy(base_dir, str(tmp_path / "variant"), one=0.25)
     text = tmp_path / "text.txt"
