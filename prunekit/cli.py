@@ -237,7 +237,7 @@ def eval_command(
         help="Comma-separated datasets: wikitext2, ptb, c4, or paths to .txt/.jsonl/.parquet "
         "files. Default wikitext2 unless --tasks is given.",
     ),
-    seqlen: int = typer.Option(2048, min=2, help="Window length in tokens (PROTOCOL.md)."),
+    seqlen: int = typer.Option(2048, min=2, help="Window length in tokens (docs/protocol.md)."),
     max_windows: int = typer.Option(
         None, min=1, help="Use only the first N windows (quick checks; recorded in the output)."
     ),

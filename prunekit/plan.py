@@ -1,4 +1,4 @@
-"""A pruning plan: what to remove, as plain JSON-serialisable data (DESIGN.md principle 1).
+"""A pruning plan: what to remove, as plain JSON-serialisable data (docs/design.md, principle 1).
 
 Scoring produces a plan; applying it is a separate deterministic step (``prunekit.surgery``).
 Depth plans list removed blocks in removal order with the trajectory of the search; width plans

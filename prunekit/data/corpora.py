@@ -1,8 +1,8 @@
 """Text corpora by name or path, read offline from $PRUNEKIT_DATA_DIR when possible.
 
 Resolution order for a name: an explicit file path; ``$PRUNEKIT_DATA_DIR/corpora/<file>``;
-the Hugging Face hub through ``datasets`` (optional). Joining follows PROTOCOL.md: WikiText-2
-rows with "\\n\\n", PTB sentences and C4 documents with " ".
+the Hugging Face hub through ``datasets`` (optional). Joining follows docs/protocol.md ("Data,
+offline first"): WikiText-2 rows with "\\n\\n", PTB sentences and C4 documents with " ".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Token windows: contiguous evaluation windows (PROTOCOL.md) and seeded calibration samples."""
+"""Token windows: evaluation windows and seeded calibration samples (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ says when a part is final (``finished``: pruned, nothing will change it again). 
 memory both are no-ops. For a lazily loaded model (``prunekit.models.lazy.LazyModel``) a part is
 read from the shards on entry, handed to a sink when finished (the streamed export writes it to
 the output shards) and released on exit, so memory holds about one layer at a time
-(DESIGN.md principle 7). Parts are the lazy model's: a layer index, EMBEDDINGS, REST, HEAD.
+(docs/design.md, "Principles", 7). Parts are the lazy model's: a layer index, EMBEDDINGS, REST,
+HEAD.
 """
 
 from __future__ import annotations

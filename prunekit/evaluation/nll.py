@@ -88,7 +88,8 @@ def nll_from_final_hidden(
     """Sum of NLL per window ([B] fp32) for predicting input_ids[:, t+1] from position t.
 
     ``final_hidden`` is the decoder output after its final norm. Log-softmax runs in fp32 even when
-    the model runs in bf16 (PROTOCOL.md). ``skip_first`` positions (a BOS) are never targets.
+    the model runs in bf16 (docs/protocol.md, "Perplexity"). ``skip_first`` positions (a BOS) are
+    never targets.
     ``logits_fn`` replaces the model's own head (perplexity and the depth search pass an fp32 one).
     """
     if logits_fn is None:

@@ -1,4 +1,4 @@
-"""Perplexity exactly as PROTOCOL.md defines it."""
+"""Perplexity exactly as docs/protocol.md, "Perplexity", defines it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prefill and decode throughput, dense and pruned side by side (PROTOCOL.md, "Speed").
+"""Prefill and decode throughput, dense and pruned side by side (docs/protocol.md, "Speed").
 
 Speed-ups are only meaningful when both models are measured on the same machine in the same
 state, so every case runs the models *interleaved*: warm-up of each, then run r of model A, run r

@@ -1,10 +1,10 @@
 """Perplexity of a model that never sits in memory: layer by layer, from its safetensors shards.
 
-The windows, the fp32 LM head and the NLL are the in-memory ``perplexity``'s (PROTOCOL.md); only
-the order of work differs: the engine (``prunekit.engine.streamed_forward``) applies each layer
-to a chunk of windows at once, reading the layer from disk once per chunk. The chunk is as large
-as the memory budget allows, so a budget that holds every window's hidden states reads each
-layer exactly once.
+The windows, the fp32 LM head and the NLL are the in-memory ``perplexity``'s (docs/protocol.md,
+"Perplexity"); only the order of work differs: the engine (``prunekit.engine.streamed_forward``)
+applies each layer to a chunk of windows at once, reading the layer from disk once per chunk. The
+chunk is as large as the memory budget allows, so a budget that holds every window's hidden states
+reads each layer exactly once.
 """
 
 from __future__ import annotations

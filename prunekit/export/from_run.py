@@ -1,8 +1,8 @@
 """Export a finished run directory: reload its base model, replay the plan, save the result.
 
 A run directory stores the plan (and a width method's rewritten weights), not the pruned model,
-so exporting replays the plan on a fresh copy of the base model (DESIGN.md principle 1). The plan
-checks it is applied to the model it was made for.
+so exporting replays the plan on a fresh copy of the base model (docs/design.md, "Principles",
+1). The plan checks it is applied to the model it was made for.
 """
 
 from __future__ import annotations

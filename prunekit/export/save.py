@@ -1,4 +1,4 @@
-"""Write a pruned model as a directory that loads anywhere (DESIGN.md principle 4).
+"""Write a pruned model as a directory that loads anywhere (docs/design.md, "Principles", 4).
 
 The directory holds safetensors weights (sharded above ``max_shard_size``, written tensor by
 tensor through ``ShardWriter`` so the host never holds a copy of the whole model), config.json,

@@ -1,8 +1,8 @@
 """Write safetensors weights one tensor at a time, holding at most one shard in host memory.
 
-A streamed engine hands over each pruned layer's tensors as it finishes them (DESIGN.md
-principle 7); the in-memory export hands over the model's tensors one by one. Either way the host
-holds at most one shard plus the tensor being added, never a copy of the whole state dict.
+A streamed engine hands over each pruned layer's tensors as it finishes them (docs/design.md,
+"Principles", 7); the in-memory export hands over the model's tensors one by one. Either way the
+host holds at most one shard plus the tensor being added, never a copy of the whole state dict.
 
 The files are the ones transformers' ``save_pretrained`` writes for the same tensors in the same
 order (huggingface_hub's sharding rule): shards filled in order up to ``max_shard_size``, a tensor

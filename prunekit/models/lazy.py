@@ -19,7 +19,7 @@ they are computed once on the host by the model's own ``_init_weights`` (the rec
 itself runs after a meta-device load) and moved to the device with their part.
 
 The lazy model is data plus onload/release: it never runs a forward pass (the engine does, see
-DESIGN.md principle 7). It holds no global state, so two lazy models (or one per
+docs/design.md, "Principles", 7). It holds no global state, so two lazy models (or one per
 torch.distributed rank) in one process do not interfere. The largest single tensors can be read in
 row slices (``read_rows``/``row_slices``) so that a memory budget can bound them too.
 

@@ -1,4 +1,4 @@
-"""Parameter accounting (PROTOCOL.md): totals, decoder-only, and the ratios between two models."""
+"""Parameter accounting (docs/protocol.md): totals, decoder-only, and the ratios between models."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.real, pytest.mark.usefixtures("data_dir")]
 
 # 16 x 512 calibration tokens: with 4 x 256 the least-squares restoration overfits (~1 token per
 # restored column) and the restored model was *worse* on WikiText-2 (81.6 vs 72.9 sliced), as
-# ALGORITHMS.md warns; at 16 x 512 restoration helps (bench/width.py: 50.7 vs 54.7 at 20 %).
+# docs/algorithms.md warns; at 16 x 512 restoration helps (bench/width.py: 50.7 vs 54.7 at 20 %).
 SETTINGS = dict(sparsity=0.2, n_samples=16, seqlen=512, calib="c4", seed=0, allocation="uniform")
 
 

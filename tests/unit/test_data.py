@@ -1,4 +1,4 @@
-"""Corpora resolution and token windows (PROTOCOL.md)."""
+"""Corpora resolution and token windows (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 TARGETS = ("mlp", "attn")
 # Below this many calibration tokens per restored column the least squares overfits
-# (ALGORITHMS.md: 4×1024 tokens made restoration worse than none on SmolLM2).
+# (docs/algorithms.md, "FASP (width)": 4×1024 tokens made restoration worse than none on
+# SmolLM2).
 MIN_TOKENS_PER_COLUMN = 10.0
 
 

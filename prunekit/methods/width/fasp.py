@@ -4,7 +4,7 @@ Per layer, sequentially on the outputs of the already-pruned layers: MLP interme
 (gate/up rows ↔ down_proj columns) and attention value channels (v_proj rows ↔ the o_proj columns
 of every query head reading that kv head) are scored ‖X_j‖₂ · Σ_i |W_ij|; the top (1 − s) are
 kept; the consumer is restored toward its original weights by damped least squares; Q and K are
-never touched. ALGORITHMS.md, "FASP", is the specification.
+never touched. docs/algorithms.md, "FASP (width)", is the specification.
 
 ``--allocation cost`` (the default) first measures each group's reconstruction cost on the dense
 model and spends the sparsity where it costs least per parameter (``allocation.py``);

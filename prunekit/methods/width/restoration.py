@@ -1,7 +1,7 @@
 """FASP's least-squares restoration of a consumer matrix after some input columns are removed.
 
 W' = (W·H[:, S] + λ·W[:, S]) · (H[S, S] + λI)⁻¹ solves min ‖W X − W' X_S‖² + λ‖W' − W[:, S]‖²:
-damped toward the *original* kept weights, not toward 0 (ALGORITHMS.md measures why: the
+damped toward the *original* kept weights, not toward 0 (docs/algorithms.md, "FASP (width)"; the
 textbook ridge shrinks the weights and overfits small calibration sets). Solved by Cholesky;
 NaN/Inf or a matrix that is not positive definite fail loudly.
 
