@@ -434,19 +434,12 @@ def _usage_section(fmt: str, name: str) -> list[str]:
             "",
         ]
     remote = fmt == "prunekit"
-    load = (
-        f'model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True)'
-        if remote
-        else f'model = AutoModelForCausalLM.from_pretrained("{name}")'
-    )
     # AutoTokenizer reads config.json first, and its auto_map makes transformers ask "run the
     # custom code? [y/N]" unless trust_remote_code is given (5.0 through 5.24; no layout of the
     # directory avoids it, see tests/unit/test_export_compat.py): the card passes it to both.
-    load_tokenizer = (
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}", trust_remote_code=True)'
-        if remote
-        else f'tokenizer = AutoTokenizer.from_pretrained("{name}")'
-    )
+    trust = ", trust_remote_code=True" if remote else ""
+    load = f'model = AutoModelForCausalLM.from_pretrained("{name}"{trust})'
+    load_tokenizer = f'tokenizer = AutoTokenizer.from_pretrained("{name}"{trust})'
     note = (
         "The layers differ in shape, so the directory carries its own modeling file: transformers "
         "loads it with `trust_remote_code=True` (the tokenizer too: without it, AutoTokenizer "

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from prunekit.surgery.width import slice_mlp, slice_value_channels
+
 INSTALL_HINT = "llama-cpp-python is not installed: run `make llama-cpp`"
 
 
@@ -73,6 +75,26 @@ def llama_perplexity(llm, windows: list[list[int]]) -> float:
         nll -= logp[np.arange(len(targets)), targets].sum()
         count += len(targets)
     return math.exp(nll / count)
+
+
+# f32 exports of tiny Llama-wired models: logits of magnitude ~3 agree to this (llama.cpp's CPU
+# kernels accumulate in another order and keep K/Q in f16 inside attention), far below what a
+# wrong permutation or padding does (~1).
+LLAMA_F32_TOLERANCE = 2e-3
+
+
+def narrow_value_heads(model_loaded, layer: int, keep: int) -> None:
+    """Keep the first ``keep`` value channels of every kv head of one layer (as FASP does)."""
+    adapter, model = model_loaded.adapter, model_loaded.model
+    channels = adapter.attention_channels(adapter.layers(model)[layer], model.config)
+    kept = [list(range(keep))] * channels.num_kv_heads
+    slice_value_channels(channels, kept, adapter)
+
+
+def narrow_mlp(model_loaded, layer: int, width: int) -> None:
+    """Keep the first ``width`` MLP channels of one layer."""
+    adapter = model_loaded.adapter
+    slice_mlp(adapter.mlp_channels(adapter.layers(model_loaded.model)[layer]), range(width))
 
 
 def torch_logits(model, ids: list[int]) -> np.ndarray:

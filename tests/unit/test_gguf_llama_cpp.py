@@ -10,8 +10,6 @@ inside attention), far below the differences a wrong permutation or padding make
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
@@ -23,19 +21,17 @@ from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 from prunekit.surgery.depth import remove_blocks
-from prunekit.surgery.width import slice_mlp, slice_value_channels
-from tests.unit import gguf_helpers
 from tests.unit.gguf_helpers import (
+    LLAMA_F32_TOLERANCE,
     assert_runs_the_same,
     export_report,
     llama_logits,
     llama_model,
+    narrow_mlp,
+    narrow_value_heads,
     torch_logits,
 )
 
-TOLERANCE = 2e-3
-# At this file's tolerance; test_gguf_spm imports it (and torch_logits) from here.
-assert_greedy_agrees = partial(gguf_helpers.assert_greedy_agrees, tolerance=TOLERANCE)
 TEXT = "The quick brown fox jumps over the lazy dog. A pruned model keeps what matters"
 
 
@@ -47,24 +43,11 @@ def prompt_ids() -> list[int]:
     return tiny_tokenizer()(TEXT)["input_ids"]
 
 
-def narrow_value_heads(model_loaded, layer: int, keep: int) -> None:
-    """Keep the first ``keep`` value channels of every kv head of one layer (as FASP does)."""
-    adapter, model = model_loaded.adapter, model_loaded.model
-    channels = adapter.attention_channels(adapter.layers(model)[layer], model.config)
-    kept = [list(range(keep))] * channels.num_kv_heads
-    slice_value_channels(channels, kept, adapter)
-
-
-def narrow_mlp(model_loaded, layer: int, width: int) -> None:
-    adapter = model_loaded.adapter
-    slice_mlp(adapter.mlp_channels(adapter.layers(model_loaded.model)[layer]), range(width))
-
-
 def check_runs_the_same(model_loaded, tmp_path, expect_arch: str) -> dict:
     path = tmp_path / "model.gguf"
     result = export_gguf(model_loaded, path, gguf_type="f32")
     assert result.arch == expect_arch
-    assert_runs_the_same(model_loaded.model, path, prompt_ids(), TOLERANCE)
+    assert_runs_the_same(model_loaded.model, path, prompt_ids(), LLAMA_F32_TOLERANCE)
     return export_report(result)
 
 
@@ -124,7 +107,7 @@ def test_q8_0_within_quantization_error_and_fallback(tmp_path):
     want = torch_logits(m.model, ids)
     with llama_model(path) as llm:
         error = np.abs(llama_logits(llm, ids) - want).max()
-    assert TOLERANCE < error < 0.1  # quantized, so not f32-exact, but close
+    assert LLAMA_F32_TOLERANCE < error < 0.1  # quantized, so not f32-exact, but close
 
 
 def test_rope_interleave_is_pairwise():

@@ -230,7 +230,7 @@ def _layer_tensors(
 
 def model_tensors(model: nn.Module, adapter: Adapter, layout: GgufLayout) -> Iterator[TensorSpec]:
     """Every tensor of the gemma3 file, in file order, each built only when its ``make`` runs
-    (the head is tied in every Gemma 3: llama.cpp reuses token_embd)."""
+    (a tied head, as in every released Gemma 3, reuses token_embd; an untied one is written)."""
     assert isinstance(layout, Gemma3Layout)
 
     def one_layer(index: int, g: GgufLayer, layer: nn.Module) -> Iterator[TensorSpec]:
