@@ -26,11 +26,12 @@ from tests.unit.test_export_sliding import (
     width_pruned_mistral,
 )
 
-SCRIPT = textwrap.dedent(
+# Run first in every child (``run_isolated``): the cached transformers first on the path, prunekit
+# unimportable, and the version checked, so a test can only pass on the version it names.
+PRELUDE = textwrap.dedent(
     """
-    import json, sys
-    cache, path, version = sys.argv[1], sys.argv[2], sys.argv[3]
-    sys.path.insert(0, cache)
+    import sys
+    sys.path.insert(0, {cache!r})
     sys.meta_path[:] = [f for f in sys.meta_path if "prunekit" not in repr(f)]
     try:
         import prunekit
@@ -38,12 +39,19 @@ SCRIPT = textwrap.dedent(
         pass
     else:
         raise SystemExit("prunekit is importable: the test would prove nothing")
-    import torch
     import transformers
+    found = f"{{transformers.__version__}}, {{transformers.__file__}}"
+    if transformers.__version__ != {version!r} or not transformers.__file__.startswith({cache!r}):
+        raise SystemExit(f"wrong transformers: {{found}}")
+    """
+)
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if transformers.__version__ != version or not transformers.__file__.startswith(cache):
-        raise SystemExit(f"wrong transformers: {transformers.__version__}, {transformers.__file__}")
-    request = json.load(open(sys.argv[4]))
+    path = sys.argv[1]
+    request = json.load(open(sys.argv[2]))
     ids = torch.tensor(request["ids"])
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
@@ -90,16 +98,8 @@ def test_export_runs_on_declared_transformers(version, name, tmp_path):
     assert export_model(loaded, tmp_path / "model", fmt="prunekit").format == "prunekit"
     (tmp_path / "request.json").write_text(json.dumps(request))
 
-    env = {"HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1"}
-    argv = [cache, str(tmp_path / "model"), version, str(tmp_path / "request.json")]
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", SCRIPT, *argv],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
+    args = [str(tmp_path / "model"), str(tmp_path / "request.json")]
+    proc = run_isolated(cache, version, SCRIPT, args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["class"] == "PrunekitLlamaForCausalLM"
@@ -113,13 +113,8 @@ def test_export_runs_on_declared_transformers(version, name, tmp_path):
 TOKENIZER_CALLS = textwrap.dedent(
     """
     import json, sys
-    path, version, text = sys.argv[1:4]
-    cache = sys.path[0]
-    sys.meta_path[:] = [f for f in sys.meta_path if "prunekit" not in repr(f)]
-    import transformers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    if transformers.__version__ != version or not transformers.__file__.startswith(cache):
-        raise SystemExit(f"wrong transformers: {transformers.__version__}, {transformers.__file__}")
+    path, text = sys.argv[1:3]
     trusted = {"trust_remote_code": True}
     calls = {
         "AutoTokenizer": lambda: AutoTokenizer.from_pretrained(path),
@@ -134,11 +129,12 @@ TOKENIZER_CALLS = textwrap.dedent(
 )
 
 
-def run_closed_stdin(cache: str, script: str, args: list[str], cwd) -> subprocess.CompletedProcess:
-    """``script`` isolated (-I) with the ``cache`` first on sys.path and stdin closed: a question
-    fails at once, never waits."""
+def run_isolated(cache: str, version: str, script: str, args: list[str], cwd):
+    """``script`` in an isolated Python (-I) after ``PRELUDE``, with stdin closed: a question
+    ("[y/N]") fails at once, never waits."""
+    prelude = PRELUDE.format(cache=cache, version=version)
     return subprocess.run(
-        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {cache!r})\n{script}", *args],
+        [sys.executable, "-I", "-c", prelude + script, *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -161,8 +157,8 @@ def test_tokenizer_of_heterogeneous_export_without_the_question(version, tmp_pat
     expected = loaded.tokenizer(TEXT)["input_ids"]
     assert export_model(loaded, tmp_path / "model", fmt="prunekit").format == "prunekit"
 
-    args = [str(tmp_path / "model"), version, TEXT]
-    proc = run_closed_stdin(cache, TOKENIZER_CALLS, args, tmp_path)
+    args = [str(tmp_path / "model"), TEXT]
+    proc = run_isolated(cache, version, TOKENIZER_CALLS, args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     calls = {}
     for chunk in proc.stdout.split("\n@@call ")[1:]:
@@ -178,7 +174,7 @@ def test_tokenizer_of_heterogeneous_export_without_the_question(version, tmp_pat
     card = (tmp_path / "model" / "README.md").read_text()
     (snippet,) = [b for b in card.split("```python\n")[1:] if "AutoTokenizer" in b]
     snippet = snippet.split("```")[0].replace("max_new_tokens=32", "max_new_tokens=4")
-    proc = run_closed_stdin(cache, snippet, [], tmp_path)  # the card names the folder "model"
+    proc = run_isolated(cache, version, snippet, [], tmp_path)  # the card names the folder "model"
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[y/N]" not in proc.stdout + proc.stderr
     assert proc.stdout.strip()  # the decoded generation
