@@ -37,7 +37,8 @@ from prunekit.data import corpus_tokens
 from prunekit.data import windows as data_windows
 from prunekit.engine import sequential
 from prunekit.evaluation.perplexity import perplexity
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.methods.width import restoration, uniform
 from prunekit.methods.width.common import calibration_data
 from prunekit.models.loading import LoadedModel

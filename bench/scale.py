@@ -103,7 +103,7 @@ def child(mode: str, source: str, method: str, save: str) -> None:
 
     import prunekit.api as api
     from prunekit.data import corpus_tokens
-    from prunekit.methods.registry import get_method
+    from prunekit.methods.catalogue import get_method
     from prunekit.models.loading import load_model
 
     get_method(method)

@@ -35,7 +35,8 @@ from results_notes import NOTES_MARKER, kept_notes
 
 from prunekit import load_model
 from prunekit.evaluation.perplexity import perplexity
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.methods.width.common import calibration_data
 from prunekit.models.loading import LoadedModel
 from prunekit.report.accounting import parameter_counts, pruning_ratios

@@ -11,7 +11,7 @@ from prunekit.methods.registry import flag
 @app.command("methods")
 def methods_command() -> None:
     """List the pruning methods and the settings (prune flags) each one takes."""
-    from prunekit.methods.registry import all_methods
+    from prunekit.methods.catalogue import all_methods
 
     table = Table(
         title="methods",

@@ -27,7 +27,7 @@ def plan_memory_command(
     """Predict peak host and device memory of a prune run from the model's config (no weights)."""
     from prunekit.export.shards import parse_shard_size
     from prunekit.memory import MemorySettings, plan_memory_for
-    from prunekit.methods.registry import get_method
+    from prunekit.methods.catalogue import get_method
 
     get_method(method)  # unknown names: the registry's one-line error
     settings = MemorySettings(

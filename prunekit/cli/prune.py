@@ -166,7 +166,7 @@ def prune_command(
     ),
 ) -> None:
     """Prune a model and write the run directory. Flags the method does not take are refused."""
-    from prunekit.methods.registry import get_method
+    from prunekit.methods.catalogue import get_method
 
     if not model:
         raise SettingsError("name a model with --model")
@@ -190,11 +190,11 @@ def prune_command(
         stream = _stream_for_budget(
             model, chosen, settings, budget, dtype, device, offload_activations, save
         )
-    if stream:
-        _check_stream(chosen, save, ctx)
     ppl = deprecated_option(ctx, "--eval", "--ppl")
     ppl_seqlen = deprecated_option(ctx, "--eval-seqlen", "--ppl-seqlen")
     ppl_max_windows = deprecated_option(ctx, "--eval-max-windows", "--ppl-max-windows")
+    if stream:
+        _check_stream(chosen, save, save_format, split_commas(ppl), target_speedup)
     not_a_file(out, "--out")
     not_a_file(task_data, "--task-data")
     check_device(device)
@@ -206,29 +206,16 @@ def prune_command(
         check_target(save, overwrite)  # fail before the search, not after it
     if save_gguf:
         _check_save_gguf(save_gguf, gguf_type, overwrite, stream)
-    if stream:
-        _prune_streamed(
-            model,
-            method,
-            out,
-            save,
-            save_format,
-            overwrite,
-            dtype,
-            device,
-            attn_implementation,
-            settings,
-            budget,
-            offload_activations,
-        )
-        return
     from prunekit.api import prune
 
     result = prune(
         model,
         method,
+        stream=stream,
         out=out,
         overwrite=overwrite,
+        save=save,
+        save_format=save_format,
         eval_datasets=split_commas(ppl),
         eval_seqlen=ppl_seqlen,
         eval_max_windows=ppl_max_windows,
@@ -248,7 +235,7 @@ def prune_command(
         measure_speedup=measure_speedup,
         **settings,
     )
-    print_params(method, result.report["params"])
+    print_params(f"{method} (streamed)" if stream else method, result.report["params"])
     if "speed_target" in result.report:
         from prunekit.speedtarget.prune import speed_summary
 
@@ -259,17 +246,8 @@ def prune_command(
             print_eval(side, result.report["eval"][side])
     if result.run_dir:
         console.print(f"run directory: {result.run_dir}")
-    if save:
-        from prunekit.export.save import export_model
-
-        saved = export_model(
-            result.loaded,
-            save,
-            fmt=save_format,
-            plan=result.plan,
-            report=result.report,
-            overwrite=overwrite,
-        )
+    if result.saved:
+        saved = result.saved
         console.print(f"model saved: {saved.path} ({saved.format} format, {saved.dtype})")
     if save_gguf:
         from prunekit.export.gguf import export_gguf
@@ -307,9 +285,10 @@ def _check_save_gguf(path: Path, gguf_type: str, overwrite: bool, stream: bool) 
     check_gguf_target(path, overwrite)
 
 
-def _check_stream(chosen, save: Path | None, ctx: typer.Context) -> None:
+def _check_stream(chosen, save: Path | None, save_format: str, ppl: list[str], target) -> None:
     """--stream is a run option: refused for methods that cannot stream, without --save (the
-    pruned model exists only as the export) and with evaluation (not streamed yet)."""
+    pruned model exists only as the export), with --target-speedup, and with a perplexity of
+    a prunekit-format export (streamed perplexity reads stock-format directories only)."""
     from prunekit.api import streaming_refusal
 
     refusal = streaming_refusal(chosen)
@@ -317,9 +296,13 @@ def _check_stream(chosen, save: Path | None, ctx: typer.Context) -> None:
         raise SettingsError(f"--stream: {refusal}")
     if save is None:
         raise SettingsError("--stream needs --save DIR: the pruned model is written as it is made")
-    evals = ("ppl", "eval_ppl", "tasks")
-    if any(given(ctx, name) and ctx.params.get(name) for name in evals):
-        raise SettingsError("--stream does not evaluate yet; evaluate the --save directory after")
+    if target is not None:
+        raise SettingsError("--target-speedup does not stream yet; run it without --stream")
+    if ppl and save_format == "prunekit":
+        raise SettingsError(
+            "--stream --ppl reads a stock-format export only; use --save-format auto or hf, or "
+            "evaluate the prunekit-format export in memory after"
+        )
 
 
 def _stream_for_budget(
@@ -349,42 +332,6 @@ def _stream_for_budget(
     logging.getLogger("prunekit.cli").info(choice.message)
     console.print(choice.message, soft_wrap=True)
     return choice.streamed
-
-
-def _prune_streamed(
-    model,
-    method,
-    out,
-    save,
-    save_format,
-    overwrite,
-    dtype,
-    device,
-    attn_implementation,
-    settings,
-    budget=None,
-    offload_activations=None,
-):
-    from prunekit.api import prune_streamed
-
-    result = prune_streamed(
-        model,
-        method,
-        save=save,
-        out=out,
-        overwrite=overwrite,
-        fmt=save_format,
-        dtype=dtype,
-        device=device,
-        attn_implementation=attn_implementation,
-        budget=budget,
-        offload_activations=offload_activations,
-        **settings,
-    )
-    print_params(f"{method} (streamed)", result.report["params"])
-    if result.run_dir:
-        console.print(f"run directory: {result.run_dir}")
-    console.print(f"model saved: {save}")
 
 
 # The prune options that are method settings: option name -> PruneSettings field.

@@ -1,5 +1,6 @@
-"""Pruning methods. Each registers itself by name (see registry.py)."""
+"""Pruning methods. Each registers itself by name (registry.py); ``catalogue.py`` imports them
+all and finds them by name (``get_method``, ``all_methods``)."""
 
-from prunekit.methods.registry import Method, PruneSettings, all_methods, get_method, register
+from prunekit.methods.registry import Method, PruneSettings, register
 
-__all__ = ["Method", "PruneSettings", "all_methods", "get_method", "register"]
+__all__ = ["Method", "PruneSettings", "register"]

@@ -21,17 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from functools import partial
 
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import (
-    ALWAYS,
-    COMBINED_ONLY,
-    Method,
-    PruneSettings,
-    all_methods,
-    get_method,
-)
+from prunekit.methods.registry import ALWAYS, COMBINED_ONLY, Method, PruneSettings, by_family
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
@@ -48,8 +42,9 @@ NO_STREAM_REASON = (
 )
 
 
-def combined_method(name: str) -> Method:
-    """The method ``<first>+<second>``: one depth and one width method, in that order.
+def combined_method(name: str, methods: Mapping[str, Method]) -> Method:
+    """The method ``<first>+<second>``: one depth and one width method of ``methods`` (the
+    catalogue's, by name), in that order.
 
     Refused in one line: a name that is not two parts, an unknown part, two methods of the same
     family."""
@@ -59,7 +54,7 @@ def combined_method(name: str) -> Method:
             f"a combined method is two methods joined by '{SEPARATOR}' (a depth and a width "
             f"method, e.g. blockpruner+fasp), got {name!r}"
         )
-    stages = [_part(part, name) for part in parts]
+    stages = [_part(part, name, methods) for part in parts]
     first, second = stages
     if first.family == second.family:
         raise SettingsError(
@@ -78,12 +73,11 @@ def combined_method(name: str) -> Method:
     )
 
 
-def _part(part: str, name: str) -> Method:
-    try:
-        method = get_method(part)
-    except SettingsError:
-        known = ", ".join(m.name for m in all_methods())
-        raise SettingsError(f"unknown method {part!r} in {name!r}; known: {known}") from None
+def _part(part: str, name: str, methods: Mapping[str, Method]) -> Method:
+    method = methods.get(part)
+    if method is None:
+        known = ", ".join(m.name for m in by_family(methods.values()))
+        raise SettingsError(f"unknown method {part!r} in {name!r}; known: {known}")
     if method.family not in ("depth", "width"):
         raise SettingsError(f"{name}: {part} is not a depth or a width method")
     return method

@@ -1,4 +1,6 @@
-"""Method registry: name -> method, so the CLI lists what exists and rejects what does not."""
+"""The method types: ``Method``, ``PruneSettings``, the setting names each kind of method takes,
+and ``register``. Every method module imports this; none imports the catalogue
+(``methods/catalogue.py``), which imports them all to list and find them by name."""
 
 from __future__ import annotations
 
@@ -143,7 +145,9 @@ class Method:
                     f"{spell(name)} is a setting of combined methods (a depth and a width method "
                     f"joined by '+', e.g. blockpruner+fasp), not of {self.name}"
                 )
-            others = [m.name for m in all_methods() if name in m.takes]
+            # The methods registered so far: all of them once the catalogue is imported, as it
+            # is wherever a method is looked up by name.
+            others = [m.name for m in by_family(_METHODS.values()) if name in m.takes]
             takers = ", ".join(others) if others else "none"
             raise SettingsError(
                 f"{spell(name)} is not a setting of {self.name}; methods that take it: {takers}"
@@ -160,28 +164,11 @@ def register(method: Method) -> Method:
     return method
 
 
-def get_method(name: str) -> Method:
-    """The registered method ``name``, or the combined method a name like ``blockpruner+fasp``
-    spells (built on demand from its two registered parts, methods/combined.py)."""
-    _load_builtin_methods()
-    if name not in _METHODS and "+" in name:
-        from prunekit.methods.combined import combined_method
-
-        return combined_method(name)
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise SettingsError(
-            f"unknown method {name!r}; known: {', '.join(sorted(_METHODS)) or '(none yet)'}"
-        ) from None
+def registered() -> dict[str, Method]:
+    """The methods registered so far, by name (``catalogue`` imports the built-in ones)."""
+    return dict(_METHODS)
 
 
-def all_methods() -> list[Method]:
-    _load_builtin_methods()
-    return sorted(_METHODS.values(), key=lambda m: (m.family, m.name))
-
-
-def _load_builtin_methods() -> None:
-    # Importing the packages registers their methods; done lazily to keep `import prunekit` fast.
-    import prunekit.methods.depth
-    import prunekit.methods.width  # noqa: F401
+def by_family(methods: Iterable[Method]) -> list[Method]:
+    """``methods`` in the order the CLI lists them: by family, then by name."""
+    return sorted(methods, key=lambda m: (m.family, m.name))

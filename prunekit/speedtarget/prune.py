@@ -30,8 +30,9 @@ from prunekit.errors import SettingsError
 from prunekit.latency.profile import ProfileSettings, profile_model
 from prunekit.latency.structure import structure_of
 from prunekit.latency.table import LatencyModelError, LatencyTable, predict_latency
+from prunekit.methods.catalogue import get_method
 from prunekit.methods.combined import SEPARATOR, run_stages, stage_settings
-from prunekit.methods.registry import Method, PruneSettings, flag, get_method
+from prunekit.methods.registry import Method, PruneSettings, flag
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 from prunekit.speedtarget.losses import depth_prefix_plan, fresh_copy

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from prunekit.report.markdown import fmt_float, table
+from prunekit.report.formatting import fmt_float, table
 from prunekit.speedtarget.search import SpeedTargetResult, Split
 
 

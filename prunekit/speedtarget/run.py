@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from prunekit.errors import SettingsError
 from prunekit.latency.structure import ModelStructure
+from prunekit.methods.catalogue import get_method
 from prunekit.methods.depth.blockpruner import PAPER_SETTING
 from prunekit.methods.depth.calibration import held_out_settings_windows
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 from prunekit.speedtarget.losses import calibration_loss_fn, fresh_copy

@@ -7,7 +7,8 @@ import torch
 
 from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import load_model, smollm2_gguf_path
 from prunekit.plan import PruningPlan
 from prunekit.surgery import apply_plan

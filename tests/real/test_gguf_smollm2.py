@@ -27,7 +27,8 @@ import torch
 from prunekit.data import corpus_tokens, eval_windows
 from prunekit.evaluation.perplexity import windows_nll
 from prunekit.export.gguf import export_gguf
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import load_model, smollm2_gguf_path
 from prunekit.plan import PruningPlan
 from prunekit.surgery import apply_plan

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from prunekit.evaluation.perplexity import perplexity
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from tests.unit.width_helpers import masked_reference
 
 pytestmark = [pytest.mark.real, pytest.mark.usefixtures("data_dir")]

@@ -24,7 +24,7 @@ from prunekit.api import prune
 from prunekit.data import calibration_windows, corpus_tokens
 from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
-from prunekit.methods.registry import get_method
+from prunekit.methods.catalogue import get_method
 from prunekit.models.loading import from_model, load_model
 from prunekit.models.tiny import _SAMPLE_TEXT, save_tiny, tiny_model, tiny_tokenizer
 from prunekit.runs import load_run

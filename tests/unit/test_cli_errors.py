@@ -147,7 +147,7 @@ def test_methods_declare_what_they_read():
     assert "--criterion" in rows["blockpruner"] and "--criterion" not in rows["fasp"]
     assert "--no-restore" in rows["fasp"] and "--no-restore" not in rows["wanda-sp"]
 
-    from prunekit.methods.registry import get_method
+    from prunekit.methods.catalogue import get_method
 
     assert "resume" in get_method("sleb").takes and "resume" not in get_method("rm").takes
     assert "damping" in get_method("fasp").takes and "damping" not in get_method("flap").takes

@@ -11,7 +11,8 @@ from prunekit.errors import UnsupportedArchitectureError
 from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
 from prunekit.export.shim import SHIMS
-from prunekit.methods.registry import PruneSettings, all_methods, get_method
+from prunekit.methods.catalogue import all_methods, get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import TINY_FAMILIES, TINY_VOCAB, tiny_model, tiny_tokenizer
 

@@ -20,7 +20,7 @@ import torch
 
 from prunekit.engine import sequential
 from prunekit.engine.sequential import InputStatistics
-from prunekit.methods.registry import get_method
+from prunekit.methods.catalogue import get_method
 from prunekit.methods.width import restoration, uniform
 from prunekit.methods.width.restoration import (
     FP32_SOLVE_MAX_CONDITION,

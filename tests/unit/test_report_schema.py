@@ -8,7 +8,7 @@ import json
 import pytest
 
 from prunekit import api
-from prunekit.methods.registry import all_methods
+from prunekit.methods.catalogue import all_methods
 from prunekit.models.loading import load_model
 from prunekit.models.tiny import save_tiny
 from prunekit.report.schema import ReportError, validate_report

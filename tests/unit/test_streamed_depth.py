@@ -283,7 +283,7 @@ MEASURE = textwrap.dedent(
     # tokenizer library and the (small) calibration file read once.
     from transformers import AutoTokenizer, LlamaForCausalLM
     from prunekit.data import corpus_tokens
-    from prunekit.methods.registry import get_method
+    from prunekit.methods.catalogue import get_method
     get_method("blockpruner")
     corpus_tokens(AutoTokenizer.from_pretrained(source), settings["calib"])
     # The code paths a forward imports or initializes on first use (masks, attention kernels).

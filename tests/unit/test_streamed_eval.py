@@ -279,3 +279,77 @@ def test_streamed_perplexity_stays_within_the_budget(text, tmp_path):
     assert results["streamed"]["ppl"] == pytest.approx(results["in-memory"]["ppl"], rel=1e-3)
     assert results["streamed"]["peak_above"] <= budget
     assert results["in-memory"]["peak_above"] > budget
+
+
+def test_streamed_prune_evaluates_dense_and_pruned_layer_by_layer(text, tmp_path):
+    """prune(stream=True, eval_datasets=...): the dense model from its shards, the pruned one from
+    the export, each equal to the in-memory perplexity of the same model."""
+    from prunekit.api import prune
+
+    source = save_sharded("llama", tmp_path / "dense")
+    save, run = tmp_path / "pruned", tmp_path / "run"
+    result = prune(
+        str(source),
+        "fasp",
+        stream=True,
+        save=save,
+        out=run,
+        eval_datasets=[text],
+        eval_seqlen=SEQLEN,
+        eval_max_windows=4,
+        targets=["mlp"],  # uniform MLP widths: a stock-format (hf) export
+        sparsity=0.3,
+        n_samples=2,
+        seqlen=32,
+        calib=text,
+        dtype="fp32",
+        device="cpu",
+    )
+    assert result.saved.format == "hf"
+    dense = perplexity(load_model(str(source), dtype="fp32", device="cpu"), text, SEQLEN, 4)
+    pruned = perplexity(load_pruned(save, dtype="fp32", device="cpu"), text, SEQLEN, 4)
+    got = result.report["eval"]
+    assert got["dense"]["ppl"][text]["nll_sum"] == pytest.approx(dense.nll_sum, rel=REL)
+    assert got["pruned"]["ppl"][text]["nll_sum"] == pytest.approx(pruned.nll_sum, rel=REL)
+    assert pruned.nll_sum != pytest.approx(dense.nll_sum, rel=1e-3)  # the pruning changed it
+    for written in (run / "report.json", save / "report.json"):
+        assert json.loads(written.read_text())["eval"] == got
+
+
+def test_streamed_prune_refuses_the_perplexity_of_a_prunekit_format_export(text, tmp_path):
+    """Per-layer widths (prunekit format) cannot be evaluated layer by layer yet: one line, once
+    the export and the run directory (with the dense numbers) are written."""
+    from prunekit.api import prune
+
+    source = save_sharded("llama", tmp_path / "dense")
+    save, run = tmp_path / "pruned", tmp_path / "run"
+    settings = dict(sparsity=0.3, n_samples=2, seqlen=32, calib=text, dtype="fp32", device="cpu")
+    with pytest.raises(SettingsError, match="prunekit format") as refusal:
+        prune(
+            str(source),
+            "fasp",
+            stream=True,
+            save=save,
+            out=run,
+            eval_datasets=[text],
+            eval_seqlen=SEQLEN,
+            eval_max_windows=2,
+            **settings,
+        )
+    assert "\n" not in str(refusal.value)
+    assert load_pruned(save, dtype="fp32", device="cpu").model is not None
+    assert set(json.loads((run / "report.json").read_text())["eval"]) == {"dense"}
+
+
+def test_cli_stream_ppl_prints_dense_and_pruned(text, tmp_path, monkeypatch, capsys):
+    source = save_sharded("llama", tmp_path / "dense")
+    args = ["prune", "--method", "fasp", "--model", str(source), "--sparsity", "0.3"]
+    args += ["--targets", "mlp", "--n-samples", "2", "--seqlen", "32", "--calib", text]
+    args += ["--device", "cpu", "--dtype", "fp32", "--stream", "--save", str(tmp_path / "p")]
+    args += ["--ppl", text, "--ppl-seqlen", "32", "--ppl-max-windows", "2"]
+    assert run_cli(monkeypatch, *args, "--save-format", "prunekit") == 2
+    assert "stock-format export only" in capsys.readouterr().err
+    assert run_cli(monkeypatch, *args) == 0
+    out = capsys.readouterr().out
+    assert "perplexity: dense" in out and "perplexity: pruned" in out
+    assert "model saved:" in out

@@ -111,7 +111,7 @@ MEASURE = textwrap.dedent(
     # tokenizer library and the (small) calibration file read once.
     from transformers import AutoTokenizer, LlamaForCausalLM
     from prunekit.data import corpus_tokens
-    from prunekit.methods.registry import get_method
+    from prunekit.methods.catalogue import get_method
     get_method("fasp")
     corpus_tokens(AutoTokenizer.from_pretrained(source), settings["calib"])
     baseline = anon()
@@ -262,15 +262,16 @@ def test_cli_stream_passes_every_load_option(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_prune_streamed(model, method, **kwargs):
+    def fake_prune(model, method, **kwargs):
         seen.update(kwargs)
         raise SystemExit(0)
 
-    monkeypatch.setattr(prunekit.api, "prune_streamed", fake_prune_streamed)
+    monkeypatch.setattr(prunekit.api, "prune", fake_prune)
     source = save_small_shards("llama", tmp_path / "dense")
     args = ["prune", "--method", "fasp", "--model", str(source), "--sparsity", "0.3"]
     args += ["--stream", "--save", str(tmp_path / "pruned"), "--attn-implementation", "eager"]
     args += ["--device", "cpu", "--dtype", "fp32"]
     CliRunner().invoke(app, args)
+    assert seen["stream"] is True
     assert seen["attn_implementation"] == "eager"
     assert (seen["device"], seen["dtype"]) == ("cpu", "fp32")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import get_method
+from prunekit.methods.catalogue import get_method
 from prunekit.methods.width.allocation import CostCurve, allocate, convex_costs, kept_steps
 from prunekit.methods.width.selection import kept_count
 from prunekit.models.loading import from_model

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from prunekit.errors import NumericalError, SettingsError, UnsupportedArchitectureError
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.methods.width.flap import ModuleScores, global_selection
 from prunekit.report.accounting import parameter_counts, pruning_ratios
 from tests.unit.width_helpers import (

@@ -6,7 +6,8 @@ import copy
 
 import torch
 
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import AttentionChannels
 from prunekit.models.loading import LoadedModel, from_model
 from prunekit.models.tiny import TINY_VOCAB, tiny_model, tiny_tokenizer

@@ -1,0 +1,108 @@
+"""In memory or streamed, calibration states offloaded or not: decided from the config and the
+memory model before any weight is read."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from prunekit.errors import PrunekitError
+from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE, parse_shard_size
+from prunekit.memory import (
+    MemoryBudget,
+    MemorySettings,
+    RunChoice,
+    choose_run,
+    row_slice_bytes_for,
+    shard_size_for,
+)
+from prunekit.methods.registry import Method, PruneSettings
+from prunekit.models.dtype import dtype_name, resolve_dtype
+from prunekit.models.loading import LoadedModel, default_device, load_config
+
+log = logging.getLogger(__name__)
+
+
+def streaming_refusal(method: Method) -> str | None:
+    """Why ``method`` cannot run streamed (None when it can)."""
+    if not method.streams:
+        return f"{method.name} cannot run streamed: {method.no_stream_reason}"
+    return None
+
+
+def choose_mode(
+    model: str | LoadedModel,
+    method: Method,
+    options: PruneSettings,
+    budget: MemoryBudget,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    stream: bool | None = None,
+    offload_activations: bool | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> RunChoice | None:
+    """In memory or streamed, calibration states offloaded or not: decided from the config and
+    the memory model before any weight is read (``prunekit.memory.choose_run``).
+
+    ``stream``/``offload_activations``: True or False force, None lets the budget decide. A model
+    already in memory runs in memory. None when the memory model cannot describe the model and no
+    budget asks for it (the run then records no prediction).
+    """
+    device = run_device(model, device)
+    if offload_activations and not device.startswith("cuda"):
+        log.warning(
+            "--offload-activations has no effect on %s: the calibration states are already in "
+            "host memory",
+            device,
+        )
+    if isinstance(model, LoadedModel):
+        config, torch_dtype, stream = model.model.config, model.dtype, False
+    else:
+        config, torch_dtype = load_config(model), resolve_dtype(dtype, device)
+    settings = MemorySettings(
+        method=method.name,
+        n_samples=options.n_samples,
+        seqlen=options.seqlen,
+        dtype=dtype_name(torch_dtype),
+        batch_size=options.batch_size,
+        device=device,
+        sparsity=options.sparsity if options.sparsity is not None else options.ratio or 0.2,
+        targets=tuple(options.targets),
+        max_shard_size=shard_size_for(budget, device, parse_shard_size(max_shard_size)),
+        row_slice_bytes=row_slice_bytes_for(budget, device),
+    )
+    try:
+        return choose_run(
+            config,
+            settings,
+            budget,
+            stream=stream,
+            offload_activations=offload_activations,
+            stream_refusal=streaming_refusal(method),
+        )
+    except PrunekitError:
+        if budget.given:
+            raise
+        return None  # no prediction for this model; without a budget nothing depends on one
+
+
+def import_model_code(spec: str) -> None:
+    """Import the model's transformers code and the tokenizer classes before a run measures its
+    memory: imports are the framework's cost (~100 MB of a process's anonymous memory), not the
+    run's, and the memory model counts them apart (its ``framework`` term)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    # A model transformers resolves otherwise (remote code) is measured with its import.
+    with contextlib.suppress(PrunekitError, KeyError, AttributeError, ImportError):
+        AutoModelForCausalLM._model_mapping[type(load_config(spec))]
+
+
+def offloads(choice: RunChoice | None, requested: bool | None) -> bool:
+    return choice.offload_activations if choice else bool(requested)
+
+
+def run_device(model: str | LoadedModel, device: str | None) -> str:
+    if isinstance(model, LoadedModel):
+        return str(model.device)
+    return device or default_device()

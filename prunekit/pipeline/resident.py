@@ -1,0 +1,122 @@
+"""A prune run with the whole model in memory: load, evaluate the dense model, prune, evaluate
+the pruned one, report, write the run directory and the export."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from prunekit.engine.residency import Resident
+from prunekit.export.save import export_model
+from prunekit.memory import MemoryBudget, memory_record
+from prunekit.memory_usage import PeakMemory
+from prunekit.methods.registry import Method, PruneSettings
+from prunekit.models.loading import LoadedModel, load_model
+from prunekit.pipeline.evaluation import evaluate_loaded
+from prunekit.pipeline.mode import choose_mode, import_model_code, offloads, run_device
+from prunekit.pipeline.requests import EvalRequest, PruneResult, SaveRequest
+from prunekit.pipeline.run_report import run_report
+from prunekit.report.accounting import parameter_counts, pruning_ratios
+from prunekit.report.run_dir import clear_run, write_run_dir
+
+log = logging.getLogger(__name__)
+
+
+def prune_resident(
+    model: str | LoadedModel,
+    chosen: Method,
+    options: PruneSettings,
+    *,
+    speed,
+    evals: EvalRequest,
+    save: SaveRequest | None,
+    out: str | Path | None,
+    overwrite: bool,
+    dtype: str,
+    device: str | None,
+    attn_implementation: str | None,
+    budget: MemoryBudget,
+    offload_activations: bool | None,
+) -> PruneResult:
+    """``prunekit.api.prune`` in memory, its inputs already checked (``pipeline.checks``)."""
+    from prunekit.speedtarget.prune import prune_for_speed, save_profiled_table
+
+    choice = choose_mode(
+        model,
+        chosen,
+        options,
+        budget,
+        dtype=dtype,
+        device=device,
+        stream=False,
+        offload_activations=offload_activations,
+    )
+    if not isinstance(model, LoadedModel):
+        import_model_code(model)
+    with PeakMemory(run_device(model, device)) as peaks:  # stopped on any exit
+        if not isinstance(model, LoadedModel):
+            log.info("loading %s", model)
+        loaded = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(
+                model, dtype=dtype, device=device, attn_implementation=attn_implementation
+            )
+        )
+        residency_before = loaded.residency
+        if residency_before is None:
+            loaded.residency = Resident(offloads(choice, offload_activations))
+        if overwrite and out is not None:
+            clear_run(out)
+        timings: dict[str, float] = {}
+        before = parameter_counts(loaded.model, loaded.adapter)
+        identity = loaded.identity()
+        results: dict[str, dict] = {}
+
+        def run_eval(side: str) -> None:
+            started = time.perf_counter()
+            results[side] = evaluate_loaded(loaded, **evals.options())
+            timings[f"eval_{side}"] = time.perf_counter() - started
+
+        if evals.wanted:
+            run_eval("dense")
+        log.info("pruning %s with %s", loaded.spec, chosen.name)
+        started = time.perf_counter()
+        try:
+            speed_run = prune_for_speed(loaded, options, speed) if speed else None
+            plan = speed_run.plan if speed_run else chosen.prune(loaded, options)
+        finally:
+            loaded.residency = residency_before
+        timings["prune"] = time.perf_counter() - started
+        if speed_run and speed_run.profiled:
+            timings["profile"] = speed_run.profile_s
+        after = parameter_counts(loaded.model, loaded.adapter)
+        if evals.wanted:
+            run_eval("pruned")
+
+        memory = memory_record("in-memory", choice, budget, peaks.stop())
+    report = run_report(
+        chosen, loaded, identity, options, pruning_ratios(before, after), results, timings, memory
+    )
+    if plan.stages:  # a combined method: the split and each stage's settings and ratios
+        from prunekit.methods.combined import combined_record
+
+        report.update(combined_record(plan))
+    if speed_run:
+        report["speed_target"] = speed_run.record
+        save_profiled_table(speed_run, out)
+    run_dir = write_run_dir(out, plan, report) if out else None
+    saved = None
+    if save is not None:
+        saved = export_model(
+            loaded,
+            save.path,
+            fmt=save.format,
+            dtype=save.dtype,
+            plan=plan,
+            report=report,
+            overwrite=overwrite,
+            max_shard_size=save.max_shard_size,
+        )
+    return PruneResult(loaded, plan, report, run_dir, saved)
