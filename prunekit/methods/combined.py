@@ -25,7 +25,14 @@ from collections.abc import Mapping
 from functools import partial
 
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import ALWAYS, COMBINED_ONLY, Method, PruneSettings, by_family
+from prunekit.methods.registry import (
+    ALWAYS,
+    COMBINED_ONLY,
+    Method,
+    PruneSettings,
+    by_family,
+    registered,
+)
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
@@ -163,8 +170,22 @@ def prune_combined(
     The width stage runs on the depth-pruned model. Its restored weights are saved to
     ``width_settings.run_dir`` when it has one (as any width run); replay the plan with that
     directory."""
-    depth = _part(depth_method, "prune_combined") if isinstance(depth_method, str) else depth_method
-    width = _part(width_method, "prune_combined") if isinstance(width_method, str) else width_method
+    # Methods named by string: the built-in ones, registered by importing their packages (which
+    # import nothing of this module, so no import circle).
+    import prunekit.methods.depth
+    import prunekit.methods.width  # noqa: F401
+
+    methods = registered()
+    depth = (
+        _part(depth_method, "prune_combined", methods)
+        if isinstance(depth_method, str)
+        else depth_method
+    )
+    width = (
+        _part(width_method, "prune_combined", methods)
+        if isinstance(width_method, str)
+        else width_method
+    )
     if (depth.family, width.family) != ("depth", "width"):
         raise SettingsError(
             f"prune_combined takes a depth then a width method, got {depth.name} "
