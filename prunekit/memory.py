@@ -273,7 +273,7 @@ def _weight_terms(
 def _fingerprint_samples(s: ModelShapes) -> int:
     """Sampled values of the fingerprint: the embedding and each matrix of two layers."""
     h, i, q, kv = s.hidden_size, s.intermediate_size, s.attn_width, s.num_kv_heads * s.head_dim
-    matrices = [h * q, h * kv, h * kv, q * h] + [h * i] * (2 if s.family == "opt" else 3)
+    matrices = [h * q, h * kv, h * kv, q * h] + [h * i] * s.mlp_matrices
     per_layer = sum(min(m, FINGERPRINT_SAMPLES) for m in matrices)
     layers = 1 if s.num_layers == 1 else 2
     return min(s.embedding_params, FINGERPRINT_SAMPLES) + layers * per_layer
@@ -335,8 +335,8 @@ def _calibration_terms(
 
 
 def _kwargs_bytes(s: ModelShapes, settings: MemorySettings, b: int) -> int:
-    kinds = 2 if s.family == "gemma3" else 1  # Gemma 3: local and global rotary and masks
-    rotary = 0 if s.family == "opt" else kinds * 2 * settings.seqlen * s.head_dim * b
+    kinds = s.attention_kinds  # Gemma 3: local and global rotary tables and masks
+    rotary = kinds * 2 * settings.seqlen * s.head_dim * b if s.rotary else 0
     mask = kinds * settings.seqlen**2 * b if settings.attn_implementation == "eager" else 0
     return rotary + mask
 
