@@ -14,8 +14,9 @@ from prunekit.models.families.base import Family
 from prunekit.models.families.gemma3 import GEMMA3
 from prunekit.models.families.llama import LLAMA, QWEN2
 from prunekit.models.families.opt import OPT
+from prunekit.models.families.qwen3 import QWEN3
 
-FAMILIES: tuple[Family, ...] = (LLAMA, QWEN2, OPT, GEMMA3)
+FAMILIES: tuple[Family, ...] = (LLAMA, QWEN2, OPT, GEMMA3, QWEN3)
 _BY_MODEL_TYPE = {mt: f for f in FAMILIES for mt in f.model_types}
 _BY_NAME = {f.name: f for f in FAMILIES}
 
