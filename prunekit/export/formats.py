@@ -27,12 +27,11 @@ from prunekit.export.per_layer import (
     per_layer_overrides,
 )
 from prunekit.export.shim import Shim, shim_for_family
+from prunekit.models.families import family_named
 
 Format = Literal["hf", "prunekit"]
 FORMATS = ("auto", "hf", "prunekit")
 
-# Config attribute holding the MLP width, where a family does not call it intermediate_size.
-MLP_WIDTH_ATTRIBUTE = {"opt": "ffn_dim"}
 # Config keys that belong to the saved file, not to the architecture.
 _FILE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "per_layer_config")
 
@@ -82,7 +81,7 @@ def hf_config(model: nn.Module, family: str, shapes: list[LayerShape]) -> Any:
     if shapes and shapes[0].intermediate_size is not None:
         setattr(
             config,
-            MLP_WIDTH_ATTRIBUTE.get(family, "intermediate_size"),
+            family_named(family).mlp_width_attribute,
             shapes[0].intermediate_size,
         )
     if shapes and shapes[0].num_attention_heads is not None:
@@ -131,6 +130,7 @@ def shim_config(model: nn.Module, family: str, shapes: list[LayerShape]) -> tupl
     if len(head_dims) > 1:
         raise ExportError(f"layers disagree on the query/key head size {sorted(head_dims)}")
     data = {k: v for k, v in base.to_dict().items() if k not in _FILE_KEYS}
+    data.update(family_named(family).shim_settings)  # what the shim must build (q/k norms)
     defaults = global_defaults(shapes)
     data.update({k: v for k, v in defaults.items() if v is not None})
     if head_dims:

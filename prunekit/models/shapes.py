@@ -2,18 +2,17 @@
 
 The memory model (``prunekit.memory``) needs the size of one decoder layer, of its attention and
 MLP blocks, of the embedding and of an untied LM head for models far larger than the machine
-(70B), so the counts come from the config's fields. The family knowledge (which projections carry
-a bias, Gemma's sandwich and q/k norms, OPT's learned positions and embedding projections) lives
-here, beside the adapters; ``tests/unit/test_memory_model.py`` checks every count against
-``sum(p.numel())`` of the real tiny model of every family, tied and untied.
+(70B), so the counts come from the config's fields. Each family record
+(``prunekit.models.families``) says how its config becomes a ``ModelShapes``; the gated-MLP
+families share ``gated_shapes`` here, told which projections carry a bias and which norms there
+are. ``tests/unit/test_memory_model.py`` checks every count against ``sum(p.numel())`` of the
+real tiny model of every family, tied and untied.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-from prunekit.models.adapters import adapter_for_config
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,10 @@ class ModelShapes:
     embedding_params: int  # the input embedding
     head_params: int  # the LM head when untied (0 when tied to the embedding)
     rest_params: int  # final norm, learned positions, embedding projections
+    # What the memory model reads besides the counts (family facts, set by the family record):
+    mlp_matrices: int = 3  # matrices of one MLP block (gated: gate, up, down)
+    rotary: bool = True  # RoPE tables are built (OPT's positions are learned weights)
+    attention_kinds: int = 1  # distinct rotary tables and masks (Gemma 3: local and global)
 
     @property
     def layer_params(self) -> int:
@@ -61,36 +64,45 @@ class ModelShapes:
 
 def model_shapes(config: Any) -> ModelShapes:
     """The shapes of the model ``config`` describes (a supported family; clear error otherwise)."""
-    adapter = adapter_for_config(config)
-    if adapter.family == "opt":
-        return _opt_shapes(config)
-    return _llama_like_shapes(config, adapter.family)
+    from prunekit.models.families import family_for_config  # the records import this module
+
+    return family_for_config(config).shapes(config)
 
 
-def _head_dim(config: Any) -> int:
+def head_dim_of(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _llama_like_shapes(config: Any, family: str) -> ModelShapes:
-    """Llama, Mistral, Qwen2 and Gemma 3: gated MLP, RMS norms (weight only), GQA."""
+def gated_shapes(
+    config: Any,
+    family: str,
+    *,
+    qkv_bias: bool | None = None,
+    o_bias: bool | None = None,
+    qk_norms: bool = False,
+    sandwich_norms: bool = False,
+    attention_kinds: int = 1,
+) -> ModelShapes:
+    """A gated-MLP, RMS-norm (weight only), GQA decoder: Llama, Mistral, Qwen2/3 and Gemma 3.
+
+    ``qkv_bias``/``o_bias``: whether those projections carry a bias (None: the config's
+    ``attention_bias``). ``qk_norms``: per-head q/k RMS norms over ``head_dim``.
+    ``sandwich_norms``: each block also normalises its output (Gemma). ``attention_kinds``:
+    distinct rotary tables and masks the layers use (Gemma 3: local and global).
+    """
     h, i = config.hidden_size, config.intermediate_size
     nh = config.num_attention_heads
     nkv = getattr(config, "num_key_value_heads", None) or nh
-    hd = _head_dim(config)
+    hd = head_dim_of(config)
     q, kv = nh * hd, nkv * hd
     attention_bias = bool(getattr(config, "attention_bias", False))
-    if family == "qwen2":
-        qkv_bias, o_bias = True, False  # Qwen2 always biases q/k/v, never o_proj
-    else:
-        qkv_bias, o_bias = attention_bias, attention_bias
+    qkv_bias = attention_bias if qkv_bias is None else qkv_bias
+    o_bias = attention_bias if o_bias is None else o_bias
     attn = h * q + 2 * h * kv + q * h + (q + 2 * kv if qkv_bias else 0) + (h if o_bias else 0)
     mlp = 3 * h * i + ((2 * i + h) if getattr(config, "mlp_bias", False) else 0)
-    if family == "gemma3":
-        attn += 2 * hd + 2 * h  # q_norm, k_norm; input and post-attention norms
-        mlp += 2 * h  # pre- and post-feedforward norms
-    else:
-        attn += h  # input_layernorm
-        mlp += h  # post_attention_layernorm (the MLP's pre-norm)
+    norms_per_block = 2 if sandwich_norms else 1  # the pre-norm, and the post-norm if sandwiched
+    attn += norms_per_block * h + (2 * hd if qk_norms else 0)
+    mlp += norms_per_block * h
     tied = bool(getattr(config, "tie_word_embeddings", True))
     embedding = config.vocab_size * h
     return ModelShapes(
@@ -108,37 +120,5 @@ def _llama_like_shapes(config: Any, family: str) -> ModelShapes:
         embedding_params=embedding,
         head_params=0 if tied else embedding,
         rest_params=h,  # the final norm
-    )
-
-
-def _opt_shapes(config: Any) -> ModelShapes:
-    """OPT: biased projections, LayerNorms with bias, learned positions (offset 2), fc1/fc2."""
-    h, i, nh = config.hidden_size, config.ffn_dim, config.num_attention_heads
-    bias = bool(getattr(config, "enable_bias", True))
-    norm = 2 * h if getattr(config, "layer_norm_elementwise_affine", True) else 0
-    attn = 4 * h * h + (4 * h if bias else 0) + norm
-    mlp = 2 * h * i + ((i + h) if bias else 0) + norm
-    proj = getattr(config, "word_embed_proj_dim", None) or h
-    rest = (config.max_position_embeddings + 2) * h  # OPT's learned positions start at 2
-    if config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False):
-        rest += norm
-    if proj != h:
-        rest += 2 * proj * h  # project_in and project_out (no bias)
-    tied = bool(getattr(config, "tie_word_embeddings", True))
-    embedding = config.vocab_size * proj
-    return ModelShapes(
-        family="opt",
-        num_layers=config.num_hidden_layers,
-        hidden_size=h,
-        intermediate_size=i,
-        num_heads=nh,
-        num_kv_heads=nh,
-        head_dim=h // nh,
-        vocab_size=config.vocab_size,
-        tied=tied,
-        attn_params=attn,
-        mlp_params=mlp,
-        embedding_params=embedding,
-        head_params=0 if tied else embedding,
-        rest_params=rest,
+        attention_kinds=attention_kinds,
     )

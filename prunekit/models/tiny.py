@@ -13,9 +13,19 @@ from typing import Any
 
 import torch
 
+from prunekit.models.families import FAMILIES
+
 TINY_VOCAB = 320
-TINY_FAMILIES = ("llama", "qwen2", "opt", "gemma3", "mistral")
 TINY_SLIDING_WINDOW = 8
+# The shapes most tiny configs share (the family records build their configs from them).
+TINY_COMMON = dict(vocab_size=TINY_VOCAB, max_position_embeddings=256, tie_word_embeddings=False)
+TINY_GQA = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 _SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. A pruned model keeps what matters and drops "
@@ -23,65 +33,18 @@ _SAMPLE_TEXT = (
     "Attention blocks mix information across positions; MLP blocks transform each position. "
 ) * 8
 
+# Every tiny config of every family record, by name (a family may have variants: Mistral).
+_TINY = {name: (family, build) for family in FAMILIES for name, build in family.tiny.items()}
+ALL_TINY_FAMILIES = tuple(_TINY)
+# The tiny models the family-parametrized unit tests run on (the rest have their own tests).
+TINY_FAMILIES = tuple(name for name, (family, _) in _TINY.items() if family.tiny_matrix)
+
 
 def tiny_config(family: str, **overrides: Any) -> Any:
     """A transformers config for a tiny model of ``family`` (4 layers unless overridden)."""
-    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
-
-    common = dict(vocab_size=TINY_VOCAB, max_position_embeddings=256, tie_word_embeddings=False)
-    if family == "llama":
-        cfg = LlamaConfig(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            **common,
-        )
-    elif family == "qwen2":
-        cfg = Qwen2Config(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            **common,
-        )
-    elif family == "opt":
-        cfg = OPTConfig(
-            hidden_size=64,
-            ffn_dim=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            word_embed_proj_dim=64,
-            enable_bias=True,
-            do_layer_norm_before=True,
-            **common,
-        )
-    elif family == "gemma3":
-        cfg = Gemma3TextConfig(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            sliding_window=TINY_SLIDING_WINDOW,
-            layer_types=["sliding_attention", "full_attention"] * 2,
-            **common,
-        )
-    elif family == "mistral":
-        cfg = MistralConfig(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            sliding_window=TINY_SLIDING_WINDOW,
-            **common,
-        )
-    else:
-        raise ValueError(f"no tiny config for family {family!r}; known: {TINY_FAMILIES}")
+    if family not in _TINY:
+        raise ValueError(f"no tiny config for family {family!r}; known: {ALL_TINY_FAMILIES}")
+    cfg = _TINY[family][1]()
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
@@ -91,6 +54,7 @@ def tiny_model(family: str, seed: int = 0, **overrides: Any) -> Any:
     """A randomly initialised causal LM; weights are scaled up so blocks matter (not ~identity)."""
     from transformers import AutoModelForCausalLM
 
+    norm_init = _TINY[family][0].tiny_norm if family in _TINY else None
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
     with torch.no_grad():
@@ -99,8 +63,8 @@ def tiny_model(family: str, seed: int = 0, **overrides: Any) -> Any:
                 param.normal_(0.0, 0.08)
             elif name.endswith("bias"):
                 param.normal_(0.0, 0.02)
-            elif "norm" in name and family == "gemma3":
-                param.normal_(0.0, 0.1)  # Gemma norms scale by (1 + w)
+            elif "norm" in name and norm_init is not None:
+                param.normal_(*norm_init)  # the family's choice (Gemma scales by 1 + w)
     return model.eval()
 
 

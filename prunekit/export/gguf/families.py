@@ -1,9 +1,10 @@
-"""Which adapter families the GGUF export writes, and the module that knows each one's layout.
+"""The three hooks of a family's GGUF writer, and the lookup of a family's hooks.
 
 A family's GGUF knowledge (the llama.cpp architecture, what it can express and what is
-refused, its hyper-parameters and tensors) lives in one module per family: ``llama`` (with
-``layout`` and ``tensors``) for the Llama family and Qwen2, ``gemma3`` for Gemma 3. The writer
-only calls the three functions named here.
+refused, its hyper-parameters and tensors) is named by its record's ``gguf``
+(``prunekit.models.families``): here the modules ``llama`` (with ``layout`` and ``tensors``) for
+the Llama family and Qwen2 and ``gemma3`` for Gemma 3; a family may keep it in its own record's
+module (Qwen3). The writer only calls the three functions of a ``GgufFamily``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import gguf
 from torch import nn
 
 from prunekit.errors import UnsupportedArchitectureError
-from prunekit.export.gguf import gemma3, llama
 from prunekit.export.gguf.layout import GgufLayout
-from prunekit.export.gguf.tensors import TensorSpec, model_tensors
+from prunekit.export.gguf.tensors import TensorSpec
 from prunekit.models.adapters import Adapter
+from prunekit.models.families import FAMILIES, family_named
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,12 @@ class GgufFamily:
     tensors: Callable[[nn.Module, Adapter, GgufLayout], Iterator[TensorSpec]]
 
 
-LLAMA = GgufFamily(plan=llama.plan, add_hparams=llama.add_hparams, tensors=model_tensors)
-GEMMA3 = GgufFamily(plan=gemma3.plan, add_hparams=gemma3.add_hparams, tensors=gemma3.model_tensors)
-GGUF_FAMILIES = {"llama": LLAMA, "qwen2": LLAMA, "gemma3": GEMMA3}
-
-
 def gguf_family(family: str) -> GgufFamily:
-    if family not in GGUF_FAMILIES:
+    """The GGUF hooks of an adapter family; a one-line refusal for families without them."""
+    load = family_named(family).gguf
+    if load is None:
+        names = [f.display_name or f.name for f in FAMILIES if f.gguf is not None]
         raise UnsupportedArchitectureError(
-            f"GGUF export supports the Llama family, Qwen2 and Gemma 3, not {family!r}"
+            f"GGUF export supports {', '.join(names[:-1])} and {names[-1]}, not {family!r}"
         )
-    return GGUF_FAMILIES[family]
+    return load()

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ExportError, UnsupportedArchitectureError
+from prunekit.export.gguf.families import GgufFamily
 from prunekit.export.gguf.layout import (
     GgufLayer,
     GgufLayout,
@@ -237,3 +238,6 @@ def model_tensors(model: nn.Module, adapter: Adapter, layout: GgufLayout) -> Ite
         return _layer_tensors(index, g, layer, adapter, model.config, layout)
 
     yield from decoder_tensors(model, adapter, layout, one_layer, norm=_norm)
+
+
+GGUF = GgufFamily(plan=plan, add_hparams=add_hparams, tensors=model_tensors)

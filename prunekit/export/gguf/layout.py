@@ -47,7 +47,7 @@ class GgufLayer:
 
 @dataclass
 class GgufLayout:
-    arch: Literal["llama", "deci", "gemma3"]
+    arch: str  # llama.cpp's architecture: llama, deci, or the family's own (gemma3, qwen3)
     head_dim: int
     layers: list[GgufLayer]
     padding: list[dict] = field(default_factory=list)
@@ -151,7 +151,7 @@ def kept_layers(shapes: list[LayerShape]) -> list[tuple[int, LayerShape]]:
 
 def plan_layout(shapes: list[LayerShape]) -> GgufLayout:
     """``llama`` or ``deci``, and the per-layer GGUF shapes of a pruned Llama-family or Qwen2
-    model (which families get here is ``families.GGUF_FAMILIES``); one-line refusals."""
+    model (which families get here: their records' ``gguf``); one-line refusals."""
     kept = kept_layers(shapes)
     head_dim = common_head_dim(shapes)
     layers = [gguf_layer(i, s, head_dim, first=not n) for n, (i, s) in enumerate(kept)]

@@ -12,8 +12,9 @@ from typing import Any
 import gguf
 from torch import nn
 
+from prunekit.export.gguf.families import GgufFamily
 from prunekit.export.gguf.layout import GgufLayout, check_model_fits, plan_layout
-from prunekit.export.gguf.tensors import rope_settings
+from prunekit.export.gguf.tensors import model_tensors, rope_settings
 from prunekit.export.per_layer import describe_layers
 from prunekit.models.adapters import Adapter
 
@@ -38,3 +39,6 @@ def add_hparams(writer: gguf.GGUFWriter, config: Any, layout: GgufLayout) -> Non
     if rope["rope_type"] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
+
+
+GGUF = GgufFamily(plan=plan, add_hparams=add_hparams, tensors=model_tensors)

@@ -16,6 +16,9 @@ per-layer overrides). The attributes a layer may override:
 - ``qkv_bias``, ``o_proj_bias``, ``gate_up_bias``, ``down_proj_bias``: which projections carry a
   bias (restoration methods such as FLAP add biases to o_proj/down_proj).
 
+A global ``qk_norm`` (Qwen3) gives every attention block per-head RMS norms of its queries and
+keys, ``q_norm``/``k_norm`` over ``head_dim``, applied before RoPE as the family does.
+
 The KV cache holds one entry per *attention block*: a layer without attention takes no cache
 slot, so ``cache.get_seq_length()`` always reads a layer that has seen the tokens.
 
@@ -166,6 +169,9 @@ class PrunedAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden, num_kv_heads * self.v_head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * self.v_head_dim, hidden, bias=o_bias)
+        if getattr(config, "qk_norm", False):
+            self.q_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(
         self,
@@ -176,8 +182,11 @@ class PrunedAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
-        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim)
+        key = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim)
+        if hasattr(self, "q_norm"):
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
         value = self.v_proj(hidden_states).view(*input_shape, -1, self.v_head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)

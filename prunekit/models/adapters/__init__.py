@@ -1,10 +1,10 @@
-"""Adapter registry: model_type -> the adapter that knows that family."""
+"""Adapter lookup: model_type -> the adapter that knows that family (its record is in
+``prunekit.models.families``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prunekit.errors import UnsupportedArchitectureError
 from prunekit.models.adapters.base import (
     BLOCK_KINDS,
     Adapter,
@@ -13,28 +13,20 @@ from prunekit.models.adapters.base import (
     BlockRef,
     MLPChannels,
 )
-from prunekit.models.adapters.gemma3 import Gemma3Adapter
-from prunekit.models.adapters.llama import LlamaAdapter, Qwen2Adapter
-from prunekit.models.adapters.opt import OPTAdapter
-
-ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, Qwen2Adapter, OPTAdapter, Gemma3Adapter)
-_BY_MODEL_TYPE = {mt: cls for cls in ADAPTERS for mt in cls.model_types}
 
 
+# The registry is imported when first asked: the family records import the adapter modules.
 def supported_model_types() -> list[str]:
-    return sorted(_BY_MODEL_TYPE)
+    from prunekit.models.families import supported_model_types as model_types
+
+    return model_types()
 
 
 def adapter_for_config(config: Any) -> Adapter:
     """The adapter for a transformers config; a clear error for families prunekit lacks."""
-    model_type = getattr(config, "model_type", None)
-    cls = _BY_MODEL_TYPE.get(model_type)
-    if cls is None:
-        raise UnsupportedArchitectureError(
-            f"model_type {model_type!r} is not supported; supported: "
-            + ", ".join(supported_model_types())
-        )
-    adapter = cls()
+    from prunekit.models.families import family_for_config
+
+    adapter = family_for_config(config).adapter()
     adapter.check_supported(config)
     return adapter
 
@@ -44,7 +36,6 @@ def adapter_for(model: Any) -> Adapter:
 
 
 __all__ = [
-    "ADAPTERS",
     "Adapter",
     "AttentionChannels",
     "BLOCK_KINDS",

@@ -58,26 +58,17 @@ The peak is the terms held for the whole run plus the largest sum of one *phase*
 embedding, attention block, MLP block, head): phases do not overlap. On a CPU the compute device
 is the host, so every term is host memory and the device peak is None. Depth methods run in
 memory only for now; their estimate is the model plus the cached states and one batch's logits.
-
-One budget. ``MemoryBudget`` holds ``--max-memory`` (the compute device; on a CPU the process's
-anonymous memory) and ``--max-host-memory`` in bytes above the started process (the framework
-terms are not counted against it). ``choose_run`` predicts, from the config alone, the first of
-in memory, in memory with the calibration states offloaded (GPU), streamed, streamed and
-offloaded that fits, and says so in one line; nothing fitting is a one-line error naming the
-predicted need. Other engines size their chunks and buffers from ``MemoryBudget.compute_limit``
-and ``host_limit`` (the export's shards: ``shard_size_for``; row slices: ``row_slice_bytes_for``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from prunekit.errors import SettingsError
+from prunekit.memory.budget import MiB
 from prunekit.models.shapes import ModelShapes, model_shapes
 
-MiB = 2**20
-GiB = 2**30
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 FINGERPRINT_SAMPLES = 1 << 18  # models.fingerprint.SAMPLE_ELEMENTS
 FINGERPRINT_BYTES_PER_SAMPLE = 5  # bf16 samples 2 + their concatenation 2 + signs (int8) 1
@@ -273,7 +264,7 @@ def _weight_terms(
 def _fingerprint_samples(s: ModelShapes) -> int:
     """Sampled values of the fingerprint: the embedding and each matrix of two layers."""
     h, i, q, kv = s.hidden_size, s.intermediate_size, s.attn_width, s.num_kv_heads * s.head_dim
-    matrices = [h * q, h * kv, h * kv, q * h] + [h * i] * (2 if s.family == "opt" else 3)
+    matrices = [h * q, h * kv, h * kv, q * h] + [h * i] * s.mlp_matrices
     per_layer = sum(min(m, FINGERPRINT_SAMPLES) for m in matrices)
     layers = 1 if s.num_layers == 1 else 2
     return min(s.embedding_params, FINGERPRINT_SAMPLES) + layers * per_layer
@@ -335,8 +326,8 @@ def _calibration_terms(
 
 
 def _kwargs_bytes(s: ModelShapes, settings: MemorySettings, b: int) -> int:
-    kinds = 2 if s.family == "gemma3" else 1  # Gemma 3: local and global rotary and masks
-    rotary = 0 if s.family == "opt" else kinds * 2 * settings.seqlen * s.head_dim * b
+    kinds = s.attention_kinds  # Gemma 3: local and global rotary tables and masks
+    rotary = kinds * 2 * settings.seqlen * s.head_dim * b if s.rotary else 0
     mask = kinds * settings.seqlen**2 * b if settings.attn_implementation == "eager" else 0
     return rotary + mask
 
@@ -402,229 +393,3 @@ def _streamed_depth_terms(
         MemoryTerm("layer kwargs", _kwargs_bytes(s, settings, b), compute, ALWAYS, "rotary, mask"),
         MemoryTerm("shard buffer", 2 * shard, "host", "export", "one output shard + a tensor"),
     ]
-
-
-# ---- one budget ----------------------------------------------------------------------------
-# Binary units for K/M/G/T and KiB/MiB/GiB/TiB, decimal for KB/MB/GB/TB (as disk and hub sizes).
-MEMORY_UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 2**10,
-    "M": 2**20,
-    "G": 2**30,
-    "T": 2**40,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-}
-MIN_SHARD_SIZE = 1 * MiB
-DEFAULT_ROW_SLICE_BYTES = 64 * MiB  # rows of a big tensor read at a time without a budget
-SHARD_FRACTION = 16  # a budget gives the export's shard buffer this fraction of itself
-
-
-def parse_memory_size(size: int | str, option: str = "--max-memory") -> int:
-    """Bytes in a size such as 80MB, 2GiB, 24GB, 512M or a plain byte count."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        value = size
-    else:
-        text = str(size).strip().replace(" ", "")
-        number = text.rstrip("BbKkMmGgTtIi")
-        unit = text[len(number) :].upper()
-        try:
-            value = int(float(number) * MEMORY_UNITS[unit])
-        except (KeyError, ValueError):
-            raise SettingsError(
-                f"{option} {size!r} is not a size; use e.g. 80MB, 2GiB or 24GB"
-            ) from None
-    if value <= 0:
-        raise SettingsError(f"{option} must be positive, got {size!r}")
-    return value
-
-
-def format_bytes(size: int) -> str:
-    for unit, scale in (("TiB", 2**40), ("GiB", GiB), ("MiB", MiB)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size / 2**10:.0f} KiB"
-
-
-@dataclass(frozen=True)
-class MemoryBudget:
-    """What a run may allocate, in bytes above the started process (the imports and the CUDA
-    context are not counted); None: no limit.
-
-    ``device`` (``--max-memory``) bounds the compute device; ``host`` (``--max-host-memory``)
-    the host. On a CPU the compute device *is* the host: both bound the process's anonymous
-    memory (RssAnon), the smaller one wins. Depth and width engines size their chunks and
-    buffers from ``compute_limit``/``host_limit``.
-    """
-
-    device: int | None = None
-    host: int | None = None
-
-    @classmethod
-    def parse(
-        cls, max_memory: int | str | None = None, max_host_memory: int | str | None = None
-    ) -> MemoryBudget:
-        return cls(
-            None if max_memory is None else parse_memory_size(max_memory, "--max-memory"),
-            None
-            if max_host_memory is None
-            else parse_memory_size(max_host_memory, "--max-host-memory"),
-        )
-
-    @property
-    def given(self) -> bool:
-        return self.device is not None or self.host is not None
-
-    def compute_limit(self, device: str) -> int | None:
-        """Bytes the compute device may hold (on a CPU: the host's limit)."""
-        return self.device if device.startswith("cuda") else self.host_limit(device)
-
-    def host_limit(self, device: str) -> int | None:
-        if device.startswith("cuda"):
-            return self.host
-        limits = [v for v in (self.device, self.host) if v is not None]
-        return min(limits) if limits else None
-
-    def as_dict(self) -> dict[str, int | None]:
-        return {"device": self.device, "host": self.host}
-
-
-def shard_size_for(budget: MemoryBudget, device: str, requested: int) -> int:
-    """The export's shard size under a budget: a sixteenth of the host's, at most ``requested``
-    (the shard buffer and its serialization live on the host beside the layer)."""
-    limit = budget.host_limit(device)
-    if limit is None:
-        return requested
-    return min(requested, max(MIN_SHARD_SIZE, limit // SHARD_FRACTION))
-
-
-def row_slice_bytes_for(budget: MemoryBudget, device: str) -> int:
-    """Bytes of one row slice of a big tensor (embedding, LM head) read under a budget."""
-    limits = [v for v in (budget.compute_limit(device), budget.host_limit(device)) if v]
-    if not limits:
-        return DEFAULT_ROW_SLICE_BYTES
-    return min(DEFAULT_ROW_SLICE_BYTES, max(MIN_SHARD_SIZE, min(limits) // SHARD_FRACTION))
-
-
-@dataclass(frozen=True)
-class RunChoice:
-    """How a run fits its budget: in memory or streamed, calibration states offloaded or not,
-    the prediction it was chosen on, and the line that says so (None when nothing changed)."""
-
-    streamed: bool
-    offload_activations: bool
-    plan: MemoryPlan
-    message: str | None = None
-
-    @property
-    def mode(self) -> str:
-        return "streamed" if self.streamed else "in-memory"
-
-
-def predicted_need(plan: MemoryPlan) -> dict[str, int | None]:
-    """Predicted peak growth above the started process: {"device": bytes or None, "host": ...}."""
-    return {
-        "device": plan.growth("device") if plan.on_gpu else None,
-        "host": plan.growth("host"),
-    }
-
-
-def shortfall(plan: MemoryPlan, budget: MemoryBudget) -> str | None:
-    """Why ``plan`` does not fit ``budget`` ("needs ~X in memory on cuda, budget Y"), None when
-    it fits."""
-    need, device = predicted_need(plan), plan.settings.device
-    checks = [("host", need["host"], budget.host_limit(device))]
-    if plan.on_gpu:
-        checks.insert(0, (device, need["device"], budget.compute_limit(device)))
-    mode = "streamed" if plan.settings.streamed else "in memory"
-    for where, needed, limit in checks:
-        if limit is not None and needed is not None and needed > limit:
-            return (
-                f"needs ~{format_bytes(needed)} {mode} on the {where}, budget {format_bytes(limit)}"
-            )
-    return None
-
-
-def choose_run(
-    config: Any,
-    settings: MemorySettings,
-    budget: MemoryBudget,
-    *,
-    stream: bool | None = None,
-    offload_activations: bool | None = None,
-    stream_refusal: str | None = None,
-) -> RunChoice:
-    """In memory when the run fits ``budget``, else streamed (then with the calibration states on
-    the host, on a GPU), predicted from the config alone before any weight is read.
-
-    ``stream``/``offload_activations``: True or False force the choice, None lets the budget
-    decide. ``stream_refusal``: why the method cannot stream (None when it can). Raises a
-    one-line ``SettingsError`` naming the predicted need when nothing fits.
-    """
-    on_gpu = settings.device.startswith("cuda")
-    offloads = [False, True] if on_gpu else [False]
-    if offload_activations is not None:
-        offloads = [offload_activations and on_gpu]
-    modes = [False, True] if stream is None else [stream]
-    if stream_refusal is not None:
-        modes = [m for m in modes if not m]
-    plans = []
-    for streamed in modes:
-        for offload in offloads:
-            plan = plan_memory(
-                config, replace(settings, streamed=streamed, offload_activations=offload)
-            )
-            plans.append(plan)
-            if shortfall(plan, budget) is None:
-                return RunChoice(streamed, offload, plan, _choice_message(plans, budget))
-    return _no_fit(plans, budget, stream_refusal)
-
-
-def _choice_message(plans: list[MemoryPlan], budget: MemoryBudget) -> str | None:
-    """The line a run prints when the budget changed how it runs (None when it did not)."""
-    if len(plans) == 1:
-        return None
-    chosen = plans[-1].settings
-    how = "streaming layer by layer" if chosen.streamed else "in memory"
-    if chosen.offload_activations:
-        how += ", calibration states on the host"
-    return f"model {shortfall(plans[0], budget)}: {how}"
-
-
-def _no_fit(plans: list[MemoryPlan], budget: MemoryBudget, refusal: str | None) -> RunChoice:
-    message = f"the run {shortfall(plans[-1], budget)}"
-    if refusal and not plans[-1].settings.streamed:
-        message += f" ({refusal})"
-    raise SettingsError(f"{message}: raise --max-memory/--max-host-memory or use a bigger device")
-
-
-def memory_record(
-    mode: str,
-    choice: RunChoice | None,
-    budget: MemoryBudget,
-    measured: Any,
-    max_shard_size: int | None = None,
-) -> dict[str, Any]:
-    """report.json's ``memory``: the mode, the budget, the predicted and the measured peaks (all
-    in bytes above the process at the run's start; docs/report-schema.md)."""
-    predicted = predicted_need(choice.plan) if choice else {"device": None, "host": None}
-    record: dict[str, Any] = {
-        "mode": mode,
-        "budget": budget.as_dict(),
-        "offload_activations": bool(choice and choice.offload_activations),
-        "predicted": {
-            "device_peak_bytes": predicted["device"],
-            "host_peak_bytes": predicted["host"],
-        },
-        "measured": measured.as_dict(),
-    }
-    if max_shard_size is not None:
-        record["max_shard_size"] = max_shard_size
-    return record
