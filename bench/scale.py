@@ -171,7 +171,7 @@ def predicted(source: str, method: str, streamed: bool) -> int | None:
 def one_layer_bytes(source: str) -> int:
     from transformers import AutoConfig
 
-    from prunekit.models.shapes import model_shapes
+    from prunekit.models.families import model_shapes
 
     return model_shapes(AutoConfig.from_pretrained(source)).layer_params * 2  # bf16
 

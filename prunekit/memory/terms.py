@@ -67,7 +67,8 @@ from typing import Any
 
 from prunekit.errors import SettingsError
 from prunekit.memory.budget import MiB
-from prunekit.models.shapes import ModelShapes, model_shapes
+from prunekit.models.families import model_shapes
+from prunekit.models.shapes import ModelShapes
 
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 FINGERPRINT_SAMPLES = 1 << 18  # models.fingerprint.SAMPLE_ELEMENTS

@@ -3,10 +3,10 @@
 The memory model (``prunekit.memory``) needs the size of one decoder layer, of its attention and
 MLP blocks, of the embedding and of an untied LM head for models far larger than the machine
 (70B), so the counts come from the config's fields. Each family record
-(``prunekit.models.families``) says how its config becomes a ``ModelShapes``; the gated-MLP
-families share ``gated_shapes`` here, told which projections carry a bias and which norms there
-are. ``tests/unit/test_memory_model.py`` checks every count against ``sum(p.numel())`` of the
-real tiny model of every family, tied and untied.
+(``prunekit.models.families``, whose ``model_shapes`` looks it up) says how its config becomes a
+``ModelShapes``; the gated-MLP families share ``gated_shapes`` here, told which projections carry
+a bias and which norms there are. ``tests/unit/test_memory_model.py`` checks every count against
+``sum(p.numel())`` of the real tiny model of every family, tied and untied.
 """
 
 from __future__ import annotations
@@ -60,13 +60,6 @@ class ModelShapes:
     def largest_tensor(self) -> int:
         """Elements of the largest single tensor (the embedding or head, or an MLP matrix)."""
         return max(self.vocab_size * self.hidden_size, self.hidden_size * self.intermediate_size)
-
-
-def model_shapes(config: Any) -> ModelShapes:
-    """The shapes of the model ``config`` describes (a supported family; clear error otherwise)."""
-    from prunekit.models.families import family_for_config  # the records import this module
-
-    return family_for_config(config).shapes(config)
 
 
 def head_dim_of(config: Any) -> int:

@@ -14,17 +14,11 @@ from typing import Any
 import torch
 
 from prunekit.models.families import FAMILIES
-
-TINY_VOCAB = 320
-TINY_SLIDING_WINDOW = 8
-# The shapes most tiny configs share (the family records build their configs from them).
-TINY_COMMON = dict(vocab_size=TINY_VOCAB, max_position_embeddings=256, tie_word_embeddings=False)
-TINY_GQA = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+from prunekit.models.tiny_sizes import (  # noqa: F401  (re-exported)
+    TINY_COMMON,
+    TINY_GQA,
+    TINY_SLIDING_WINDOW,
+    TINY_VOCAB,
 )
 
 _SAMPLE_TEXT = (

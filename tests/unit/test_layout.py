@@ -12,8 +12,6 @@ PACKAGE = Path(prunekit.__file__).parent
 MAX_LINES = 600
 # The exported modeling file is copied beside the weights as one file: it cannot be split.
 LONG_FILES = {"export/shim/modeling_prunekit_llama.py"}
-# split in progress (issue 25): another engineer splits memory.py.
-LONG_FILES |= {"memory.py"}
 
 
 def module_files() -> dict[str, Path]:

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from prunekit.memory import MemorySettings, plan_memory
-from prunekit.models.shapes import model_shapes
+from prunekit.models.families import model_shapes
 from prunekit.models.tiny import TINY_FAMILIES, save_tiny, tiny_config
 from tests.unit.test_streamed_width import BIG, MEMORY_SETTINGS
 

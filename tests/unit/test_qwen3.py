@@ -23,11 +23,12 @@ from prunekit.errors import ExportError, UnsupportedArchitectureError
 from prunekit.export.gguf import export_gguf
 from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BlockRef
+from prunekit.models.families import model_shapes
 from prunekit.models.families.qwen3 import TINY_HEAD_DIM
 from prunekit.models.loading import from_model
-from prunekit.models.shapes import model_shapes
 from prunekit.models.tiny import TINY_VOCAB, tiny_config, tiny_model, tiny_tokenizer
 from prunekit.surgery.depth import remove_blocks
 from prunekit.surgery.width import set_consumer, slice_heads, slice_mlp, slice_value_channels

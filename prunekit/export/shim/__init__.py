@@ -9,46 +9,8 @@ Which shim a family uses (and what it must tell the shim) is its record's ``shim
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
-from typing import Any
-
 from prunekit.errors import UnsupportedArchitectureError
-
-SHIM_DIR = Path(__file__).parent
-
-
-@dataclass(frozen=True)
-class Shim:
-    module: str  # file stem, also the module name inside the export directory
-    config_class: str
-    model_class: str
-
-    @property
-    def path(self) -> Path:
-        return SHIM_DIR / f"{self.module}.py"
-
-    @property
-    def model_type(self) -> str:
-        return self.load().__dict__[self.config_class].model_type
-
-    def load(self) -> ModuleType:
-        return importlib.import_module(f"{__name__}.{self.module}")
-
-    def classes(self) -> tuple[Any, Any]:
-        module = self.load()
-        return getattr(module, self.config_class), getattr(module, self.model_class)
-
-    def auto_map(self) -> dict[str, str]:
-        return {
-            "AutoConfig": f"{self.module}.{self.config_class}",
-            "AutoModelForCausalLM": f"{self.module}.{self.model_class}",
-        }
-
-
-LLAMA_SHIM = Shim("modeling_prunekit_llama", "PrunekitLlamaConfig", "PrunekitLlamaForCausalLM")
+from prunekit.export.shim.spec import LLAMA_SHIM, SHIM_DIR, Shim  # noqa: F401  (re-exported)
 
 
 def shims_by_family() -> dict[str, Shim]:

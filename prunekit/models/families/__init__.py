@@ -15,6 +15,7 @@ from prunekit.models.families.gemma3 import GEMMA3
 from prunekit.models.families.llama import LLAMA, QWEN2
 from prunekit.models.families.opt import OPT
 from prunekit.models.families.qwen3 import QWEN3
+from prunekit.models.shapes import ModelShapes
 
 FAMILIES: tuple[Family, ...] = (LLAMA, QWEN2, OPT, GEMMA3, QWEN3)
 _BY_MODEL_TYPE = {mt: f for f in FAMILIES for mt in f.model_types}
@@ -40,12 +41,18 @@ def family_for_config(config: Any) -> Family:
     return family_for_model_type(getattr(config, "model_type", None))
 
 
+def model_shapes(config: Any) -> ModelShapes:
+    """The shapes of the model ``config`` describes (a supported family; clear error otherwise)."""
+    return family_for_config(config).shapes(config)
+
+
 def family_named(name: str) -> Family:
     """The record of an adapter family name (``Adapter.family``)."""
     return _BY_NAME[name]
 
 
 __all__ = [
+    "model_shapes",
     "FAMILIES",
     "Family",
     "family_for_config",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prunekit.export.gguf.families import GgufFamily
-    from prunekit.export.shim import Shim
+    from prunekit.export.shim.spec import Shim
     from prunekit.models.adapters.base import Adapter
     from prunekit.models.shapes import ModelShapes
 

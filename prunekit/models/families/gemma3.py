@@ -14,7 +14,7 @@ def tiny_gemma3() -> Any:
     """Sliding-window and global layers alternating (window 8)."""
     from transformers import Gemma3TextConfig
 
-    from prunekit.models.tiny import TINY_COMMON, TINY_GQA, TINY_SLIDING_WINDOW
+    from prunekit.models.tiny_sizes import TINY_COMMON, TINY_GQA, TINY_SLIDING_WINDOW
 
     return Gemma3TextConfig(
         **TINY_GQA,

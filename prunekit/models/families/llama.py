@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prunekit.export.shim import LLAMA_SHIM
+from prunekit.export.shim.spec import LLAMA_SHIM
 from prunekit.models.adapters.llama import LlamaAdapter, Qwen2Adapter
 from prunekit.models.families.base import Family, gguf_module
 from prunekit.models.shapes import ModelShapes, gated_shapes
@@ -13,7 +13,7 @@ from prunekit.models.shapes import ModelShapes, gated_shapes
 def tiny_llama() -> Any:
     from transformers import LlamaConfig
 
-    from prunekit.models.tiny import TINY_COMMON, TINY_GQA
+    from prunekit.models.tiny_sizes import TINY_COMMON, TINY_GQA
 
     return LlamaConfig(**TINY_GQA, **TINY_COMMON)
 
@@ -22,7 +22,7 @@ def tiny_mistral() -> Any:
     """Mistral: the sliding window on every layer (8 tokens, shorter than the test sequences)."""
     from transformers import MistralConfig
 
-    from prunekit.models.tiny import TINY_COMMON, TINY_GQA, TINY_SLIDING_WINDOW
+    from prunekit.models.tiny_sizes import TINY_COMMON, TINY_GQA, TINY_SLIDING_WINDOW
 
     return MistralConfig(**TINY_GQA, sliding_window=TINY_SLIDING_WINDOW, **TINY_COMMON)
 
@@ -30,7 +30,7 @@ def tiny_mistral() -> Any:
 def tiny_qwen2() -> Any:
     from transformers import Qwen2Config
 
-    from prunekit.models.tiny import TINY_COMMON, TINY_GQA
+    from prunekit.models.tiny_sizes import TINY_COMMON, TINY_GQA
 
     return Qwen2Config(**TINY_GQA, **TINY_COMMON)
 

@@ -13,7 +13,7 @@ from prunekit.models.shapes import ModelShapes
 def tiny_opt() -> Any:
     from transformers import OPTConfig
 
-    from prunekit.models.tiny import TINY_COMMON
+    from prunekit.models.tiny_sizes import TINY_COMMON
 
     return OPTConfig(
         hidden_size=64,

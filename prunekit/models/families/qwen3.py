@@ -18,27 +18,16 @@ Everything prunekit knows about Qwen3 is in this file:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from prunekit.errors import ExportError, UnsupportedArchitectureError
-from prunekit.export.shim import LLAMA_SHIM
-from prunekit.models.adapters.base import Adapter
+from prunekit.export.shim.spec import LLAMA_SHIM
 from prunekit.models.adapters.llama import LlamaAdapter
-from prunekit.models.families.base import Family
+from prunekit.models.families.base import Family, gguf_module
 from prunekit.models.shapes import ModelShapes, gated_shapes
 
-if TYPE_CHECKING:
-    import gguf
-
-    from prunekit.export.gguf.families import GgufFamily
-    from prunekit.export.gguf.layout import GgufLayer, GgufLayout
-    from prunekit.export.gguf.tensors import TensorSpec
-
-GGUF_ARCH = "qwen3"
 TINY_HEAD_DIM = 24
 
 
@@ -55,134 +44,13 @@ class Qwen3Adapter(LlamaAdapter):
 def tiny_qwen3() -> Any:
     from transformers import Qwen3Config
 
-    from prunekit.models.tiny import TINY_COMMON, TINY_GQA
+    from prunekit.models.tiny_sizes import TINY_COMMON, TINY_GQA
 
     return Qwen3Config(**TINY_GQA, head_dim=TINY_HEAD_DIM, **TINY_COMMON)
 
 
 def qwen3_shapes(config: Any) -> ModelShapes:
     return gated_shapes(config, "qwen3", qk_norms=True)
-
-
-# ---- GGUF (llama.cpp's qwen3); the gguf modules are imported only when a file is written ----
-def _check_config(config: Any) -> None:
-    from prunekit.export.gguf.tensors import rope_settings
-
-    act = getattr(config, "hidden_act", "silu")
-    if act != "silu":
-        raise UnsupportedArchitectureError(f"GGUF qwen3 uses SiLU, not {act!r}")
-    kind = rope_settings(config)["rope_type"]
-    if kind not in ("default", "linear"):
-        raise UnsupportedArchitectureError(
-            f"GGUF qwen3 writes default or linear RoPE, not {kind!r}"
-        )
-
-
-def _check_blocks(index: int, shape: Any) -> None:
-    if not (shape.has_attn and shape.has_mlp):
-        lost = "MLP" if shape.has_attn else "attention"
-        raise ExportError(
-            f"GGUF qwen3 cannot skip single blocks (layer {index} lost its {lost}): llama.cpp "
-            "runs both blocks of every layer, so only whole layers can be removed"
-        )
-    if shape.qkv_bias or shape.o_proj_bias or shape.gate_up_bias or shape.down_proj_bias:
-        raise UnsupportedArchitectureError(f"GGUF qwen3 has no biases (layer {index} has)")
-
-
-def _check_attention(index: int, attention: dict, head_dim: int) -> None:
-    if attention.get("sliding_window") is not None:
-        raise UnsupportedArchitectureError(
-            f"GGUF qwen3 has no sliding-window attention (layer {index})"
-        )
-    if abs(attention["scaling"] - head_dim**-0.5) > 1e-6:
-        raise UnsupportedArchitectureError(
-            f"GGUF qwen3 scales queries by 1/sqrt(head size), not {attention['scaling']}"
-        )
-
-
-def gguf_plan(model: nn.Module, adapter: Adapter) -> GgufLayout:
-    """The qwen3 file's layout, or a one-line refusal naming what llama.cpp cannot run."""
-    from prunekit.export.gguf.layout import (
-        GgufLayout,
-        common_head_dim,
-        gguf_layer,
-        kept_layers,
-        padding_records,
-    )
-    from prunekit.export.per_layer import describe_layers
-
-    config = model.config
-    _check_config(config)
-    shapes = describe_layers(model, adapter)
-    kept = kept_layers(shapes)
-    head_dim = common_head_dim(shapes)
-    modules = adapter.layers(model)
-    for index, shape in kept:
-        _check_blocks(index, shape)
-        attn = adapter.attention_channels(modules[index], config).module
-        _check_attention(index, adapter.attention_call_kwargs(attn), head_dim)
-    layers = [gguf_layer(i, s, head_dim, first=False) for i, s in kept]
-    for what, values in (
-        ("MLP widths", [g.n_ff for g in layers]),
-        ("attention head counts", [g.n_head for g in layers]),
-        ("KV head counts", [g.n_head_kv for g in layers]),
-    ):
-        if len(set(values)) > 1:
-            raise ExportError(
-                f"GGUF qwen3 has one shape for every layer; this model has per-layer {what} "
-                f"{values}"
-            )
-    return GgufLayout(
-        arch=GGUF_ARCH, head_dim=head_dim, layers=layers, padding=padding_records(layers, head_dim)
-    )
-
-
-def gguf_hparams(writer: gguf.GGUFWriter, config: Any, layout: GgufLayout) -> None:
-    import gguf
-
-    from prunekit.export.gguf.tensors import rope_settings
-
-    first = layout.layers[0]
-    writer.add_feed_forward_length(first.n_ff)
-    writer.add_head_count(first.n_head)
-    writer.add_head_count_kv(first.n_head_kv)
-    writer.add_rope_dimension_count(layout.head_dim)
-    rope = rope_settings(config)
-    writer.add_rope_freq_base(float(rope["rope_theta"]))
-    if rope["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
-
-
-def gguf_tensors(model: nn.Module, adapter: Adapter, layout: GgufLayout) -> Iterator[TensorSpec]:
-    """Every tensor of the qwen3 file in file order, each built only when written."""
-    from prunekit.export.gguf.names import layer_name
-    from prunekit.export.gguf.tensors import (
-        attention_weights,
-        decoder_tensors,
-        mlp_weights,
-        norm_spec,
-    )
-
-    config = model.config
-
-    def one_layer(index: int, g: GgufLayer, layer: nn.Module) -> Iterator[TensorSpec]:
-        attn = adapter.attention_channels(layer, config)
-        yield norm_spec(layer_name("attn_norm", index), layer.input_layernorm.weight)
-        # NEOX RoPE rotates halves, as transformers does: q/k rows keep their order.
-        yield from attention_weights(index, g, attn, layout.head_dim, interleave=False)
-        yield norm_spec(layer_name("q_norm", index), attn.module.q_norm.weight)
-        yield norm_spec(layer_name("k_norm", index), attn.module.k_norm.weight)
-        yield norm_spec(layer_name("ffn_norm", index), layer.post_attention_layernorm.weight)
-        yield from mlp_weights(index, adapter.mlp_channels(layer))
-
-    yield from decoder_tensors(model, adapter, layout, one_layer)
-
-
-def gguf_writer() -> GgufFamily:
-    from prunekit.export.gguf.families import GgufFamily
-
-    return GgufFamily(plan=gguf_plan, add_hparams=gguf_hparams, tensors=gguf_tensors)
 
 
 QWEN3 = Family(
@@ -193,6 +61,6 @@ QWEN3 = Family(
     tiny_matrix=False,  # tests/unit/test_qwen3.py: the family suite's paths, at a fraction
     shim=LLAMA_SHIM,
     shim_settings={"qk_norm": True},
-    gguf=gguf_writer,
+    gguf=gguf_module("prunekit.export.gguf.qwen3"),
     display_name="Qwen3",
 )
