@@ -43,7 +43,7 @@ from prunekit.api import prune
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.depth.common import HALVES, half_windows
-from prunekit.methods.depth.criteria import DivergenceRunner
+from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import LoadedModel, load_model
@@ -107,9 +107,9 @@ def held_out_scores(dense: LoadedModel, calib: dict, trajectory: list[dict], ste
     gone = {b for e in trajectory[:steps] for b in e["blocks"]}
     scores = {}
     for half in HALVES:
-        runner = DivergenceRunner(dense, half_windows(windows, half))
+        runner = DepthRunner(dense, half_windows(windows, half), "kl")
         active = [b for b in runner.blocks() if str(b) not in gone]
-        kl = sum(runner.model_nll(active))
+        kl = sum(runner.model_losses(active))
         nll = runner.reported_nll(active, kl)
         scores[half] = {"ppl": math.exp(nll / runner.tokens), "kl": kl / runner.tokens}
     return scores
@@ -297,7 +297,7 @@ def render_prefix(
         lines += ["## Fast exact search vs naive search", ""]
         if speed.get("source"):
             lines += [f"Measured alone by `bench/depth.py --speed-only` ({speed['source']}).", ""]
-        lines += fast_vs_naive_lines(speed) + group_of_one_lines(speed) + [""]
+        lines += fast_vs_naive_lines(speed) + chunk_of_one_lines(speed) + [""]
     return "\n".join(lines)
 
 
@@ -363,14 +363,12 @@ def run_methods(
 
 
 # The searches the speed section compares (same K and calibration): the default fast search, the
-# naive oracle, and the fast search with groups of one candidate (what an 8B model gets at
-# 128 x 2048 calibration tokens, where one candidate's states exceed GROUP_BYTES) in the old
-# position order and in the ranked order (the likely winner settled first).
+# naive oracle, and the fast search in chunks of one window (what a big model gets when the
+# states of every candidate do not fit the budget: the two-pass step, methods/depth/step.py).
 SPEED_MODES = {
     "fast": {},
     "naive": {"naive": True},
-    "group1-position": {"group_bytes": 1, "order": "position"},
-    "group1-ranked": {"group_bytes": 1, "order": "ranked"},
+    "chunk1": {"state_bytes": 1},
 }
 
 
@@ -408,10 +406,10 @@ def speed_comparison(dense: LoadedModel, args: argparse.Namespace) -> dict:
     }
 
 
-def group_of_one_lines(speed: dict) -> list[str]:
-    """The skip rate with groups of one candidate, position order vs ranked order."""
+def chunk_of_one_lines(speed: dict) -> list[str]:
+    """The skip rate of the two-pass step (chunks of one window) beside the one-pass step."""
     evals = speed["window_evals"]
-    if not {"group1-position", "group1-ranked"} <= set(evals):
+    if not {"fast", "chunk1"} <= set(evals):
         return []
     naive = speed.get("naive_window_evals") or evals["naive"]
 
@@ -420,12 +418,11 @@ def group_of_one_lines(speed: dict) -> list[str]:
 
     return [
         "",
-        "Groups of one candidate (`group_bytes=1`: an 8B model at 128 x 2048 calibration tokens "
-        "gets them, since one candidate's final states exceed 1 GiB), same K and calibration: "
-        f"full LM heads of {naive} candidate-window pairs, position order (before) "
-        f"{skipped('group1-position')}, ranked order with the likely winner settled first (after) "
-        f"{skipped('group1-ranked')}; wall time {speed['seconds']['group1-position']:.1f} s vs "
-        f"{speed['seconds']['group1-ranked']:.1f} s. Same removal order in every mode measured "
+        "Chunks of one window (`state_bytes=1`: the two-pass step a big model gets when the "
+        "states of every candidate do not fit), same K and calibration: full LM heads of "
+        f"{naive} candidate-window pairs, one pass {skipped('fast')}, two passes "
+        f"{skipped('chunk1')}; wall time {speed['seconds']['fast']:.1f} s vs "
+        f"{speed['seconds']['chunk1']:.1f} s. Same removal order in every mode measured "
         f"({', '.join(speed['seconds'])}): {speed['same_order']}.",
     ]
 
@@ -469,7 +466,7 @@ def render(
             "",
         ]
     lines += fast_vs_naive_lines(speed)
-    lines += group_of_one_lines(speed)
+    lines += chunk_of_one_lines(speed)
     lines += ["", "Branch and bound over the full searches (greedy rows of the table):", ""]
     for row in rows[1:]:
         if row.get("naive_window_evals"):
@@ -576,7 +573,7 @@ def main() -> None:
         speed = speed_comparison(dense, args)
     if args.speed_only:
         text = "\n".join(
-            ["## Fast exact search", "", *fast_vs_naive_lines(speed), *group_of_one_lines(speed)]
+            ["## Fast exact search", "", *fast_vs_naive_lines(speed), *chunk_of_one_lines(speed)]
         )
         args.out.write_text(text + "\n")
         args.out.with_suffix(".json").write_text(

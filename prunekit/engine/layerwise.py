@@ -18,10 +18,9 @@ from prunekit.models.adapters import BLOCK_KINDS, Adapter, BlockKind, BlockRef
 
 
 class CalibrationBlocks:
-    """What every runner over calibration windows tells the depth search, whether it holds the
-    model (``BlockRunner``) or streams it (``LayerMajorRunner``). Subclasses set ``windows``
-    ([n, seqlen] token ids), ``skip_first`` (1 when a BOS starts every window), ``layers`` and
-    ``adapter``."""
+    """What a runner over calibration windows (``engine/executor.LayerExecutor``) tells the depth
+    search. Subclasses set ``windows`` ([n, seqlen] token ids), ``skip_first`` (1 when a BOS
+    starts every window), ``layers`` and ``adapter``."""
 
     windows: torch.Tensor
     skip_first: int

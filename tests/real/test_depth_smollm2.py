@@ -8,8 +8,9 @@ import dataclasses
 import pytest
 import torch
 
-from prunekit.methods.depth.calibration import BlockRunner, settings_windows
+from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.depth.common import block_units, unit_parameters
+from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.depth.search import Target, greedy_search
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BlockRef
@@ -23,7 +24,7 @@ def test_fast_search_equals_naive_search(smollm2_fp32, data_dir) -> None:
     # Tiny calibration keeps the naive oracle (a full forward per candidate) affordable on a
     # 2-core AVX2 CPU; equality, not the quality of the plan, is the point.
     settings = PruneSettings(calib="c4", n_samples=2, seqlen=16, seed=0)
-    runner = BlockRunner(smollm2_fp32, settings_windows(smollm2_fp32, settings))
+    runner = DepthRunner(smollm2_fp32, settings_windows(smollm2_fp32, settings))
     units = block_units(runner, "both", set())
     params = unit_parameters(runner, units)
     target = Target(None, 2, count_parameters(smollm2_fp32.model))

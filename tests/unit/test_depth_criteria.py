@@ -13,9 +13,9 @@ from prunekit.api import prune
 from prunekit.data import calibration_windows, tokenize_text
 from prunekit.errors import PlanError, SettingsError
 from prunekit.methods.depth import blockpruner as blockpruner_module
-from prunekit.methods.depth.calibration import BlockRunner
 from prunekit.methods.depth.common import block_units, half_windows, layer_units, unit_parameters
-from prunekit.methods.depth.criteria import CRITERIA, DivergenceRunner, make_runner
+from prunekit.methods.depth.criteria import CRITERIA
+from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.depth.search import Target, greedy_search
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import from_model
@@ -51,10 +51,10 @@ def test_kl_matches_a_direct_computation(family: str) -> None:
     forward passes (surgery), computed with torch's kl_div over the whole vocabulary."""
     loaded = _loaded(family)
     windows = _windows(loaded)
-    runner = DivergenceRunner(loaded, windows)
+    runner = DepthRunner(loaded, windows, "kl")
     removed = [BlockRef(1, "mlp"), BlockRef(2, "attn")]
     active = [b for b in runner.blocks() if b not in removed]
-    kl = sum(runner.window_nll(runner.run(runner.embedded(w), active), w) for w in range(3))
+    kl = sum(runner.model_losses(active))
 
     pruned = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
     remove_blocks(pruned, removed)
@@ -71,23 +71,21 @@ def test_kl_matches_a_direct_computation(family: str) -> None:
     assert kl > 0.01
     assert kl == pytest.approx(float(direct), rel=1e-3)
     # The dense model is at distance 0 from itself; the NLL it reports is the plain NLL.
-    dense = runner.blocks()
-    assert runner.window_nll(runner.run(runner.embedded(0), dense), 0) == pytest.approx(0, abs=1e-6)
-    plain = BlockRunner(loaded, windows)
+    assert runner.model_losses(runner.blocks()) == pytest.approx([0.0] * 3, abs=1e-6)
+    plain = DepthRunner(loaded, windows)
     assert runner.reported_nll(active, kl) == pytest.approx(sum(plain.model_nll(active)))
+    assert sum(plain.model_losses(active)) == pytest.approx(sum(plain.model_nll(active)))
 
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_kl_bound_is_below_the_exact_kl(family: str) -> None:
     loaded = _loaded(family)
-    runner = DivergenceRunner(loaded, _windows(loaded))
+    runner = DepthRunner(loaded, _windows(loaded), "kl")
     blocks = runner.blocks()
     tight = 0
     for gone in blocks:
         active = [b for b in blocks if b != gone]
-        for w in range(runner.num_windows):
-            final = runner.run(runner.embedded(w), active)
-            exact, bound = runner.window_nll(final, w), runner.window_bound(final, w)
+        for bound, exact in runner.model_losses(active, bounds=True):
             assert 0.0 <= bound <= exact
             tight += bound > 0.1 * exact  # 1/8 of a random tiny vocabulary: p(S) is small
     assert tight > len(blocks)  # a bound of 0 everywhere would be valid and useless
@@ -100,7 +98,7 @@ def test_fast_search_equals_naive_for_every_criterion_and_set(
     family: str, criterion: str, candidates: str
 ) -> None:
     loaded = _loaded(family)
-    runner = make_runner(loaded, _windows(loaded), criterion)
+    runner = DepthRunner(loaded, _windows(loaded), criterion)
     units = block_units(runner, candidates, {0})
     fast = _orders(runner, units, criterion, 3)
     assert fast == _orders(runner, units, criterion, 3, naive=True)
@@ -109,7 +107,7 @@ def test_fast_search_equals_naive_for_every_criterion_and_set(
 
 def test_blocks_and_layers_contain_sleb_step() -> None:
     loaded = _loaded()
-    runner = BlockRunner(loaded, _windows(loaded))
+    runner = DepthRunner(loaded, _windows(loaded))
     units = block_units(runner, "blocks+layers", set())
     layers = layer_units(runner, set())
     assert set(layers) <= set(units) and all(len(u) == 2 for u in layers)
@@ -198,7 +196,7 @@ def test_overlapping_candidates_are_counted_once_in_the_target_check(tmp_path) -
     path = tmp_path / "calib.txt"
     path.write_text(_SAMPLE_TEXT * 3)
     calib = {"calib": str(path), "n_samples": 2, "seqlen": 24, "seed": 0}
-    blocks = len(BlockRunner(_loaded(), _windows(_loaded())).blocks())
+    blocks = len(DepthRunner(_loaded(), _windows(_loaded())).blocks())
     with pytest.raises(SettingsError, match=f"exceeds the {blocks} candidate"):
         prune(_loaded(), "blockpruner", blocks=blocks + 1, candidates="blocks+layers", **calib)
     # Removing every block reaches ratio_total < 1 (embeddings stay): 0.99 cannot be met, although

@@ -21,8 +21,8 @@ from torch import nn
 
 from prunekit.data import calibration_windows, tokenize_text
 from prunekit.methods.depth import nll_bound
-from prunekit.methods.depth.calibration import BlockRunner
 from prunekit.methods.depth.common import block_units, unit_parameters
+from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.depth.search import Target, greedy_search
 from prunekit.models.loading import from_model
 from prunekit.models.precision import PrecisionSettings, _node, full_fp32_matmul
@@ -66,14 +66,14 @@ def restore_precision():
     saved.apply()
 
 
-def _runner(dtype: torch.dtype = torch.float32) -> BlockRunner:
+def _runner(dtype: torch.dtype = torch.float32) -> DepthRunner:
     tokenizer = tiny_tokenizer()
     loaded = from_model(tiny_model("llama").to(dtype), tokenizer)
     ids = tokenize_text(tokenizer, _SAMPLE_TEXT)
-    return BlockRunner(loaded, calibration_windows(ids, 2, 24, 0, None))
+    return DepthRunner(loaded, calibration_windows(ids, 2, 24, 0, None))
 
 
-def _search(runner: BlockRunner) -> list[str]:
+def _search(runner: DepthRunner) -> list[str]:
     units = block_units(runner, "both", set())
     target = Target(None, 2, 10**6)
     state = greedy_search(runner, units, unit_parameters(runner, units), target, "ppl", desc=None)
@@ -171,7 +171,6 @@ def test_bound_below_exact_on_a_tiny_model(dtype: torch.dtype) -> None:
     torch.set_float32_matmul_precision("medium")
     for dropped in ([], blocks[:1], blocks[-2:]):
         rest = [b for b in blocks if b not in dropped]
-        for w in range(runner.num_windows):
-            hidden = runner.run(runner.embedded(w), rest)
-            assert hidden.dtype == dtype
-            assert 0.0 < runner.window_bound(hidden, w) <= runner.window_nll(hidden, w)
+        assert runner.model_finals(rest, [0])[0].dtype == dtype
+        for bound, exact in runner.model_losses(rest, bounds=True):
+            assert 0.0 < bound <= exact

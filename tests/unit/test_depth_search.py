@@ -1,38 +1,40 @@
-"""The greedy depth search: the fast exact search gives the naive search's removal order."""
+"""The greedy depth search: the fast exact search gives the naive search's removal order, at any
+batch size and chunking, in memory (streamed: test_streamed_depth.py)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 
 from prunekit.data import calibration_windows, tokenize_text
 from prunekit.errors import SettingsError
-from prunekit.methods.depth.calibration import BlockRunner, Candidate
 from prunekit.methods.depth.common import block_units, layer_units, unit_parameters
-from prunekit.methods.depth.search import (
-    Criterion,
-    Target,
-    greedy_search,
-    score_step,
-)
+from prunekit.methods.depth.runner import DepthRunner
+from prunekit.methods.depth.scores import Candidate, Criterion
+from prunekit.methods.depth.search import Target, greedy_search
+from prunekit.methods.depth.step import score_step
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, TINY_FAMILIES, tiny_model, tiny_tokenizer
 from tests.unit.depth_helpers import one_thread  # noqa: F401
 
 
-def _runner(family: str, n_windows: int = 3, seqlen: int = 24) -> BlockRunner:
+def _runner(
+    family: str, n_windows: int = 3, seqlen: int = 24, criterion: str = "ppl", **kwargs
+) -> DepthRunner:
     tokenizer = tiny_tokenizer()
     loaded = from_model(tiny_model(family), tokenizer)
     bos = tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
     ids = tokenize_text(tokenizer, _SAMPLE_TEXT)
-    return BlockRunner(loaded, calibration_windows(ids, n_windows, seqlen, 0, bos))
+    windows = calibration_windows(ids, n_windows, seqlen, 0, bos)
+    return DepthRunner(loaded, windows, criterion, **kwargs)
 
 
-def _orders(runner: BlockRunner, units, criterion: str, steps: int, **kwargs):
+def _orders(runner: DepthRunner, units, criterion: str, steps: int, **kwargs):
     params = unit_parameters(runner, units)
     target = Target(None, steps, 10**6)
     state = greedy_search(runner, units, params, target, criterion, desc=None, **kwargs)
@@ -40,13 +42,37 @@ def _orders(runner: BlockRunner, units, criterion: str, steps: int, **kwargs):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-@pytest.mark.parametrize("criterion", ["ppl", "ppl-per-param"])
+@pytest.mark.parametrize("criterion", ["ppl", "ppl-per-param", "kl-per-param"])
 def test_fast_search_equals_naive_blocks(family: str, criterion: str) -> None:
-    runner = _runner(family)
+    runner = _runner(family, criterion=criterion)
     units = block_units(runner, "both", set())
     fast = _orders(runner, units, criterion, 4)
     naive = _orders(runner, units, criterion, 4, naive=True)
     assert fast == naive  # same order and bit-identical calibration NLL after every step
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_batched_windows_give_the_batch_1_plan(family: str) -> None:
+    # Batches of 2 over 3 windows (one uneven batch): the fast search still equals the naive one
+    # bit for bit (the batches are fixed for the run), and the plan equals batch 1's; the
+    # calibration NLL only to rounding (a batched matmul may sum in another order).
+    batched = _runner(family, criterion="kl-per-param", batch_size=2)
+    units = block_units(batched, "blocks+layers", set())
+    fast = _orders(batched, units, "kl-per-param", 3)
+    assert fast == _orders(batched, units, "kl-per-param", 3, naive=True)
+    single = _orders(_runner(family, criterion="kl-per-param"), units, "kl-per-param", 3)
+    assert fast[0] == single[0]
+    assert fast[1] == pytest.approx(single[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("criterion", ["ppl", "kl"])
+def test_chunks_of_one_window_give_the_same_plan(criterion: str) -> None:
+    # A state budget below one window: every step takes the bound pass and the exact pass.
+    runner = _runner("qwen2", n_windows=4, criterion=criterion, batch_size=2, state_bytes=1)
+    units = block_units(runner, "both", set())
+    two_pass = _orders(runner, units, criterion, 3)
+    assert runner.largest_chunk == 2  # one batch
+    assert two_pass == _orders(runner, units, criterion, 3, naive=True)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -78,43 +104,47 @@ def test_vocab_subset_bound_is_below_the_exact_nll(family: str) -> None:
     blocks = runner.blocks()
     for dropped in ([], blocks[:1], blocks[3:5], blocks[-1:]):
         rest = [b for b in blocks if b not in dropped]
-        for w in range(runner.num_windows):
-            hidden = runner.run(runner.embedded(w), rest)
-            bound, exact = runner.window_bound(hidden, w), runner.window_nll(hidden, w)
+        for bound, exact in runner.model_losses(rest, bounds=True):
             assert 0.0 < bound <= exact
 
 
 class FakeRunner:
-    """Candidates with given per-window NLLs and lower bounds: tests the bound logic alone."""
+    """Candidates with given per-window losses and lower bounds: tests the bound logic alone.
+    ``chunk``: windows per chunk (fewer than all: the two-pass step)."""
 
-    def __init__(self, table: dict[Candidate, list[float]], lower: dict | None = None) -> None:
+    def __init__(
+        self, table: dict[Candidate, list[float]], lower: dict | None = None, chunk: int = 0
+    ) -> None:
         self.table = table
         self.lower = lower or {c: [0.0] * len(v) for c, v in table.items()}
         self.num_windows = len(next(iter(table.values())))
+        self.chunk = chunk or self.num_windows
         self.tokens = 100 * self.num_windows
         self.heads: list[tuple[Candidate, int]] = []
+        self.passes = self.largest_chunk = 0
 
-    @property
-    def state_bytes(self) -> int:
-        return 4 * self.num_windows
+    def chunk_windows(self, branches: int) -> int:
+        return self.chunk
 
-    def suffix_finals(
-        self,
-        active: Sequence[BlockRef],
-        candidates: Sequence[Candidate],
-        first: Candidate | None = None,
-        windows: Sequence[int] | None = None,
-    ):
-        count = self.num_windows if windows is None else len(windows)
-        ordered = [first] if first is not None else []
-        for candidate in [*ordered, *(c for c in sorted(candidates) if c != first)]:
-            yield candidate, [_Final(candidate)] * count
+    def chunks(self, branches: int):
+        for start in range(0, self.num_windows, self.chunk):
+            yield list(range(start, min(start + self.chunk, self.num_windows)))
 
-    def window_nll(self, final: _Final, window: int) -> float:
+    def run_candidates(
+        self, active: Sequence[BlockRef], candidates: Sequence[Candidate], windows: Sequence[int]
+    ) -> dict:
+        self.passes += 1
+        return {c: [_Final(c)] * len(windows) for c in candidates}
+
+    @contextmanager
+    def scorer(self):
+        yield self
+
+    def exact(self, final: _Final, window: int) -> float:
         self.heads.append((final.candidate, window))
         return self.table[final.candidate][window]
 
-    def window_bound(self, final: _Final, window: int) -> float:
+    def bound(self, final: _Final, window: int) -> float:
         return self.lower[final.candidate][window]
 
 
@@ -153,11 +183,11 @@ def test_bound_drops_hopeless_candidates_and_keeps_ties() -> None:
     assert exhaustive.best == _c(1) and all(exhaustive.exact.values())
 
 
-def test_small_groups_give_the_same_answer() -> None:
+def test_small_chunks_give_the_same_answer() -> None:
     criterion = Criterion("ppl", 400)
-    for group_bytes in (0, 10**9):
-        runner = FakeRunner(TABLE, LOWER)
-        assert score_step(runner, [], list(TABLE), criterion, group_bytes=group_bytes).best == _c(1)
+    for chunk in (1, 3, 4):
+        runner = FakeRunner(TABLE, LOWER, chunk)
+        assert score_step(runner, [], list(TABLE), criterion).best == _c(1)
 
 
 def test_per_param_criterion_bound() -> None:

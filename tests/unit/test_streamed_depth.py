@@ -16,12 +16,11 @@ import torch
 from prunekit.api import lazy_loaded, prune, prune_streamed
 from prunekit.data import load_corpus
 from prunekit.engine.residency import Streamed
-from prunekit.errors import SettingsError
 from prunekit.export.load import load_pruned
 from prunekit.methods.depth import blockpruner as blockpruner_module
-from prunekit.methods.depth.calibration import BlockRunner, settings_windows
+from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.depth.common import block_units, unit_parameters
-from prunekit.methods.depth.layer_major import StreamedDepthRunner, check_streamable
+from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.depth.search import Target, greedy_search
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.lazy import LazyModel
@@ -33,9 +32,8 @@ from tests.unit.width_helpers import logits
 pytestmark = pytest.mark.usefixtures("data_dir")
 
 CALIB = dict(n_samples=4, seqlen=32, calib="wikitext2", seed=0)
-# BlockPruner's default criterion (kl-per-param) runs in memory only: the comparisons of the
-# two paths name a search both run (the streamed default; test_cli_stream_prunes_depth_and_saves).
-STREAMABLE = dict(criterion="ppl-per-param", candidates="blocks+layers")
+# BlockPruner's default search (kl-per-param over blocks and whole layers) streams as it is.
+DEFAULT_CRITERION = "kl-per-param"
 # A budget no state fits: chunks of one window, so every pass runs several chunks and the exact
 # pass of each step is needed (the incumbent comes from the bound pass).
 ONE_WINDOW = 1
@@ -57,11 +55,11 @@ def streamed_loaded(directory: Path):
     return loaded
 
 
-def greedy(runner, loaded, blocks: int, **kwargs):
-    units = block_units(runner, "both", set())
+def greedy(runner, loaded, blocks: int, criterion: str = DEFAULT_CRITERION, **kwargs):
+    units = block_units(runner, "blocks+layers", set())
     params = unit_parameters(runner, units)
-    target = Target(None, blocks, count_parameters(loaded.model))
-    return greedy_search(runner, units, params, target, "ppl", desc=None, **kwargs)
+    target = Target(None, blocks, count_parameters(loaded.model), counts_blocks=True)
+    return greedy_search(runner, units, params, target, criterion, desc=None, **kwargs)
 
 
 def test_streamed_blockpruner_search_equals_in_memory(family, tmp_path):
@@ -78,11 +76,13 @@ def check_blockpruner_search(family: str, tmp_path: Path, max_memory: int | None
     source = save_small_shards(family, tmp_path / "dense")
     settings = PruneSettings(**CALIB)
     memory = load_model(str(source), dtype="fp32", device="cpu")
-    expected = greedy(BlockRunner(memory, settings_windows(memory, settings)), memory, 3)
+    windows = settings_windows(memory, settings)
+    expected = greedy(DepthRunner(memory, windows, DEFAULT_CRITERION), memory, 3)
 
     loaded = streamed_loaded(source)
-    runner = StreamedDepthRunner(loaded, settings_windows(loaded, settings), max_memory)
-    got = greedy(runner, loaded, 3, scorer=runner.score_step)
+    windows = settings_windows(loaded, settings)
+    runner = DepthRunner(loaded, windows, DEFAULT_CRITERION, max_memory=max_memory)
+    got = greedy(runner, loaded, 3)
 
     assert got.removed == expected.removed
     # Bit-identical scores, not merely close: the same ops on the same [1, T, d] windows.
@@ -95,11 +95,12 @@ def test_streamed_exhaustive_search_equals_in_memory(tmp_path):
     source = save_small_shards("llama", tmp_path / "dense")
     settings = PruneSettings(**CALIB)
     memory = load_model(str(source), dtype="fp32", device="cpu")
-    runner = BlockRunner(memory, settings_windows(memory, settings))
-    expected = greedy(runner, memory, 2, exhaustive=True)
+    runner = DepthRunner(memory, settings_windows(memory, settings), "ppl")
+    expected = greedy(runner, memory, 2, "ppl", exhaustive=True)
     loaded = streamed_loaded(source)
-    streamed = StreamedDepthRunner(loaded, settings_windows(loaded, settings), ONE_WINDOW)
-    got = greedy(streamed, loaded, 2, exhaustive=True, scorer=streamed.score_step)
+    windows = settings_windows(loaded, settings)
+    streamed = DepthRunner(loaded, windows, "ppl", max_memory=ONE_WINDOW)
+    got = greedy(streamed, loaded, 2, "ppl", exhaustive=True)
     assert got.removed == expected.removed
     # Exhaustive: every candidate's exact score, all equal to the in-memory ones.
     assert [s["scores"] for s in got.trajectory] == [s["scores"] for s in expected.trajectory]
@@ -155,8 +156,7 @@ def test_streamed_layer_methods_export_equals_in_memory(family, tmp_path, method
     "family, method", [("llama", "blockpruner"), ("qwen2", "blockpruner"), ("llama", "rm-block")]
 )
 def test_streamed_block_methods_export_equals_in_memory(family, tmp_path, method):
-    search = STREAMABLE if method == "blockpruner" else {}
-    memory, streamed = run_both(family, tmp_path, method, None, blocks=3, **search, **CALIB)
+    memory, streamed = run_both(family, tmp_path, method, None, blocks=3, **CALIB)
     assert streamed.plan.removed_blocks == memory.plan.removed_blocks
     assert streamed.plan.extra["layer_blocks"] == memory.plan.extra["layer_blocks"]
     check_export(memory, tmp_path, "prunekit")
@@ -165,7 +165,7 @@ def test_streamed_block_methods_export_equals_in_memory(family, tmp_path, method
 def test_streamed_search_resumes(tmp_path, monkeypatch):
     """An interrupted streamed search resumes from its partial plan to the in-memory result."""
     source = save_small_shards("llama", tmp_path / "dense")
-    settings = dict(blocks=3, **STREAMABLE, **CALIB)
+    settings = dict(blocks=3, **CALIB)
     reference = prune(
         load_model(str(source), dtype="fp32", device="cpu"), "blockpruner", **settings
     )
@@ -202,30 +202,20 @@ def test_chunk_size_follows_the_budget(tmp_path):
     source = save_small_shards("llama", tmp_path / "dense")
     loaded = streamed_loaded(source)
     windows = settings_windows(loaded, PruneSettings(**CALIB))
-    unbounded = StreamedDepthRunner(loaded, windows)
+    unbounded = DepthRunner(loaded, windows)
     assert unbounded.chunk_windows(branches=8) == CALIB["n_samples"]  # 1 GiB of states
     per_window = (8 + 2) * unbounded.window_state_bytes
     budget = unbounded.resident_bytes() + 2 * per_window + per_window // 2
-    assert StreamedDepthRunner(loaded, windows, budget).chunk_windows(branches=8) == 2
-    assert StreamedDepthRunner(loaded, windows, ONE_WINDOW).chunk_windows(branches=8) == 1
-
-
-def test_streamed_refusals(tmp_path):
-    with pytest.raises(SettingsError, match="cannot run streamed"):
-        check_streamable("kl", naive=False)
-    with pytest.raises(SettingsError, match="naive"):
-        check_streamable("ppl", naive=True)
-    source = save_small_shards("llama", tmp_path / "dense")
-    with pytest.raises(SettingsError, match="naive"):
-        prune_streamed(
-            str(source),
-            "blockpruner",
-            save=tmp_path / "pruned",
-            blocks=1,
-            options={"naive": True},
-            **CALIB,
-        )
-    assert not (tmp_path / "pruned").exists()
+    assert DepthRunner(loaded, windows, max_memory=budget).chunk_windows(branches=8) == 2
+    assert DepthRunner(loaded, windows, max_memory=ONE_WINDOW).chunk_windows(branches=8) == 1
+    # Batches are never split: chunks are whole batches (here batches of 3 over 4 windows).
+    batched = DepthRunner(loaded, windows, batch_size=3, max_memory=budget)
+    assert batched.chunk_windows(branches=8) == 3
+    assert list(batched.chunks(8)) == [[0, 1, 2], [3]]
+    # The KL criteria keep the dense finals: one branch more per window.
+    exact_fit = unbounded.resident_bytes() + 2 * per_window
+    assert DepthRunner(loaded, windows, max_memory=exact_fit).chunk_windows(branches=8) == 2
+    assert DepthRunner(loaded, windows, "kl", max_memory=exact_fit).chunk_windows(branches=8) == 1
 
 
 def test_cli_stream_prunes_depth_and_saves(tmp_path):
@@ -238,14 +228,14 @@ def test_cli_stream_prunes_depth_and_saves(tmp_path):
         [sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    # The default criterion cannot stream: the run says which one it used instead, once.
-    assert done.stderr.count("uses --criterion ppl-per-param") == 1, done.stderr
+    assert "criterion" not in done.stderr  # the default streams: no substitute, no note
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert len(plan["removed_blocks"]) == 2
     assert (plan["settings"]["criterion"], plan["settings"]["candidates"]) == (
-        "ppl-per-param",
+        "kl-per-param",
         "blocks+layers",
     )
+    assert plan["extra"]["search"]["engine"]["streamed"]
     reloaded = load_pruned(tmp_path / "pruned", device="cpu")
     assert reloaded.model.config.prunekit_depth["kept_layers"] == plan["extra"]["kept_layers"]
 
@@ -264,7 +254,7 @@ BIG = dict(
     head_dim=64,
 )
 BUDGET = 128 * 2**20
-MEMORY_SETTINGS = dict(blocks=2, n_samples=2, seqlen=32, seed=0, **STREAMABLE)
+MEMORY_SETTINGS = dict(blocks=2, n_samples=2, seqlen=32, seed=0)  # the default (KL) search
 CALIBRATION_CHARS = 20_000
 
 MEASURE = textwrap.dedent(

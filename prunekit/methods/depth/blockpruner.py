@@ -18,8 +18,7 @@ from prunekit.methods.depth.common import (
     resume_state,
     search_settings,
 )
-from prunekit.methods.depth.layer_major import check_streamable
-from prunekit.methods.depth.search import GROUP_BYTES, greedy_search
+from prunekit.methods.depth.search import greedy_search
 from prunekit.methods.registry import (
     CALIBRATION,
     DEPTH_BLOCK_UNITS,
@@ -41,9 +40,6 @@ SLEB_DEFAULT_PROTECT = [0, -1]
 # is ``PAPER_SETTING``.
 BLOCKPRUNER_DEFAULT = {"criterion": "kl-per-param", "candidates": "blocks+layers"}
 PAPER_SETTING = {"criterion": "ppl", "candidates": "blocks"}
-# A streamed search scores only ppl criteria (layer_major.STREAMED_CRITERIA): the default's
-# closest streamable form.
-STREAMED_DEFAULT_CRITERION = "ppl-per-param"
 # SLEB and layer-PPL: the calibration ppl (their papers'); units are layers.
 LAYER_DEFAULT = {"criterion": "ppl", "candidates": None}
 
@@ -67,13 +63,10 @@ def run_greedy(
 ) -> PruningPlan:
     """Greedy search over ``unit``s ("block" or "layer"), then surgery; returns the plan.
 
-    ``settings.options`` may set ``group_bytes`` and ``order`` (search.py): benchmarks use them to
-    measure what settling the likely winner first saves when groups hold one candidate; and
-    ``windows`` (common.half_windows): the held-out check searches on half the calibration.
+    ``settings.options`` may set ``state_bytes`` (the states a chunk of windows may hold: tests
+    force the two-pass step with it) and ``windows`` (common.half_windows): the held-out check
+    searches on half the calibration.
     """
-    streamed = is_streamed(loaded)
-    if streamed:
-        check_streamable(settings.criterion, naive)
     setup = prepare_units(loaded, settings, unit, protect, settings.criterion, overlapping=True)
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
     # The dtype is part of what decides the scores: a resumed search must use the same one.
@@ -83,8 +76,6 @@ def run_greedy(
     if "windows" in settings.options:  # a half of the calibration (the held-out check)
         expected["windows"] = settings.options["windows"]
     state = resume_state(loaded, settings, method, expected, setup.identity)
-    group_bytes = int(settings.options.get("group_bytes", GROUP_BYTES))
-    order = str(settings.options.get("order", "ranked"))
     started = time.perf_counter()
     state = greedy_search(
         runner,
@@ -97,9 +88,6 @@ def run_greedy(
         naive=naive,
         on_step=checkpointer(loaded, method, settings, expected, setup.identity),
         desc=f"{method} search",
-        group_bytes=group_bytes,
-        order=order,
-        scorer=runner.score_step if streamed else None,
     )
     evals = sum(step.get("window_evals", 0) for step in state.trajectory)
     naive_evals = sum(step.get("naive_window_evals", 0) for step in state.trajectory)
@@ -114,32 +102,17 @@ def run_greedy(
             "calib_tokens": runner.tokens,
             "exhaustive": settings.exhaustive,
             "naive": naive,
-            "group_bytes": group_bytes,
-            "order": order,
+            "engine": runner.summary(),
         },
     }
-    if streamed:
-        extra["search"]["streamed"] = runner.streaming_summary()
+    if is_streamed(loaded):
+        extra["search"]["streamed"] = runner.summary()
     return finish(loaded, method, settings, expected, state, extra, setup.identity)
-
-
-def blockpruner_defaults(loaded: LoadedModel, settings: PruneSettings) -> dict:
-    """BLOCKPRUNER_DEFAULT, with a ppl criterion when the run streams and none was given (said
-    in one line): the KL criteria need the dense model's logits beside each candidate's."""
-    if settings.criterion is None and is_streamed(loaded):
-        log.warning(
-            "blockpruner: the run streams, so it uses --criterion %s (the default %s needs "
-            "the model in memory)",
-            STREAMED_DEFAULT_CRITERION,
-            BLOCKPRUNER_DEFAULT["criterion"],
-        )
-        return {**BLOCKPRUNER_DEFAULT, "criterion": STREAMED_DEFAULT_CRITERION}
-    return BLOCKPRUNER_DEFAULT
 
 
 def prune_blockpruner(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
     naive = bool(settings.options.get("naive", False))  # the oracle: benchmarks and tests
-    settings = with_defaults(settings, blockpruner_defaults(loaded, settings))
+    settings = with_defaults(settings, BLOCKPRUNER_DEFAULT)
     return run_greedy(loaded, settings, "blockpruner", "block", settings.protect_layers, naive)
 
 

@@ -17,10 +17,10 @@ import torch
 from prunekit.engine.residency import is_streamed
 from prunekit.errors import PlanError, SettingsError
 from prunekit.export.streamed import write_depth_pruned
-from prunekit.methods.depth.calibration import BlockRunner, Candidate, settings_windows
-from prunekit.methods.depth.criteria import make_runner
-from prunekit.methods.depth.layer_major import StreamedDepthRunner, streamed_identity
-from prunekit.methods.depth.search import SearchState, Target, label
+from prunekit.methods.depth.calibration import settings_windows
+from prunekit.methods.depth.runner import DepthRunner
+from prunekit.methods.depth.scores import Candidate, label
+from prunekit.methods.depth.search import SearchState, Target
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
 from prunekit.models.loading import LoadedModel, count_parameters
@@ -47,7 +47,7 @@ DEFAULT_CANDIDATES = "blocks"
 OVERLAPPING_SETS = ("blocks+layers",)
 
 
-def block_units(runner: BlockRunner, candidates: str, protected: set[int]) -> list[Candidate]:
+def block_units(runner: DepthRunner, candidates: str, protected: set[int]) -> list[Candidate]:
     """The units of a candidate set (registry.CANDIDATE_SETS) in unprotected layers.
 
     attn / mlp: one unit per block of that kind; blocks (or both): every block; layers: every
@@ -63,7 +63,7 @@ def block_units(runner: BlockRunner, candidates: str, protected: set[int]) -> li
     return blocks + [u for u in layer_units(runner, protected) if len(u) > 1]
 
 
-def layer_units(runner: BlockRunner, protected: set[int]) -> list[Candidate]:
+def layer_units(runner: DepthRunner, protected: set[int]) -> list[Candidate]:
     """One unit per unprotected layer: all the blocks it has."""
     by_layer: dict[int, list[BlockRef]] = {}
     for block in runner.blocks():
@@ -71,7 +71,7 @@ def layer_units(runner: BlockRunner, protected: set[int]) -> list[Candidate]:
     return [tuple(blocks) for layer, blocks in sorted(by_layer.items()) if layer not in protected]
 
 
-def unit_parameters(runner: BlockRunner, units: list[Candidate]) -> dict[Candidate, int]:
+def unit_parameters(runner: DepthRunner, units: list[Candidate]) -> dict[Candidate, int]:
     adapter, layers = runner.adapter, runner.layers
     return {
         u: sum(adapter.block_parameter_count(layers[b.layer], b.kind) for b in u) for u in units
@@ -88,7 +88,7 @@ def make_target(settings: PruneSettings, total_params: int, counts_blocks: bool 
 class DepthSetup:
     """What every depth method starts from: the calibration runner, its units and the target."""
 
-    runner: BlockRunner | StreamedDepthRunner
+    runner: DepthRunner
     units: list[Candidate]
     params: dict[Candidate, int]
     target: Target
@@ -120,12 +120,16 @@ def prepare_units(
     # --blocks K counts blocks for block-level methods (a whole-layer candidate is two).
     target = make_target(settings, count_parameters(loaded.model), counts_blocks=unit == "block")
     windows = half_windows(settings_windows(loaded, settings), settings.options.get("windows"))
-    identity = None
-    if is_streamed(loaded):  # the criteria that stream are checked by the caller
-        runner = StreamedDepthRunner(loaded, windows, settings.options.get("max_memory"))
-        identity = streamed_identity(loaded)
-    else:
-        runner = make_runner(loaded, windows, criterion)
+    runner = DepthRunner(
+        loaded,
+        windows,
+        criterion,
+        batch_size=settings.batch_size,
+        max_memory=settings.options.get("max_memory"),
+        state_bytes=settings.options.get("state_bytes"),
+    )
+    # A streamed model's identity: its fingerprint read from the shards in row slices.
+    identity = loaded.residency.identity(loaded) if is_streamed(loaded) else None
     protected = protected_layers(protect, len(runner.layers))
     if unit == "block":
         units = block_units(runner, settings.candidates or DEFAULT_CANDIDATES, protected)
@@ -252,7 +256,7 @@ def checkpointer(
 
 
 def one_shot_trajectory(
-    runner: BlockRunner, removed: list[Candidate], unit_params: dict[Candidate, int], total: int
+    runner: DepthRunner, removed: list[Candidate], unit_params: dict[Candidate, int], total: int
 ) -> list[dict]:
     """Calibration ppl and ratio_total after each removal of a one-shot ranking (for plots)."""
     trajectory, gone, removed_params = [], set(), 0

@@ -20,9 +20,9 @@ one's). Why KL(dense || candidate) rather than JS:
 - it admits a provable cheap lower bound (below), so the branch and bound keeps working; JS does
   not split over a vocabulary subset the same way.
 
-Memory: the dense logits are never stored (49k per token). The runner keeps the dense model's
-final hidden states (d per token) and recomputes the dense log-probabilities chunk by chunk next
-to the candidate's, which doubles the head's cost of an exact evaluation.
+Memory: the dense logits are never stored (49k per token). The runner (runner.py) keeps the
+dense model's final hidden states (d per token) and recomputes the dense log-probabilities chunk
+by chunk next to the candidate's, which doubles the head's cost of an exact evaluation.
 
 The bound. For a vocabulary subset S (the dense model's most likely tokens, nll_bound.py), the
 chain rule of KL over the partition {S, rest} gives
@@ -39,16 +39,11 @@ exact value as computed in fp32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
-from prunekit.methods.depth.calibration import BlockRunner
-from prunekit.methods.depth.nll_bound import SLACK, predicted_rows, subset_size
+from prunekit.methods.depth.nll_bound import SLACK
 from prunekit.methods.registry import CRITERIA as REGISTRY_CRITERIA
-from prunekit.models.adapters import BlockRef
-from prunekit.models.loading import LoadedModel
 from prunekit.models.precision import in_full_fp32
 
 CRITERIA = REGISTRY_CRITERIA
@@ -64,62 +59,6 @@ def is_per_param(criterion: str) -> bool:
 def is_divergence(criterion: str) -> bool:
     """Whether the criterion's loss is KL(dense || candidate) instead of the NLL."""
     return criterion.startswith("kl")
-
-
-def make_runner(loaded: LoadedModel, windows: torch.Tensor, criterion: str) -> BlockRunner:
-    """The runner whose per-window loss (``window_nll``) is the one ``criterion`` minimizes."""
-    if is_divergence(criterion):
-        return DivergenceRunner(loaded, windows)
-    return BlockRunner(loaded, windows)
-
-
-class DivergenceRunner(BlockRunner):
-    """A :class:`BlockRunner` whose per-window loss is KL(dense || candidate) instead of the NLL.
-
-    The search only calls ``window_nll`` (exact loss) and ``window_bound`` (its lower bound), so
-    it runs unchanged on this criterion; ``reported_nll`` still gives the calibration NLL that
-    the trajectory records as ``calib_ppl``.
-    """
-
-    @torch.inference_mode()
-    def __init__(self, loaded: LoadedModel, windows: torch.Tensor) -> None:
-        super().__init__(loaded, windows)
-        dense = self.blocks()
-        # Final hidden states after the final norm: d per token, the dense logits' seed.
-        self._dense_finals = [
-            self.adapter.final_hidden(self.model, self.run(self.embedded(w), dense))
-            for w in range(self.num_windows)
-        ]
-        # The bound's vocabulary subset and the dense log-normalizers, on first use.
-        self._rows: torch.Tensor | None = None
-        self._dense_lse: list[torch.Tensor] = []
-
-    @torch.inference_mode()
-    def window_nll(self, hidden: torch.Tensor, window: int) -> float:
-        """KL(dense || candidate) summed over the window's predicted tokens (the search's loss)."""
-        final = self.adapter.final_hidden(self.model, hidden)
-        return window_kl(self.head, self._dense_finals[window], final, self.skip_first)
-
-    @torch.inference_mode()
-    def window_bound(self, hidden: torch.Tensor, window: int) -> float:
-        """A lower bound on :meth:`window_nll` from the vocabulary subset (module docstring)."""
-        if self._rows is None:
-            size = subset_size(self.head.vocab_size)
-            self._rows = predicted_rows(self.head, self._dense_finals, self.skip_first, size)
-            self._dense_lse = [
-                dense_log_normalizers(self.head, f, self.skip_first) for f in self._dense_finals
-            ]
-        final = self.adapter.final_hidden(self.model, hidden)
-        dense = self._dense_finals[window]
-        lse = self._dense_lse[window]
-        return window_kl_bound(self.head, self._rows, dense, lse, final, self.skip_first)
-
-    def reported_nll(self, active: Sequence[BlockRef], loss: float) -> float:
-        """The calibration NLL of the model that runs only ``active`` (``loss`` is a KL)."""
-        return sum(
-            BlockRunner.window_nll(self, self.run(self.embedded(w), active), w)
-            for w in range(self.num_windows)
-        )
 
 
 @torch.inference_mode()

@@ -12,18 +12,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from prunekit.engine.residency import is_streamed
-from prunekit.methods.depth.calibration import BlockRunner, Candidate
 from prunekit.methods.depth.common import (
     finish,
     one_shot_trajectory,
     prepare_units,
     search_settings,
 )
+from prunekit.methods.depth.scores import Candidate
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import (
     CALIBRATION,
@@ -53,44 +52,6 @@ def relative_magnitude(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (y - x).norm(dim=-1) / y.norm(dim=-1).clamp_min(1e-12)
 
 
-@dataclass
-class UnitStatistics:
-    """Token-mean of a per-token score for each unit, accumulated window by window."""
-
-    sums: dict[Candidate, float] = field(default_factory=dict)
-    count: int = 0
-
-    def means(self) -> dict[Candidate, float]:
-        return {u: s / self.count for u, s in self.sums.items()}
-
-
-@torch.inference_mode()
-def unit_scores(
-    runner: BlockRunner, units: list[Candidate], token_score: TokenScore
-) -> dict[Candidate, float]:
-    """Mean per-token score of every unit, from one pass of the dense model over the windows.
-
-    A unit's input is the state before its first block and its output the state after its last
-    (units are contiguous in the dense model: one block or one layer).
-    """
-    first = {u[0]: u for u in units}
-    last = {u[-1]: u for u in units}
-    stats = UnitStatistics(sums=dict.fromkeys(units, 0.0))
-    for w in range(runner.num_windows):
-        hidden = runner.embedded(w)
-        inputs: dict[Candidate, torch.Tensor] = {}
-        for block in runner.blocks():
-            if block in first:
-                inputs[first[block]] = hidden
-            hidden = runner.run_block(block, hidden)
-            if block in last:
-                unit = last[block]
-                scores = token_score(inputs.pop(unit)[0].float(), hidden[0].float())
-                stats.sums[unit] += float(scores.sum().item())
-        stats.count += runner.windows.shape[1]
-    return stats.means()
-
-
 def lowest_until(
     scores: dict[Candidate, float], params: dict[Candidate, int], target: Target
 ) -> list[Candidate]:
@@ -112,10 +73,7 @@ def run_one_shot(
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
     total = target.total_params
     started = time.perf_counter()
-    if is_streamed(loaded):
-        scores = runner.unit_scores(units, token_score)
-    else:
-        scores = unit_scores(runner, units, token_score)
+    scores = runner.unit_scores(units, token_score)
     removed = lowest_until(scores, params, target)
     seconds = time.perf_counter() - started
     state = SearchState(removed, one_shot_trajectory(runner, removed, params, total))
@@ -125,7 +83,7 @@ def run_one_shot(
         "search": {"seconds": seconds, "calib_tokens": runner.tokens},
     }
     if is_streamed(loaded):
-        extra["search"]["streamed"] = runner.streaming_summary()
+        extra["search"]["streamed"] = runner.summary()
     expected = search_settings(method, settings, unit=unit, angular=settings.angular)
     return finish(loaded, method, settings, expected, state, extra, setup.identity)
 
