@@ -370,7 +370,7 @@ def _depth_terms(
 def _streamed_depth_terms(
     s: ModelShapes, settings: MemorySettings, b: int, compute: str
 ) -> list[MemoryTerm]:
-    """The layer-major depth search (engine/layer_major.py) at its smallest chunk, one window:
+    """The layer-major depth search (engine/executor.py) at its smallest chunk, one window:
     the chunk grows into whatever a budget leaves (1 GiB of states without one), so this is
     what a budget must at least allow. Branches: one per candidate block, plus the trunk."""
     window = settings.seqlen * s.hidden_size * b

@@ -16,7 +16,7 @@ Family = Literal["depth", "width", "combined"]
 
 # The settings each kind of method reads (the names of PruneSettings fields). A method declares
 # the ones it takes when it registers; the CLI and ``prunekit.prune`` refuse any other.
-CALIBRATION = ("calib", "n_samples", "seqlen", "seed")
+CALIBRATION = ("calib", "n_samples", "seqlen", "seed", "batch_size")
 DEPTH_TARGET = ("ratio", "blocks", "protect_layers")
 DEPTH_BLOCK_UNITS = ("candidates",)  # only block-level methods choose attn/mlp/both
 GREEDY_SEARCH = ("criterion", "exhaustive", "resume")
