@@ -457,6 +457,9 @@ def prune_command(
     n_samples: int = typer.Option(_default("n_samples"), help="Calibration windows."),
     seqlen: int = typer.Option(_default("seqlen"), help="Calibration window length in tokens."),
     seed: int = typer.Option(_default("seed"), help="Seed of the calibration sampling."),
+    batch_size: int = typer.Option(
+        _default("batch_size"), help="Width: calibration windows per forward (the statistics)."
+    ),
     candidates: str = typer.Option(
         _default("candidates"),
         help="Block-level depth: attn, mlp, blocks (= both), layers, or blocks+layers "
@@ -485,8 +488,8 @@ def prune_command(
     ),
     allocation: str = typer.Option(
         _default("allocation"),
-        help="FASP: cost (per-group widths from measured cost; the default in memory) or "
-        "uniform (one fraction everywhere: the paper's, and the default when streaming).",
+        help="FASP: cost (per-group widths from measured cost; the default) or uniform (one "
+        "fraction everywhere: the paper's).",
     ),
     damping: float = typer.Option(
         _default("damping"), help="FASP: restoration damping, as a fraction of mean(diag H)."
