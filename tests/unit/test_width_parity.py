@@ -126,7 +126,8 @@ def assert_close_to_scale(got: dict, expected: dict, relative: float) -> None:
             assert error <= relative * tensor.abs().max().item(), (index, name, error)
 
 
-@pytest.mark.parametrize("variant", METHODS)
+# FASP's uniform widths streamed, exported and reloaded: test_streamed_width.py, every family.
+@pytest.mark.parametrize("variant", [v for v in METHODS if v != "fasp-uniform"])
 def test_streamed_plan_equals_in_memory(family, variant, runs):
     source, memory = runs
     expected_layers, expected_plan = memory(family, variant)
