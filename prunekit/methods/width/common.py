@@ -170,7 +170,7 @@ def run_width_method(
     name: str,
     loaded: LoadedModel,
     settings: PruneSettings,
-    make: Callable[[WidthRun], SequentialMethod],
+    make: Callable[[WidthRun], SequentialMethod | GlobalMethod],
     attn_unit: str,
     needs_data: bool = True,
     before_pass: Callable[[WidthRun, torch.Tensor], None] | None = None,
@@ -179,6 +179,8 @@ def run_width_method(
 
     ``before_pass`` (an allocation) runs on the calibration windows before the pruning pass
     and may set ``run.widths``; the uniform sparsity is then not derived from a ratio target.
+    A ``GlobalMethod`` (one with ``finish``) records, decides, then prunes in an apply pass.
+    The statistics go ``settings.batch_size`` windows at a time.
     """
     validate_width_settings(settings)
     layer_units(loaded)  # structure check before any work
