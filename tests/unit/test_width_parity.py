@@ -184,3 +184,21 @@ def test_cli_prune_passes_batch_size(runs, monkeypatch):
     args = ["prune", "--method", "wanda-sp", "--model", str(source("llama")), "--sparsity", "0.3"]
     CliRunner().invoke(app, [*args, "--batch-size", "3", "--device", "cpu"])
     assert seen["batch_size"] == 3
+
+
+def test_memory_model_streams_every_width_method():
+    from prunekit.memory import MemorySettings, plan_memory
+    from prunekit.models.tiny import tiny_config
+
+    config = tiny_config("llama")
+    for method in ("fasp", "wanda-sp", "flap", "magnitude"):
+        plan = plan_memory(config, MemorySettings(method=method, streamed=True, n_samples=4))
+        names = {t.name for t in plan.terms}
+        assert "weights (one layer)" in names and "weights (whole model)" not in names, method
+
+    def solve(sparsity: float) -> int:
+        plan = plan_memory(config, MemorySettings(method="fasp", sparsity=sparsity))
+        return sum(t.bytes for t in plan.terms if t.name == "restoration solve")
+
+    # FASP's cost pass restores every group at 7/8 of its width, whatever the target.
+    assert solve(0.5) == solve(0.125) < solve(0.05)
