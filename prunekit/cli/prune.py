@@ -87,6 +87,10 @@ def prune_command(
         setting_default("seqlen"), help="Calibration window length in tokens."
     ),
     seed: int = typer.Option(setting_default("seed"), help="Seed of the calibration sampling."),
+    batch_size: int = typer.Option(
+        setting_default("batch_size"),
+        help="Calibration windows per forward (the width statistics and the depth search).",
+    ),
     candidates: str = typer.Option(
         setting_default("candidates"),
         help="Block-level depth: attn, mlp, blocks (= both), layers, or blocks+layers "
@@ -116,8 +120,8 @@ def prune_command(
     ),
     allocation: str = typer.Option(
         setting_default("allocation"),
-        help="FASP: cost (per-group widths from measured cost; the default in memory) or "
-        "uniform (one fraction everywhere: the paper's, and the default when streaming).",
+        help="FASP: cost (per-group widths from measured cost; the default) or uniform (one "
+        "fraction everywhere: the paper's).",
     ),
     damping: float = typer.Option(
         setting_default("damping"), help="FASP: restoration damping, as a fraction of mean(diag H)."

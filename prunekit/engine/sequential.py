@@ -166,6 +166,7 @@ def sequential_pass(
     batch_size: int = 1,
     replay_consumers: bool = True,
     residency: Residency | None = None,
+    finalizes: bool = True,
 ) -> int:
     """Run the calibration windows through the model block by block, letting ``method`` prune.
 
@@ -174,7 +175,11 @@ def sequential_pass(
     costs one calibration pass; attention blocks changed only through o_proj (``ConsumerOnly``)
     are replayed from o_proj's recorded inputs (``replay_consumers=False`` reruns them: tests).
     ``residency`` (default: the model is in memory) onloads each part before it runs and is told
-    when a layer is final, so a streamed model holds one layer at a time.
+    when a layer is final, so a streamed model holds one layer at a time. ``finalizes=False``:
+    a pass that only records (a cost probe, FLAP's scores) over the dense model; no layer is
+    final after it, so a streamed layer is read, measured and released, never handed to the sink.
+    ``batch_size`` windows go through a block at a time: the statistics are the same sums in
+    another order (docs/algorithms.md, "Batched statistics").
     """
     residency = residency or Resident()
     model, adapter = loaded.model, loaded.adapter
@@ -182,7 +187,8 @@ def sequential_pass(
     with residency.onloaded(EMBEDDINGS, REST):
         context = capture_layer_context(model, adapter, windows[:1])
         hidden = [store.keep(embed(model, adapter, b)) for b in batches(windows, batch_size)]
-        residency.finished(EMBEDDINGS, model.get_input_embeddings())
+        if finalizes:
+            residency.finished(EMBEDDINGS, model.get_input_embeddings())
     layers = adapter.layers(model)
     for index in progress(range(len(layers)), desc="calibrate+prune", unit="layer"):
         final = index == len(layers) - 1
@@ -197,7 +203,8 @@ def sequential_pass(
                 replay_consumers,
                 store,
             )
-            residency.finished(index, layers[index])
+            if finalizes:
+                residency.finished(index, layers[index])
     return windows.numel()
 
 
@@ -296,7 +303,8 @@ def _process_layer(
 def prune_without_data(
     loaded: LoadedModel, method: SequentialMethod, residency: Residency | None = None
 ) -> None:
-    """The same per-block decisions for methods that need no statistics (magnitude)."""
+    """The same per-block decisions for methods that need no statistics: magnitude, and the
+    apply pass of a method that decided globally after a recording pass (FLAP)."""
     residency = residency or Resident()
     adapter = loaded.adapter
     for index, layer in enumerate(adapter.layers(loaded.model)):

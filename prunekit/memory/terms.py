@@ -84,8 +84,8 @@ WIDTH_METHODS = {
     "magnitude": dict(data=False, restore=False, changes_blocks=True),
     "flap": dict(data=True, restore=False, changes_blocks=False),
 }
-STREAMABLE = ("fasp", "wanda-sp", "magnitude")
 ALWAYS = "whole run"  # the phase of terms held from start to end
+COST_CURVE_SPARSITY = 0.125  # methods.width.allocation.CURVE_SPARSITIES[0]: its widest restore
 
 
 @dataclass(frozen=True)
@@ -207,11 +207,9 @@ def _framework_terms(on_gpu: bool) -> list[MemoryTerm]:
 def _width_terms(
     s: ModelShapes, settings: MemorySettings, b: int, compute: str
 ) -> list[MemoryTerm]:
+    # Every width method streams. FLAP's recording pass and FASP's cost pass read each layer
+    # once more; one layer is resident at a time either way, so the phases' terms hold.
     profile = WIDTH_METHODS[settings.method]
-    if settings.streamed and settings.method not in STREAMABLE:
-        raise SettingsError(
-            f"{settings.method} cannot run streamed (it prunes after a global threshold)"
-        )
     terms = _weight_terms(s, settings, b, compute)
     if profile["data"]:
         terms += _calibration_terms(s, settings, b, compute, profile)
@@ -310,7 +308,8 @@ def _calibration_terms(
         )
         if not (targeted and profile["restore"]):
             continue
-        kept = round((1.0 - settings.sparsity) * width)
+        # FASP's cost pass (its default allocation) restores at up to 7/8 of the width.
+        kept = round((1.0 - min(settings.sparsity, COST_CURVE_SPARSITY)) * width)
         terms.append(
             MemoryTerm("Gram matrix (fp32)", 4 * width * width, compute, phase, f"{width}²")
         )

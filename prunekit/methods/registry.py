@@ -16,7 +16,9 @@ Family = Literal["depth", "width", "combined"]
 
 # The settings each kind of method reads (the names of PruneSettings fields). A method declares
 # the ones it takes when it registers; the CLI and ``prunekit.prune`` refuse any other.
-CALIBRATION = ("calib", "n_samples", "seqlen", "seed", "batch_size")
+CALIBRATION = ("calib", "n_samples", "seqlen", "seed")
+# Calibration windows per forward: the width statistics and the depth runner.
+BATCHED = ("batch_size",)
 DEPTH_TARGET = ("ratio", "blocks", "protect_layers")
 DEPTH_BLOCK_UNITS = ("candidates",)  # only block-level methods choose attn/mlp/both
 GREEDY_SEARCH = ("criterion", "exhaustive", "resume")
@@ -57,7 +59,7 @@ class PruneSettings:
     targets: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # width
     restore: bool = True
     multiple_of: int = 1
-    # width (FASP): uniform | cost; None: cost, or uniform where the run streams (fasp.py)
+    # width (FASP): uniform | cost; None: cost (in memory and streamed)
     allocation: str | None = None
     damping: float = 0.1
     run_dir: str | None = None  # where the method checkpoints (resume)
@@ -76,6 +78,8 @@ class PruneSettings:
             raise SettingsError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         if self.blocks is not None and self.blocks < 1:
             raise SettingsError(f"--blocks must be at least 1, got {self.blocks}")
+        if self.batch_size < 1:
+            raise SettingsError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.n_samples < 1:
             raise SettingsError(f"--n-samples must be at least 1, got {self.n_samples}")
         if self.seqlen < 2:

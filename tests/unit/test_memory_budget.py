@@ -268,11 +268,10 @@ def test_gpu_budget_chooses_in_memory_streamed_or_offloaded():
 
 def test_method_that_cannot_stream_is_refused_with_the_need():
     config = tiny_config("llama", **EIGHT_B)
-    settings = MemorySettings(method="flap", device="cuda")
-    with pytest.raises(SettingsError, match=r"needs ~.* in memory .*\(flap cannot stream\)"):
-        choose_run(
-            config, settings, MemoryBudget(device=8 * 2**30), stream_refusal="flap cannot stream"
-        )
+    settings = MemorySettings(method="fasp", device="cuda")
+    refusal = "blockpruner+fasp cannot stream"  # a combined method: its stages do not chain
+    with pytest.raises(SettingsError, match=r"needs ~.* in memory .*\(blockpruner\+fasp cannot"):
+        choose_run(config, settings, MemoryBudget(device=8 * 2**30), stream_refusal=refusal)
 
 
 # ---- the pieces the budget bounds -------------------------------------------------------------
@@ -295,8 +294,7 @@ def test_fingerprint_from_row_slices_equals_the_in_memory_one(tmp_path, dtype):
 def test_tied_model_streams_and_reloads(tmp_path):
     """A tied LM head is the embedding's tensor: written once (it was written twice: an error)."""
     source = save_small_shards(tmp_path / "dense", tie_word_embeddings=True)
-    # One allocation on both sides (the default is cost in memory, uniform when streaming).
-    settings = dict(sparsity=0.3, n_samples=4, seqlen=32, calib="wikitext2", allocation="uniform")
+    settings = dict(sparsity=0.3, n_samples=4, seqlen=32, calib="wikitext2")
     memory = prune(load_model(str(source), dtype="fp32", device="cpu"), "fasp", **settings)
     prune_streamed(
         str(source), "fasp", save=tmp_path / "pruned", dtype="fp32", device="cpu", **settings

@@ -15,7 +15,6 @@ import torch
 
 from prunekit.api import prune, prune_streamed
 from prunekit.data import load_corpus
-from prunekit.errors import SettingsError
 from prunekit.export.load import load_pruned
 from prunekit.export.shim import SHIMS
 from prunekit.models.adapters import adapter_for_config
@@ -49,8 +48,8 @@ def settings_for(family: str) -> dict:
 def run_both(family: str, tmp_path: Path, method: str = "fasp"):
     source = save_small_shards(family, tmp_path / "dense")
     settings = settings_for(family)
-    if method == "fasp":  # the defaults differ (cost in memory, uniform streamed): compare one
-        settings = {**settings, "allocation": "uniform"}
+    if method == "fasp":  # cost widths differ per layer, which only the shim families export
+        settings = {**settings, "allocation": "uniform"}  # (test_width_parity.py compares cost)
     memory = prune(load_model(str(source), dtype="fp32", device="cpu"), method, **settings)
     streamed = prune_streamed(
         str(source),
@@ -247,10 +246,15 @@ def test_cli_stream_prunes_and_saves(tmp_path):
     assert load_pruned(tmp_path / "pruned", device="cpu").model is not None
 
 
-def test_flap_refuses_to_stream(tmp_path):
-    source = save_small_shards("llama", tmp_path / "dense")
-    with pytest.raises(SettingsError, match="global threshold"):
-        prune_streamed(str(source), "flap", save=tmp_path / "pruned", sparsity=0.3)
+def test_streamed_flap_exports_like_in_memory(tmp_path):
+    """FLAP streamed (a recording pass, the global threshold, an apply pass): the layers it
+    wrote, with the biases its compensation added, reload to the in-memory pruned model."""
+    memory, streamed = run_both("llama", tmp_path, method="flap")
+    assert streamed.plan.kept_channels == memory.plan.kept_channels
+    assert streamed.plan.extra["shapes"] == memory.plan.extra["shapes"]
+    assert memory.plan.extra["shapes"]["0"]["mlp_consumer_bias"]  # compensation added a bias
+    reloaded = load_pruned(tmp_path / "pruned", dtype="fp32", device="cpu")
+    torch.testing.assert_close(logits(reloaded.model), logits(memory.model), **TOLERANCE)
 
 
 def test_cli_stream_passes_every_load_option(tmp_path, monkeypatch):

@@ -192,31 +192,24 @@ def test_wanda_sp_does_not_take_allocation():
         get_method("wanda-sp").check_settings(["allocation"])
 
 
-def test_cost_allocation_refuses_to_stream_in_one_line(tmp_path):
+def test_streamed_default_is_the_cost_allocation(tmp_path, caplog):
+    """Streamed, the default is cost as in memory (no fallback, nothing logged): the same
+    per-group widths and kept channels, and the export reloads to the in-memory model."""
+    from prunekit.api import prune as prune_api
     from prunekit.api import prune_streamed
-    from tests.unit.test_streamed_width import save_small_shards
+    from prunekit.export.load import load_pruned
+    from prunekit.models.loading import load_model
+    from tests.unit.test_streamed_width import SETTINGS, TOLERANCE, save_small_shards
 
     source = save_small_shards("llama", tmp_path / "dense")
-    with pytest.raises(SettingsError, match="cannot run streamed") as caught:
-        prune_streamed(
-            str(source), "fasp", save=tmp_path / "pruned", sparsity=0.3, allocation="cost"
-        )
-    assert "\n" not in str(caught.value)
-
-
-def test_streamed_default_falls_back_to_uniform_and_says_so(tmp_path, caplog):
-    """The default (cost) cannot stream: a streamed run takes the uniform allocation, in one
-    logged line, and records it; the plan equals an explicit uniform streamed run."""
-    from prunekit.api import prune_streamed
-    from tests.unit.test_streamed_width import SETTINGS, save_small_shards
-
-    source = save_small_shards("llama", tmp_path / "dense")
+    memory = prune_api(load_model(str(source), dtype="fp32", device="cpu"), "fasp", **SETTINGS)
     with caplog.at_level("WARNING", logger="prunekit.methods.width.fasp"):
-        default = prune_streamed(str(source), "fasp", save=tmp_path / "default", **SETTINGS)
-    notes = [r.getMessage() for r in caplog.records if "allocation uniform" in r.getMessage()]
-    assert len(notes) == 1 and "\n" not in notes[0]
-    explicit = prune_streamed(
-        str(source), "fasp", save=tmp_path / "uniform", allocation="uniform", **SETTINGS
-    )
-    assert default.plan.settings["allocation"] == "uniform"
-    assert default.plan.kept_channels == explicit.plan.kept_channels
+        streamed = prune_streamed(
+            str(source), "fasp", save=tmp_path / "pruned", dtype="fp32", device="cpu", **SETTINGS
+        )
+    assert not caplog.records
+    assert streamed.plan.settings["allocation"] == memory.plan.settings["allocation"] == "cost"
+    assert streamed.plan.extra["allocation"]["widths"] == memory.plan.extra["allocation"]["widths"]
+    assert streamed.plan.kept_channels == memory.plan.kept_channels
+    reloaded = load_pruned(tmp_path / "pruned", dtype="fp32", device="cpu")
+    torch.testing.assert_close(logits(reloaded.model), logits(memory.model), **TOLERANCE)

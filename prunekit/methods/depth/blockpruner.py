@@ -20,6 +20,7 @@ from prunekit.methods.depth.common import (
 )
 from prunekit.methods.depth.search import greedy_search
 from prunekit.methods.registry import (
+    BATCHED,
     CALIBRATION,
     DEPTH_BLOCK_UNITS,
     DEPTH_TARGET,
@@ -133,7 +134,7 @@ register(
         "BlockPruner: greedy removal of attention/MLP blocks (and layers, --candidates "
         "blocks+layers) by calibration ppl or KL from the dense model (exact, fast)",
         prune_blockpruner,
-        takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION,
+        takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION + BATCHED,
         streams=True,
     )
 )
@@ -143,7 +144,7 @@ register(
         "depth",
         "SLEB: greedy removal of whole layers by calibration ppl (first/last layer protected)",
         prune_sleb,
-        takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION,
+        takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION + BATCHED,
         streams=True,
     )
 )
@@ -153,7 +154,7 @@ register(
         "depth",
         "layer-PPL: greedy removal of whole layers by calibration ppl (no protection)",
         prune_layer_ppl,
-        takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION,
+        takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION + BATCHED,
         streams=True,
     )
 )

@@ -25,6 +25,7 @@ from prunekit.methods.depth.common import (
 from prunekit.methods.depth.scores import Candidate
 from prunekit.methods.depth.search import SearchState, Target, label
 from prunekit.methods.registry import (
+    BATCHED,
     CALIBRATION,
     DEPTH_BLOCK_UNITS,
     DEPTH_TARGET,
@@ -129,6 +130,6 @@ for _name, _summary, _fn, _takes in (
 ):
     register(
         Method(
-            _name, "depth", _summary, _fn, takes=DEPTH_TARGET + _takes + CALIBRATION, streams=True
+            _name, "depth", _summary, _fn, takes=DEPTH_TARGET + _takes + CALIBRATION + BATCHED, streams=True
         )
     )

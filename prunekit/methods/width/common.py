@@ -3,6 +3,11 @@
 A method is a ``SequentialMethod`` (its statistic and its decision); ``run_width_method`` loads
 the calibration windows, runs the sequential engine with it, saves rewritten consumers and
 turns the records into a ``PruningPlan``.
+
+A method that decides globally (FLAP's threshold; ``GlobalMethod``) runs in two passes, in
+memory and streamed alike: a recording pass over the dense model (no layer final), the global
+decision (``finish``), then an apply pass that prunes each layer and hands it to the residency
+as final. A streamed model so holds one layer at a time in both passes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -35,6 +41,14 @@ TARGETS = ("mlp", "attn")
 # (docs/algorithms.md, "FASP (width)": 4×1024 tokens made restoration worse than none on
 # SmolLM2).
 MIN_TOKENS_PER_COLUMN = 10.0
+
+
+class GlobalMethod(SequentialMethod, Protocol):
+    """A ``SequentialMethod`` that only records during the pass (``changes_blocks=False``) and
+    decides across every layer at the end; ``finish`` returns the method that applies that
+    decision layer by layer (through ``prune_without_data``)."""
+
+    def finish(self) -> SequentialMethod: ...
 
 
 class WidthRun:
@@ -156,7 +170,7 @@ def run_width_method(
     name: str,
     loaded: LoadedModel,
     settings: PruneSettings,
-    make: Callable[[WidthRun], SequentialMethod],
+    make: Callable[[WidthRun], SequentialMethod | GlobalMethod],
     attn_unit: str,
     needs_data: bool = True,
     before_pass: Callable[[WidthRun, torch.Tensor], None] | None = None,
@@ -165,6 +179,8 @@ def run_width_method(
 
     ``before_pass`` (an allocation) runs on the calibration windows before the pruning pass
     and may set ``run.widths``; the uniform sparsity is then not derived from a ratio target.
+    A ``GlobalMethod`` (one with ``finish``) records, decides, then prunes in an apply pass.
+    The statistics go ``settings.batch_size`` windows at a time.
     """
     validate_width_settings(settings)
     layer_units(loaded)  # structure check before any work
@@ -173,28 +189,24 @@ def run_width_method(
         sparsity = sparsity_for_ratio(loaded, settings, attn_unit)
     run = WidthRun(loaded, settings, sparsity)
     method = make(run)
-    finish = getattr(method, "finish", None)
-    if finish is not None and run.residency.streamed:
-        raise SettingsError(
-            f"{name} cannot run streamed: it prunes only once every layer's scores are known "
-            "(a global threshold); run it in memory"
-        )
-    if before_pass is not None and run.residency.streamed:
-        raise SettingsError(
-            f"{name} --allocation {settings.allocation} cannot run streamed: its cost curves "
-            "need a pass over the dense model before the pruning pass; use --allocation "
-            "uniform or run it in memory"
-        )
+    decides_globally = hasattr(method, "finish")
     started = time.perf_counter()
     if needs_data:
         windows = calibration_data(loaded, settings)
         if before_pass is not None:
             before_pass(run, windows)
-        run.tokens = sequential_pass(loaded, windows, method, residency=run.residency)
+        run.tokens = sequential_pass(
+            loaded,
+            windows,
+            method,
+            batch_size=settings.batch_size,
+            residency=run.residency,
+            finalizes=not decides_globally,
+        )
     else:
         prune_without_data(loaded, method, residency=run.residency)
-    if finish is not None:
-        finish()
+    if decides_globally:
+        prune_without_data(loaded, method.finish(), residency=run.residency)
     seconds = time.perf_counter() - started
     return build_plan(name, run, seconds)
 

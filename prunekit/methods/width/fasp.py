@@ -8,22 +8,21 @@ never touched. docs/algorithms.md, "FASP (width)", is the specification.
 
 ``--allocation cost`` (the default) first measures each group's reconstruction cost on the dense
 model and spends the sparsity where it costs least per parameter (``allocation.py``);
-``--allocation uniform`` keeps the same fraction of every group (the paper's setting, and what a
-streamed run gets by default: the cost curves need a pass over the dense model first).
-docs/results/width.md has the evidence for the default.
+``--allocation uniform`` keeps the same fraction of every group (the paper's setting).
+docs/results/width.md has the evidence for the default. Streamed, the cost pass reads each dense
+layer from the shards and releases it unchanged; the pruning pass then reads it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import torch
 
-from prunekit.engine.residency import is_streamed
 from prunekit.engine.sequential import sequential_pass
 from prunekit.errors import SettingsError
 from prunekit.methods.registry import (
+    BATCHED,
     CALIBRATION,
     RESTORATION,
     UNIFORM_WIDTH,
@@ -50,12 +49,10 @@ from prunekit.methods.width.uniform import UniformPruner
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
-log = logging.getLogger(__name__)
-
 
 def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
-    # The plan records the allocation that ran, never None.
-    settings = dataclasses.replace(settings, allocation=resolved_allocation(loaded, settings))
+    # The plan records the allocation that ran, never None (the default: cost).
+    settings = dataclasses.replace(settings, allocation=settings.allocation or "cost")
     return run_width_method(
         "fasp",
         loaded,
@@ -64,21 +61,6 @@ def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
         attn_unit="value",
         before_pass=allocate_by_cost if settings.allocation == "cost" else None,
     )
-
-
-def resolved_allocation(loaded: LoadedModel, settings: PruneSettings) -> str:
-    """The user's ``--allocation``; by default ``cost``, or ``uniform`` when the run streams
-    (said in one line): the cost curves need a whole pass over the dense model before the
-    pruning pass, which a streamed run does not hold."""
-    if settings.allocation is not None:
-        return settings.allocation
-    if is_streamed(loaded):
-        log.warning(
-            "fasp: the run streams, so it uses --allocation uniform (the default cost "
-            "allocation needs the model in memory)"
-        )
-        return "uniform"
-    return "cost"
 
 
 def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:
@@ -91,7 +73,15 @@ def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:
             f"got {normaliser!r}"
         )
     probe = CostProbe(run, normaliser)
-    sequential_pass(run.loaded, windows, probe, residency=run.residency)
+    # The probe changes nothing: a streamed layer is read, measured and released, not final.
+    sequential_pass(
+        run.loaded,
+        windows,
+        probe,
+        batch_size=settings.batch_size,
+        residency=run.residency,
+        finalizes=False,
+    )
     target = removal_target(run.loaded, settings)
     run.widths = allocate(probe.curves, target, settings.multiple_of)
     run.extra["allocation"] = {
@@ -123,7 +113,7 @@ register(
         family="width",
         summary="FASP: coupled MLP/value channels, Wanda-style score, least-squares restoration",
         prune=prune_fasp,
-        takes=WIDTH_TARGET + UNIFORM_WIDTH + WIDTH_ALLOCATION + RESTORATION + CALIBRATION,
+        takes=WIDTH_TARGET + UNIFORM_WIDTH + WIDTH_ALLOCATION + RESTORATION + CALIBRATION + BATCHED,
         streams=True,
     )
 )

@@ -1,11 +1,13 @@
 """FLAP (An et al., 2024): fluctuation scores, one global threshold, bias compensation.
 
 Statistics are gathered on the dense model in one sequential pass (nothing changes on the way,
-so each block costs one forward). Scores Var_t(X_j)·‖W_:,j‖² are standardised per module (MLP
-channels; attention kv groups scored by the mean over their o_proj columns); then one threshold
-across all layers removes the lowest units until the parameter target is met, which yields
-adaptive per-layer widths. A removed column's average contribution is folded into the
-consumer's bias: b += W[:, P]·mean(X_P) (a bias is added where the stock module has none).
+so each block costs one forward; no layer is final yet). Scores Var_t(X_j)·‖W_:,j‖² are
+standardised per module (MLP channels; attention kv groups scored by the mean over their o_proj
+columns); then one threshold across all layers removes the lowest units until the parameter
+target is met, which yields adaptive per-layer widths. A removed column's average contribution
+is folded into the consumer's bias: b += W[:, P]·mean(X_P) (a bias is added where the stock
+module has none). The pruning is a second pass, layer by layer (``FlapApply``), so a streamed
+model holds one layer at a time in both passes (``common.GlobalMethod``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from prunekit.engine.sequential import InputStatistics
 from prunekit.methods.registry import (
+    BATCHED,
     CALIBRATION,
     WIDTH_TARGET,
     Method,
@@ -46,7 +49,8 @@ class ModuleScores:
 
 
 class FlapPruner:
-    """Records per-module scores during the pass; ``finish`` thresholds globally and prunes."""
+    """Records per-module scores during the pass; ``finish`` thresholds globally and returns
+    the method that prunes each layer accordingly (a ``common.GlobalMethod``)."""
 
     needs_gram = False
     changes_blocks = False  # FLAP only records; it prunes after the pass
@@ -74,13 +78,10 @@ class FlapPruner:
         self.modules.append(ModuleScores(index, kind, standardise(scores), unit, stat.mean))
         return False  # the dense outputs feed the next block: FLAP scores the dense model
 
-    def finish(self) -> None:
+    def finish(self) -> FlapApply:
+        """The global threshold over every recorded module: what each one loses."""
         removed = global_selection(self.modules, self.target_params())
-        layers = self.adapter.layers(self.run.loaded.model)
-        for module, dropped in zip(self.modules, removed, strict=True):
-            self.apply(
-                layers[module.index], module, complement(dropped, module.zscores.numel()), dropped
-            )
+        return FlapApply(self.run, list(zip(self.modules, removed, strict=True)))
 
     def target_params(self) -> int:
         if self.run.sparsity is not None:
@@ -100,9 +101,28 @@ class FlapPruner:
                 added += consumer.out_features
         return added
 
-    def apply(self, layer: nn.Module, module: ModuleScores, kept: list[int], dropped: list[int]):
-        index = module.index
-        if module.kind == "mlp":
+
+class FlapApply:
+    """FLAP's second pass: each layer pruned as the global threshold decided (no statistics), in
+    layer order, so a streamed layer is final, and written, as soon as it is pruned."""
+
+    needs_gram = False
+    changes_blocks = True
+
+    def __init__(self, run: WidthRun, removed: list[tuple[ModuleScores, list[int]]]):
+        self.run = run
+        self.adapter = run.loaded.adapter
+        self.removed = {(m.index, m.kind): (m, dropped) for m, dropped in removed}
+
+    def watched(self, layer: nn.Module, kind: BlockKind) -> dict[str, nn.Module]:
+        return self.run.watched_consumers(layer, kind)
+
+    def decide(
+        self, index: int, layer: nn.Module, kind: BlockKind, stats: dict[str, InputStatistics]
+    ) -> bool:
+        module, dropped = self.removed[(index, kind)]
+        kept = complement(dropped, module.zscores.numel())
+        if kind == "mlp":
             channels = self.adapter.mlp_channels(layer)
             compensate(channels.consumer, dropped, module.input_mean)
             slice_mlp(channels, kept)
@@ -116,7 +136,8 @@ class FlapPruner:
             self.run.keep(index, "attn_heads", kept)
             consumer = channels.o_proj
         self.run.rewrote(consumer)
-        self.run.note(index, module.kind, removed=len(dropped), kept=len(kept))
+        self.run.note(index, kind, removed=len(dropped), kept=len(kept))
+        return True
 
 
 def complement(dropped: list[int], width: int) -> list[int]:
@@ -190,7 +211,7 @@ register(
         family="width",
         summary="FLAP: fluctuation scores, global threshold (adaptive widths), bias compensation",
         prune=prune_flap,
-        takes=WIDTH_TARGET + CALIBRATION,
-        no_stream_reason="its global threshold needs every layer's scores before it prunes any",
+        takes=WIDTH_TARGET + CALIBRATION + BATCHED,
+        streams=True,
     )
 )

@@ -8,6 +8,7 @@ restoration.
 from __future__ import annotations
 
 from prunekit.methods.registry import (
+    BATCHED,
     CALIBRATION,
     UNIFORM_WIDTH,
     WIDTH_TARGET,
@@ -38,7 +39,7 @@ register(
         family="width",
         summary="Wanda-sp: |W|·‖X‖ channel scores, whole attention heads, no restoration",
         prune=prune_wanda_sp,
-        takes=WIDTH_TARGET + UNIFORM_WIDTH + CALIBRATION,
+        takes=WIDTH_TARGET + UNIFORM_WIDTH + CALIBRATION + BATCHED,
         streams=True,
     )
 )
