@@ -130,6 +130,11 @@ for _name, _summary, _fn, _takes in (
 ):
     register(
         Method(
-            _name, "depth", _summary, _fn, takes=DEPTH_TARGET + _takes + CALIBRATION + BATCHED, streams=True
+            _name,
+            "depth",
+            _summary,
+            _fn,
+            takes=DEPTH_TARGET + _takes + CALIBRATION + BATCHED,
+            streams=True,
         )
     )

@@ -58,5 +58,3 @@ class StepScores:
 
 # Called after each candidate of a step is decided: (candidate, best so far, its NLL sum).
 Listener = Callable[[Candidate, "Candidate | None", float], None]
-
-
