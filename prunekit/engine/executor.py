@@ -42,6 +42,19 @@ from prunekit.models.loading import LoadedModel
 
 # States kept at once when no budget is given.
 DEFAULT_STATE_BYTES = 1 << 30
+# Windows per block call on a GPU when --batch-size is not given: one window of a small model is
+# a few kernel launches of little work each, so a step is launch-bound (docs/results/
+# gpu_check.md: 3.4-12.4 s per BlockPruner step on an H200 at batch 1).
+GPU_BATCH_SIZE = 8
+
+
+def default_batch_size(device: str | torch.device, windows: int) -> int:
+    """The batch size a run gets when none is given: 1 on a CPU (one window's matmuls already
+    fill the cores, and batch 1 keeps the fewest states), ``GPU_BATCH_SIZE`` on a GPU, at most
+    the number of windows."""
+    on_gpu = torch.device(device).type != "cpu"
+    return max(1, min(windows, GPU_BATCH_SIZE if on_gpu else 1))
+
 
 # A branch: its key and the blocks of the trunk it skips (non-empty).
 Branches = Mapping[Hashable, frozenset[BlockRef]]

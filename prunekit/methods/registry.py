@@ -50,7 +50,8 @@ class PruneSettings:
     n_samples: int = 16
     seqlen: int = 1024
     seed: int = 0
-    batch_size: int = 1
+    # Calibration windows per forward; None: the device's default (engine.default_batch_size).
+    batch_size: int | None = None
     candidates: str | None = None  # depth: one of CANDIDATE_SETS; None: the method's default
     protect_layers: list[int] = field(default_factory=list)
     criterion: str | None = None  # depth: one of CRITERIA; None: the method's default
@@ -78,7 +79,7 @@ class PruneSettings:
             raise SettingsError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         if self.blocks is not None and self.blocks < 1:
             raise SettingsError(f"--blocks must be at least 1, got {self.blocks}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise SettingsError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.n_samples < 1:
             raise SettingsError(f"--n-samples must be at least 1, got {self.n_samples}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from prunekit.engine.executor import default_batch_size
 from prunekit.engine.residency import is_streamed
 from prunekit.errors import PlanError, SettingsError
 from prunekit.export.streamed import write_depth_pruned
@@ -124,7 +125,7 @@ def prepare_units(
         loaded,
         windows,
         criterion,
-        batch_size=settings.batch_size,
+        batch_size=settings.batch_size or default_batch_size(loaded.device, windows.shape[0]),
         max_memory=settings.options.get("max_memory"),
         state_bytes=settings.options.get("state_bytes"),
     )

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
+from prunekit.engine.executor import default_batch_size
 from prunekit.engine.residency import Resident
 from prunekit.engine.sequential import SequentialMethod, prune_without_data, sequential_pass
 from prunekit.errors import SettingsError
@@ -199,7 +200,7 @@ def run_width_method(
             loaded,
             windows,
             method,
-            batch_size=settings.batch_size,
+            batch_size=settings.batch_size or default_batch_size(loaded.device, len(windows)),
             residency=run.residency,
             finalizes=not decides_globally,
         )
