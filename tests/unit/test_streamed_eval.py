@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prunekit.api import evaluate_streamed, open_streamed, prune_streamed
-from prunekit.engine.streamed_forward import chunk_memory
+from prunekit.engine.chunking import chunk_memory
 from prunekit.errors import SettingsError
 from prunekit.evaluation.dispatched import load_dispatched
 from prunekit.evaluation.perplexity import perplexity
