@@ -15,6 +15,10 @@ explicit settings objects, for callers such as the speed-target search).
 Settings are routed to the stage whose method takes them (``--criterion`` to BlockPruner,
 ``--multiple-of`` to FASP; calibration settings to both). The plan is one ``PruningPlan`` with
 ordered ``stages`` (see prunekit/plan.py); ``prunekit.surgery.apply_plan`` replays it.
+
+A combined method decides the targets and the order; each stage runs through the ``run_stage``
+it is lent (``pipeline.apply.run_stage``), which carries that stage's decision out (the depth
+surgery, the restored weights) before the next stage is calibrated on the result.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from prunekit.methods.registry import (
     COMBINED_ONLY,
     Method,
     PruneSettings,
+    StageRunner,
     by_family,
     registered,
 )
@@ -106,12 +111,17 @@ def stage_settings(method: Method, settings: PruneSettings, **target: object) ->
 
 
 def prune_split(
-    first: Method, second: Method, loaded: LoadedModel, settings: PruneSettings
+    first: Method,
+    second: Method,
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    *,
+    run_stage: StageRunner,
 ) -> PruningPlan:
     """The ``prune`` of a combined method: resolve each stage's target, run both stages."""
     name = f"{first.name}{SEPARATOR}{second.name}"
     if settings.ratio is None:
-        return _explicit_targets(name, first, second, loaded, settings)
+        return _explicit_targets(name, first, second, loaded, settings, run_stage)
     if settings.blocks is not None or settings.sparsity is not None:
         raise SettingsError(
             f"{name}: give --ratio (split by --depth-share) or each stage's own target "
@@ -136,13 +146,17 @@ def prune_split(
 
     split = {"ratio": settings.ratio, "depth_share": share}
     record = {**dataclasses.asdict(settings), "depth_share": share}
-    return run_stages(
-        loaded, name, [(first, first_settings), (second, second_target)], record, split
-    )
+    stages = [(first, first_settings), (second, second_target)]
+    return run_stages(loaded, name, stages, record, split, run_stage=run_stage)
 
 
 def _explicit_targets(
-    name: str, first: Method, second: Method, loaded: LoadedModel, settings: PruneSettings
+    name: str,
+    first: Method,
+    second: Method,
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    run_stage: StageRunner,
 ) -> PruningPlan:
     """Without --ratio: --blocks goes to the depth stage, --sparsity to the width stage."""
     if settings.depth_share is not None:
@@ -154,7 +168,8 @@ def _explicit_targets(
         )
     targets = {"depth": {"blocks": settings.blocks}, "width": {"sparsity": settings.sparsity}}
     stages = [(m, stage_settings(m, settings, **targets[m.family])) for m in (first, second)]
-    return run_stages(loaded, name, stages, dataclasses.asdict(settings), None)
+    record = dataclasses.asdict(settings)
+    return run_stages(loaded, name, stages, record, None, run_stage=run_stage)
 
 
 def prune_combined(
@@ -163,9 +178,12 @@ def prune_combined(
     width_method: str | Method,
     depth_settings: PruneSettings,
     width_settings: PruneSettings,
+    *,
+    run_stage: StageRunner,
 ) -> PruningPlan:
     """Apply ``depth_method`` then ``width_method`` to ``loaded`` in place, each with its own
-    explicit settings (e.g. ``blocks=k`` and ``sparsity=s``); return the combined plan.
+    explicit settings (e.g. ``blocks=k`` and ``sparsity=s``), each stage through ``run_stage``
+    (``prunekit.pipeline.apply.run_stage``); return the combined plan.
 
     The width stage runs on the depth-pruned model. Its restored weights are saved to
     ``width_settings.run_dir`` when it has one (as any width run); replay the plan with that
@@ -200,9 +218,8 @@ def prune_combined(
         "depth": dataclasses.asdict(depth_settings),
         "width": dataclasses.asdict(width_settings),
     }
-    return run_stages(
-        loaded, name, [(depth, depth_settings), (width, width_settings)], record, None
-    )
+    stages = [(depth, depth_settings), (width, width_settings)]
+    return run_stages(loaded, name, stages, record, None, run_stage=run_stage)
 
 
 def _differs(settings: PruneSettings, field: dataclasses.Field) -> bool:
@@ -217,10 +234,13 @@ def run_stages(
     stages: list,
     settings_record: dict,
     split: dict | None,
+    *,
+    run_stage: StageRunner,
 ) -> PruningPlan:
-    """Run each (method, settings) stage on ``loaded`` in order; ``settings`` may be a callable
-    returning them, evaluated once the stages before have run (a target that depends on what
-    they removed). Returns the combined plan."""
+    """Run each (method, settings) stage on ``loaded`` in order through ``run_stage``, which
+    carries each stage's decision out; ``settings`` may be a callable returning them, evaluated
+    once the stages before have run (a target that depends on what they removed). Returns the
+    combined plan."""
     dense = count_parameters(loaded.model)
     identity = loaded.identity()
     plans: list[PruningPlan] = []
@@ -229,7 +249,7 @@ def run_stages(
         settings = settings() if callable(settings) else settings
         before = count_parameters(loaded.model)
         log.info("%s stage %d: %s", name, number, method.name)
-        plan = method.prune(loaded, settings)
+        plan = run_stage(method, loaded, settings)
         if not plan.complete:
             raise SettingsError(f"{name}: stage {number} ({method.name}) did not finish")
         plans.append(plan)

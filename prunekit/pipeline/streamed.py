@@ -20,6 +20,7 @@ from prunekit.methods.registry import Method, PruneSettings
 from prunekit.models.dtype import dtype_name, resolve_dtype
 from prunekit.models.lazy import LazyModel
 from prunekit.models.loading import default_device
+from prunekit.pipeline.apply import run_method
 from prunekit.pipeline.evaluation import evaluate_from_files
 from prunekit.pipeline.lazy import lazy_loaded
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads
@@ -94,7 +95,7 @@ def prune_streamed_run(
                 )
                 loaded.residency = residency
                 log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
-                plan = chosen.prune(loaded, options)
+                plan = run_method(chosen, loaded, options)
                 residency.finish_outside_layers()
             timings["prune"] = time.perf_counter() - started
             after = parameter_counts(loaded.model, loaded.adapter)
