@@ -15,15 +15,20 @@ explicit settings objects, for callers such as the speed-target search).
 Settings are routed to the stage whose method takes them (``--criterion`` to BlockPruner,
 ``--multiple-of`` to FASP; calibration settings to both). The plan is one ``PruningPlan`` with
 ordered ``stages`` (see prunekit/plan.py); ``prunekit.surgery.apply_plan`` replays it.
+
+Streamed, the second stage runs on what the first left while the weights stay in their files
+(``methods/streamed_stages.py``), and the export receives each layer once, after both stages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping
 from functools import partial
 
+from prunekit.engine.residency import is_streamed
 from prunekit.errors import SettingsError
 from prunekit.methods.registry import (
     ALWAYS,
@@ -33,6 +38,7 @@ from prunekit.methods.registry import (
     by_family,
     registered,
 )
+from prunekit.methods.streamed_stages import StreamedStages
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
@@ -42,11 +48,6 @@ SEPARATOR = "+"
 DEFAULT_DEPTH_SHARE = 0.5
 # The targets a combined run splits (ratio) or routes by family (blocks, sparsity).
 TARGETS = ("ratio", "blocks", "sparsity")
-NO_STREAM_REASON = (
-    "its second stage is calibrated on the model the first stage left, which a streamed run "
-    "never holds (it writes each layer as it goes); run it in memory, or stream the stages as "
-    "two runs"
-)
 
 
 def combined_method(name: str, methods: Mapping[str, Method]) -> Method:
@@ -69,15 +70,23 @@ def combined_method(name: str, methods: Mapping[str, Method]) -> Method:
             "one width method, e.g. blockpruner+fasp"
         )
     takes = tuple(dict.fromkeys(first.takes + second.takes + COMBINED_ONLY))
+    width = first if first.family == "width" else second
     return Method(
         name=name,
         family="combined",
         summary=f"{first.name} then {second.name} on the model it left",
         prune=partial(prune_split, first, second),
         takes=takes,
-        streams=False,
-        no_stream_reason=NO_STREAM_REASON,
+        streams=True,
+        varied_shapes=partial(_width_stage_shapes, width),
     )
+
+
+def _width_stage_shapes(width: Method, settings: PruneSettings) -> str | None:
+    """Why the width stage gives the layers different shapes (its settings are the combined
+    method's, routed to it)."""
+    reason = width.varied_shapes(settings) if width.varied_shapes else None
+    return f"its {width.name} stage: {reason}" if reason else None
 
 
 def _part(part: str, name: str, methods: Mapping[str, Method]) -> Method:
@@ -222,25 +231,33 @@ def run_stages(
     returning them, evaluated once the stages before have run (a target that depends on what
     they removed). Returns the combined plan."""
     dense = count_parameters(loaded.model)
-    identity = loaded.identity()
+    # A streamed skeleton's fingerprint is read from the shards (on meta it has none).
+    identity = loaded.residency.identity(loaded) if loaded.residency else loaded.identity()
     plans: list[PruningPlan] = []
     summaries: list[dict] = []
-    for number, (method, settings) in enumerate(stages, start=1):
-        settings = settings() if callable(settings) else settings
-        before = count_parameters(loaded.model)
-        log.info("%s stage %d: %s", name, number, method.name)
-        plan = method.prune(loaded, settings)
-        if not plan.complete:
-            raise SettingsError(f"{name}: stage {number} ({method.name}) did not finish")
-        plans.append(plan)
-        after = count_parameters(loaded.model)
-        if number < len(stages) and not loaded.adapter.layers(loaded.model):
-            following = stages[number][0].name
-            raise SettingsError(
-                f"{name}: stage {number} ({method.name}) removed every layer, which leaves "
-                f"{following} nothing to prune; lower its target"
-            )
-        summaries.append(stage_summary(method, settings, before, after, dense, plan.settings))
+    # Streamed: each stage under its own residency, the export written by the last one only.
+    with StreamedStages(loaded) if is_streamed(loaded) else contextlib.nullcontext() as streamed:
+        for number, (method, settings) in enumerate(stages, start=1):
+            settings = settings() if callable(settings) else settings
+            before = count_parameters(loaded.model)
+            log.info("%s stage %d: %s", name, number, method.name)
+            last = number == len(stages)
+            if streamed:
+                streamed.begin(method, last)
+            plan = method.prune(loaded, settings)
+            if not plan.complete:
+                raise SettingsError(f"{name}: stage {number} ({method.name}) did not finish")
+            plans.append(plan)
+            after = count_parameters(loaded.model)
+            if not last and not loaded.adapter.layers(loaded.model):
+                following = stages[number][0].name
+                raise SettingsError(
+                    f"{name}: stage {number} ({method.name}) removed every layer, which leaves "
+                    f"{following} nothing to prune; lower its target"
+                )
+            if streamed:
+                streamed.end(last)
+            summaries.append(stage_summary(method, settings, before, after, dense, plan.settings))
     extra = {"order": [m.name for m, _ in stages], "stages": summaries}
     if split is not None:
         extra["split"] = split

@@ -63,6 +63,13 @@ def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
     )
 
 
+def cost_allocation_shapes(settings: PruneSettings) -> str | None:
+    """Why FASP's plan gives the layers different widths (its cost allocation, the default)."""
+    if settings.allocation in (None, "cost"):
+        return "its cost allocation (the default) gives each layer its own widths"
+    return None
+
+
 def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:
     """Pass 1 on the dense model: cost curves; then per-group widths meeting the target."""
     settings = run.settings
@@ -115,5 +122,6 @@ register(
         prune=prune_fasp,
         takes=WIDTH_TARGET + UNIFORM_WIDTH + WIDTH_ALLOCATION + RESTORATION + CALIBRATION + BATCHED,
         streams=True,
+        varied_shapes=cost_allocation_shapes,
     )
 )
