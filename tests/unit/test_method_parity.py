@@ -36,7 +36,7 @@ from tests.unit.width_helpers import logits
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
-CALIB = dict(n_samples=3, seqlen=24, calib="wikitext2", seed=0)
+CALIB = dict(n_samples=2, seqlen=24, calib="wikitext2", seed=0)
 # Every registered depth method, BlockPruner also in the paper's setting.
 DEPTH = {
     "blockpruner": ("blockpruner", {}),
