@@ -78,14 +78,14 @@ def combined_method(name: str, methods: Mapping[str, Method]) -> Method:
         prune=partial(prune_split, first, second),
         takes=takes,
         streams=True,
-        varied_shapes=partial(_width_stage_shapes, width),
+        non_stock_shapes=partial(_width_stage_shapes, width),
     )
 
 
 def _width_stage_shapes(width: Method, settings: PruneSettings) -> str | None:
-    """Why the width stage gives the layers different shapes (its settings are the combined
-    method's, routed to it)."""
-    reason = width.varied_shapes(settings) if width.varied_shapes else None
+    """Why the width stage gives the layers shapes no stock config describes (its settings are
+    the combined method's, routed to it)."""
+    reason = width.non_stock_shapes(settings) if width.non_stock_shapes else None
     return f"its {width.name} stage: {reason}" if reason else None
 
 

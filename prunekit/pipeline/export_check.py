@@ -3,9 +3,10 @@ give the layers shapes the export cannot hold.
 
 A streamed run writes its layers as they are pruned and learns the model's format only at the
 end (``export.save.write_beside_weights``): a family without a heterogeneous export (no shim in
-its record: OPT, Gemma 3), or ``--save-format hf``, refuses per-layer shapes only after all the
-pruning work. Some methods give every layer its own widths whatever the model (FASP's cost
-allocation, FLAP: ``Method.varied_shapes``), so those runs are refused here, in one line.
+its record: OPT, Gemma 3), or ``--save-format hf``, refuses shapes no stock config describes
+only after all the pruning work. Some methods give such shapes whatever the model
+(``Method.non_stock_shapes``: FASP's cost allocation or value channels, FLAP's per-layer
+widths), so those runs are refused here, in one line.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def check_streamed_export(
     config: Any, method: Method, settings: PruneSettings, save_format: str
 ) -> None:
     """Refuse a streamed run whose export is sure to fail on its layer shapes."""
-    reason = method.varied_shapes(settings) if method.varied_shapes else None
+    reason = method.non_stock_shapes(settings) if method.non_stock_shapes else None
     if reason is None:
         return
     if save_format == "hf":
@@ -33,6 +34,6 @@ def check_streamed_export(
     if family.shim is None:
         raise SettingsError(
             f"{method.name} cannot be exported streamed for {family.display_name or family.name}: "
-            f"{reason}, and this family's export holds only layers of one shape; use a uniform "
-            "width (fasp --allocation uniform, wanda-sp) or run it in memory"
+            f"{reason}, and this family's export holds stock shapes only; use stock widths "
+            "(fasp --allocation uniform --targets mlp, wanda-sp) or run it in memory"
         )

@@ -167,13 +167,18 @@ def test_streamed_combined_export_reloads_to_the_in_memory_model(family, method,
 
 
 @pytest.mark.parametrize(
-    ("method", "settings"),
-    [("fasp", {}), ("flap", {}), ("blockpruner+fasp", {"allocation": "cost"})],
+    ("method", "settings", "reason"),
+    [
+        ("fasp", {}, "its cost allocation"),
+        ("fasp", {"allocation": "uniform"}, "its value channels leave the value heads narrower"),
+        ("flap", {}, "its global threshold gives each layer its own widths"),
+        ("blockpruner+fasp", {"allocation": "cost"}, "its fasp stage: its cost allocation"),
+    ],
 )
-def test_streamed_per_layer_widths_are_refused_before_any_weight(
-    method, settings, sources, tmp_path, monkeypatch
+def test_streamed_non_stock_shapes_are_refused_before_any_weight(
+    method, settings, reason, sources, tmp_path, monkeypatch
 ):
-    """OPT's export holds one layer shape: refused in one line before a weight is read."""
+    """OPT's export holds stock shapes only: refused in one line before a weight is read."""
 
     def no_weights(*args, **kwargs):
         raise AssertionError("a weight was read")
@@ -182,7 +187,7 @@ def test_streamed_per_layer_widths_are_refused_before_any_weight(
     monkeypatch.setattr("prunekit.pipeline.streamed.evaluate_from_files", no_weights)
     with pytest.raises(
         SettingsError,
-        match=f"{re.escape(method)} cannot be exported streamed for OPT: .*own widths",
+        match=f"{re.escape(method)} cannot be exported streamed for OPT: {reason}",
     ):
         prunekit.prune(
             str(sources("opt")),

@@ -63,10 +63,16 @@ def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
     )
 
 
-def cost_allocation_shapes(settings: PruneSettings) -> str | None:
-    """Why FASP's plan gives the layers different widths (its cost allocation, the default)."""
+def non_stock_shapes(settings: PruneSettings) -> str | None:
+    """Why FASP's plan gives the layers shapes no stock config describes (None: it keeps them
+    stock): per-layer widths, or value heads narrower than the query/key heads."""
     if settings.allocation in (None, "cost"):
         return "its cost allocation (the default) gives each layer its own widths"
+    if "attn" in settings.targets:
+        return (
+            "its value channels leave the value heads narrower than the query/key heads "
+            "(--targets mlp keeps stock shapes)"
+        )
     return None
 
 
@@ -122,6 +128,6 @@ register(
         prune=prune_fasp,
         takes=WIDTH_TARGET + UNIFORM_WIDTH + WIDTH_ALLOCATION + RESTORATION + CALIBRATION + BATCHED,
         streams=True,
-        varied_shapes=cost_allocation_shapes,
+        non_stock_shapes=non_stock_shapes,
     )
 )
