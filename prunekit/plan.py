@@ -52,6 +52,10 @@ class PruningPlan:
     def __post_init__(self) -> None:
         if self.stages:
             self.version = STAGED_PLAN_VERSION
+        # Not plan data (no field: never saved, compared or copied by ``replace``): the final
+        # weights of the consumers a width method rewrote, by parameter name, which the method
+        # hands to the pipeline to save beside the plan (``extra["restored_weights"]``).
+        self.rewritten_weights: dict[str, Any] = {}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -87,9 +87,10 @@ def prune_command(
         setting_default("seqlen"), help="Calibration window length in tokens."
     ),
     seed: int = typer.Option(setting_default("seed"), help="Seed of the calibration sampling."),
-    batch_size: int = typer.Option(
+    batch_size: int | None = typer.Option(
         setting_default("batch_size"),
-        help="Calibration windows per forward (the width statistics and the depth search).",
+        help="Calibration windows per forward (the width statistics and the depth search); "
+        "default: 1 on a CPU, 8 on a GPU. The plan does not depend on it.",
     ),
     candidates: str = typer.Option(
         setting_default("candidates"),

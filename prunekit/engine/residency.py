@@ -1,12 +1,12 @@
 """Where the model's weights are while the engine runs it: all resident, or streamed part by part.
 
-The engine (``prunekit.engine.sequential``) asks for a part before it runs it (``onloaded``) and
-says when a part is final (``finished``: pruned, nothing will change it again). For a model in
-memory both are no-ops. For a lazily loaded model (``prunekit.models.lazy.LazyModel``) a part is
-read from the shards on entry, handed to a sink when finished (the streamed export writes it to
-the output shards) and released on exit, so memory holds about one layer at a time
-(docs/design.md, "Principles", 7). Parts are the lazy model's: a layer index, EMBEDDINGS, REST,
-HEAD.
+The layer executor (``prunekit.engine.executor``) asks for a part before it runs it
+(``onloaded``) and, in a pass that prunes, says when a part is final (``finished``: pruned,
+nothing will change it again). For a model in memory both are no-ops. For a lazily loaded model
+(``prunekit.models.lazy.LazyModel``) a part is read from the shards on entry, handed to a sink
+when finished (the streamed export writes it to the output shards) and released on exit, so
+memory holds about one layer at a time (docs/design.md, "Principles", 7). Parts are the lazy
+model's: a layer index, EMBEDDINGS, REST, HEAD.
 """
 
 from __future__ import annotations

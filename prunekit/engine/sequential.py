@@ -1,5 +1,9 @@
 """The sequential layer-by-layer calibration loop shared by every width method (SparseGPT-style).
 
+A driver on the layer executor (``engine/executor.py``), which owns the residency, the window
+batches, the embedding, the layer context and the activation store; this module adds only what
+is the width methods': the recording hooks, the decision, and the replay of a pruned block.
+
 Layer-0 inputs of the calibration windows are captured once; then each decoder layer is
 processed block by block (attention, then MLP): forward pre-hooks on the modules a method
 watches accumulate running statistics of their inputs (``InputStatistics``), the method decides
@@ -7,26 +11,26 @@ watches accumulate running statistics of their inputs (``InputStatistics``), the
 Only the windows' hidden states are kept between blocks; activations inside a block are reduced
 to statistics as they stream past, never stored. The kept states (and the o_proj inputs an
 attention replay needs) live on the compute device, or on the host when the residency says
-``offload_activations``: then each batch visits the device for its block only.
+``offload_activations`` (the executor's ``ActivationStore``): then each batch visits the
+device for its block only.
 """
 
 from __future__ import annotations
 
 import itertools
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
 
-from prunekit.engine.layerwise import batches, capture_layer_context, embed, run_block
-from prunekit.engine.residency import Residency, Resident
+from prunekit.engine.executor import ActivationStore, LayerExecutor
+from prunekit.engine.residency import Residency
 from prunekit.errors import NumericalError
-from prunekit.models.adapters import BLOCK_KINDS, BlockKind
-from prunekit.models.lazy import EMBEDDINGS, REST
+from prunekit.models.adapters import BLOCK_KINDS, BlockKind, BlockRef
 from prunekit.models.loading import LoadedModel
 from prunekit.models.precision import fp32_accumulated_matmul
-from prunekit.progress import progress
 
 
 class InputStatistics:
@@ -174,76 +178,38 @@ def sequential_pass(
     unchanged reuse the outputs of the statistics pass, so a method that only records (FLAP)
     costs one calibration pass; attention blocks changed only through o_proj (``ConsumerOnly``)
     are replayed from o_proj's recorded inputs (``replay_consumers=False`` reruns them: tests).
-    ``residency`` (default: the model is in memory) onloads each part before it runs and is told
-    when a layer is final, so a streamed model holds one layer at a time. ``finalizes=False``:
-    a pass that only records (a cost probe, FLAP's scores) over the dense model; no layer is
-    final after it, so a streamed layer is read, measured and released, never handed to the sink.
+    ``residency`` (default: ``loaded.residency``, else in memory) onloads each part before it
+    runs and is told when a layer is final, so a streamed model holds one layer at a time.
+    ``finalizes=False``: a pass that only records (a cost probe, FLAP's scores) over the dense
+    model; no layer is final after it, so a streamed layer is read, measured and released,
+    never handed to the sink.
     ``batch_size`` windows go through a block at a time: the statistics are the same sums in
     another order (docs/algorithms.md, "Batched statistics").
     """
-    residency = residency or Resident()
-    model, adapter = loaded.model, loaded.adapter
-    store = ActivationStore(torch.device(loaded.device), residency.offload_activations)
-    with residency.onloaded(EMBEDDINGS, REST):
-        context = capture_layer_context(model, adapter, windows[:1])
-        hidden = [store.keep(embed(model, adapter, b)) for b in batches(windows, batch_size)]
-        if finalizes:
-            residency.finished(EMBEDDINGS, model.get_input_embeddings())
-    layers = adapter.layers(model)
-    for index in progress(range(len(layers)), desc="calibrate+prune", unit="layer"):
-        final = index == len(layers) - 1
-        with residency.onloaded(index):
-            hidden = _process_layer(
-                loaded,
-                index,
-                hidden,
-                context.kwargs[index],
-                method,
-                final,
-                replay_consumers,
-                store,
-            )
-            if finalizes:
-                residency.finished(index, layers[index])
+    executor = LayerExecutor(loaded, windows, batch_size, residency=residency, finalizes=finalizes)
+    hidden = executor.embed_windows(stored=True)
+    with closing(executor.each_layer(desc="calibrate+prune")) as layers:
+        for index, _layer in layers:
+            final = index == len(executor.layers) - 1
+            hidden = _process_layer(executor, index, hidden, method, final, replay_consumers)
     return windows.numel()
 
 
-@dataclass(frozen=True)
-class ActivationStore:
-    """Where the calibration states wait between blocks: on the compute device, or offloaded
-    to the host (only where the compute device is not the host)."""
-
-    device: torch.device
-    offload: bool = False
-
-    @property
-    def on_host(self) -> bool:
-        return self.offload and self.device.type != "cpu"
-
-    def keep(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to("cpu") if self.on_host else tensor
-
-    def use(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(self.device) if self.on_host else tensor
-
-
 def _process_layer(
-    loaded: LoadedModel,
+    executor: LayerExecutor,
     index: int,
     hidden: list[torch.Tensor],
-    kwargs: dict,
     method: SequentialMethod,
     final_layer: bool,
     replay_consumers: bool,
-    store: ActivationStore | None = None,
 ) -> list[torch.Tensor]:
     """Statistics, decision and outputs of one layer's blocks; returns the next layer's inputs
     (nothing for the last layer: no one reads them)."""
-    adapter = loaded.adapter
-    store = store or ActivationStore(torch.device(loaded.device))
-    layer = adapter.layers(loaded.model)[index]
+    adapter, store = executor.adapter, executor.store
+    layer = executor.layers[index]
     kinds = [k for k in BLOCK_KINDS if adapter.has_block(layer, k)]
     for kind in kinds:
+        block = BlockRef(index, kind)
         watched = method.watched(layer, kind)
         final = final_layer and kind == kinds[-1]  # nothing reads the last block's outputs
         if final and not watched:
@@ -269,7 +235,7 @@ def _process_layer(
             outputs = None if stop else []
             for h in hidden:
                 try:
-                    out = run_block(adapter, layer, kind, store.use(h), kwargs)
+                    out = executor.run_block(block, store.use(h))
                 except _StopBlock:
                     continue
                 if outputs is not None:
@@ -292,9 +258,7 @@ def _process_layer(
                 for h, x in zip(hidden, inputs[change.name], strict=True)
             ]
         elif change or outputs is None:
-            outputs = [
-                store.keep(run_block(adapter, layer, kind, store.use(h), kwargs)) for h in hidden
-            ]
+            outputs = [store.keep(executor.run_block(block, store.use(h))) for h in hidden]
         hidden = outputs
     return [] if final_layer else hidden
 
@@ -305,14 +269,12 @@ def prune_without_data(
 ) -> None:
     """The same per-block decisions for methods that need no statistics: magnitude, and the
     apply pass of a method that decided globally after a recording pass (FLAP)."""
-    residency = residency or Resident()
-    adapter = loaded.adapter
-    for index, layer in enumerate(adapter.layers(loaded.model)):
-        with residency.onloaded(index):
+    executor = LayerExecutor(loaded, None, residency=residency, finalizes=True)
+    with closing(executor.each_layer()) as layers:
+        for index, layer in layers:
             for kind in BLOCK_KINDS:
-                if adapter.has_block(layer, kind) and method.watched(layer, kind):
+                if executor.adapter.has_block(layer, kind) and method.watched(layer, kind):
                     method.decide(index, layer, kind, {})
-            residency.finished(index, layer)
 
 
 GRAM_BLOCK = 384  # columns per block of the triangular Gram update (measured best on 576/1536)

@@ -1,30 +1,32 @@
 """Perplexity of a model that never sits in memory: layer by layer, from its safetensors shards.
 
 The windows, the fp32 LM head and the NLL are the in-memory ``perplexity``'s (docs/protocol.md,
-"Perplexity"); only the order of work differs: the engine (``prunekit.engine.streamed_forward``)
-applies each layer to a chunk of windows at once, reading the layer from disk once per chunk. The
-chunk is as large as the memory budget allows, so a budget that holds every window's hidden states
-reads each layer exactly once.
+"Perplexity"); only the order of work differs: the layer executor (``prunekit.engine.executor``,
+``run_layers``) applies each layer's stock forward to a chunk of windows at once, reading the layer
+from disk once per chunk. The chunk is as large as the memory budget allows
+(``engine/chunking.py``), so a budget that holds every window's hidden states reads each layer
+exactly once.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import torch
 
 from prunekit.data import check_seqlen, corpus_source, corpus_tokens, eval_windows
+from prunekit.engine.executor import LayerExecutor
 from prunekit.engine.residency import Streamed
-from prunekit.engine.streamed_forward import (
-    FinalBatches,
-    chunk_windows_for_budget,
-    forward_layer_major,
-)
 from prunekit.errors import SettingsError
 from prunekit.evaluation.nll import eval_logits_fn, nll_from_final_hidden
 from prunekit.evaluation.perplexity import PerplexityResult
 from prunekit.models.loading import LoadedModel
+from prunekit.progress import progress
+
+# (token ids of a batch, its final hidden states): what a chunk hands to ``_NllTotal``.
+FinalBatches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 class _NllTotal:
@@ -49,6 +51,16 @@ class _NllTotal:
             self.count += batch.shape[0] * (batch.shape[1] - 1 - self.skip)
 
 
+def _final_batches(
+    executor: LayerExecutor, ids: list[torch.Tensor], hidden: list[torch.Tensor]
+) -> FinalBatches:
+    """(ids, final hidden) per batch, made as the consumer iterates; each batch's pre-norm states
+    are dropped once normed (they are not needed again)."""
+    for i, batch in enumerate(ids):
+        states, hidden[i] = hidden[i], None
+        yield batch, executor.final_hidden(states)
+
+
 def streamed_residency(loaded: LoadedModel) -> Streamed:
     """The model's ``Streamed`` residency, or a one-line error for a model in memory."""
     if not isinstance(loaded.residency, Streamed):
@@ -70,7 +82,8 @@ def perplexity_streamed(
     """``perplexity`` of a lazily loaded model, layer by layer.
 
     ``max_memory`` (bytes) bounds what the pass holds on the compute device (chunk size from
-    ``chunk_windows_for_budget``); None puts every window in one chunk (each layer read once).
+    ``LayerExecutor.layer_chunk_windows``); None puts every window in one chunk (each layer read
+    once).
     """
     residency = streamed_residency(loaded)
     check_seqlen(seqlen, loaded.model.config)
@@ -78,14 +91,16 @@ def perplexity_streamed(
     bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
     windows = eval_windows(tokens, seqlen, max_windows, bos_token_id=bos)
     count = windows.shape[0]
-    chunk = (
-        count
-        if max_memory is None
-        else chunk_windows_for_budget(residency.lazy, seqlen, batch_size, max_memory, count)
-    )
+    executor = LayerExecutor(loaded, windows, batch_size, max_memory, residency=residency)
+    chunk = executor.layer_chunk_windows()
     started = time.perf_counter()
     nll = _NllTotal(loaded)
-    forward_layer_major(loaded, windows, residency, nll, chunk_windows=chunk, batch_size=batch_size)
+    chunks = list(executor.chunks(0, size=chunk))
+    for windows_of_chunk in progress(chunks, desc="layer-major forward", unit="chunk"):
+        hidden = executor.run_layers(windows_of_chunk)
+        with executor.head():
+            nll(_final_batches(executor, executor.batch_ids(windows_of_chunk), hidden))
+        del hidden
     return PerplexityResult(
         dataset=dataset,
         ppl=math.exp(nll.total / nll.count),

@@ -12,7 +12,7 @@ layer onloaded from the input shards and written under its new number, removed b
 the surgery then reshapes the skeleton, so the config describes what was written. A residency
 without a sink (the depth stage of a streamed combined run that is not the last) writes nothing:
 the surgery reshapes the skeleton and the next stage reads the surviving layers from the input
-shards (``methods/streamed_stages.py``).
+shards (``pipeline/streamed_stages.py``).
 """
 
 from __future__ import annotations

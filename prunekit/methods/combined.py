@@ -16,29 +16,31 @@ Settings are routed to the stage whose method takes them (``--criterion`` to Blo
 ``--multiple-of`` to FASP; calibration settings to both). The plan is one ``PruningPlan`` with
 ordered ``stages`` (see prunekit/plan.py); ``prunekit.surgery.apply_plan`` replays it.
 
+A combined method decides the targets and the order; each stage runs through the ``run_stage``
+it is lent (``pipeline.apply.run_stage``), which carries that stage's decision out (the depth
+surgery, the restored weights) before the next stage is calibrated on the result.
+
 Streamed, the second stage runs on what the first left while the weights stay in their files
-(``methods/streamed_stages.py``), and the export receives each layer once, after both stages.
+(``pipeline/streamed_stages.py``), and the export receives each layer once, after both stages.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping
 from functools import partial
 
-from prunekit.engine.residency import is_streamed
 from prunekit.errors import SettingsError
 from prunekit.methods.registry import (
     ALWAYS,
     COMBINED_ONLY,
     Method,
     PruneSettings,
+    StageRunner,
     by_family,
     registered,
 )
-from prunekit.methods.streamed_stages import StreamedStages
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
@@ -115,12 +117,17 @@ def stage_settings(method: Method, settings: PruneSettings, **target: object) ->
 
 
 def prune_split(
-    first: Method, second: Method, loaded: LoadedModel, settings: PruneSettings
+    first: Method,
+    second: Method,
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    *,
+    run_stage: StageRunner,
 ) -> PruningPlan:
     """The ``prune`` of a combined method: resolve each stage's target, run both stages."""
     name = f"{first.name}{SEPARATOR}{second.name}"
     if settings.ratio is None:
-        return _explicit_targets(name, first, second, loaded, settings)
+        return _explicit_targets(name, first, second, loaded, settings, run_stage)
     if settings.blocks is not None or settings.sparsity is not None:
         raise SettingsError(
             f"{name}: give --ratio (split by --depth-share) or each stage's own target "
@@ -145,13 +152,17 @@ def prune_split(
 
     split = {"ratio": settings.ratio, "depth_share": share}
     record = {**dataclasses.asdict(settings), "depth_share": share}
-    return run_stages(
-        loaded, name, [(first, first_settings), (second, second_target)], record, split
-    )
+    stages = [(first, first_settings), (second, second_target)]
+    return run_stages(loaded, name, stages, record, split, run_stage=run_stage)
 
 
 def _explicit_targets(
-    name: str, first: Method, second: Method, loaded: LoadedModel, settings: PruneSettings
+    name: str,
+    first: Method,
+    second: Method,
+    loaded: LoadedModel,
+    settings: PruneSettings,
+    run_stage: StageRunner,
 ) -> PruningPlan:
     """Without --ratio: --blocks goes to the depth stage, --sparsity to the width stage."""
     if settings.depth_share is not None:
@@ -163,7 +174,8 @@ def _explicit_targets(
         )
     targets = {"depth": {"blocks": settings.blocks}, "width": {"sparsity": settings.sparsity}}
     stages = [(m, stage_settings(m, settings, **targets[m.family])) for m in (first, second)]
-    return run_stages(loaded, name, stages, dataclasses.asdict(settings), None)
+    record = dataclasses.asdict(settings)
+    return run_stages(loaded, name, stages, record, None, run_stage=run_stage)
 
 
 def prune_combined(
@@ -172,9 +184,12 @@ def prune_combined(
     width_method: str | Method,
     depth_settings: PruneSettings,
     width_settings: PruneSettings,
+    *,
+    run_stage: StageRunner,
 ) -> PruningPlan:
     """Apply ``depth_method`` then ``width_method`` to ``loaded`` in place, each with its own
-    explicit settings (e.g. ``blocks=k`` and ``sparsity=s``); return the combined plan.
+    explicit settings (e.g. ``blocks=k`` and ``sparsity=s``), each stage through ``run_stage``
+    (``prunekit.pipeline.apply.run_stage``); return the combined plan.
 
     The width stage runs on the depth-pruned model. Its restored weights are saved to
     ``width_settings.run_dir`` when it has one (as any width run); replay the plan with that
@@ -209,9 +224,8 @@ def prune_combined(
         "depth": dataclasses.asdict(depth_settings),
         "width": dataclasses.asdict(width_settings),
     }
-    return run_stages(
-        loaded, name, [(depth, depth_settings), (width, width_settings)], record, None
-    )
+    stages = [(depth, depth_settings), (width, width_settings)]
+    return run_stages(loaded, name, stages, record, None, run_stage=run_stage)
 
 
 def _differs(settings: PruneSettings, field: dataclasses.Field) -> bool:
@@ -226,38 +240,34 @@ def run_stages(
     stages: list,
     settings_record: dict,
     split: dict | None,
+    *,
+    run_stage: StageRunner,
 ) -> PruningPlan:
-    """Run each (method, settings) stage on ``loaded`` in order; ``settings`` may be a callable
-    returning them, evaluated once the stages before have run (a target that depends on what
-    they removed). Returns the combined plan."""
+    """Run each (method, settings) stage on ``loaded`` in order through ``run_stage``, which
+    carries each stage's decision out; ``settings`` may be a callable returning them, evaluated
+    once the stages before have run (a target that depends on what they removed). Returns the
+    combined plan."""
     dense = count_parameters(loaded.model)
     # A streamed skeleton's fingerprint is read from the shards (on meta it has none).
     identity = loaded.residency.identity(loaded) if loaded.residency else loaded.identity()
     plans: list[PruningPlan] = []
     summaries: list[dict] = []
-    # Streamed: each stage under its own residency, the export written by the last one only.
-    with StreamedStages(loaded) if is_streamed(loaded) else contextlib.nullcontext() as streamed:
-        for number, (method, settings) in enumerate(stages, start=1):
-            settings = settings() if callable(settings) else settings
-            before = count_parameters(loaded.model)
-            log.info("%s stage %d: %s", name, number, method.name)
-            last = number == len(stages)
-            if streamed:
-                streamed.begin(method, last)
-            plan = method.prune(loaded, settings)
-            if not plan.complete:
-                raise SettingsError(f"{name}: stage {number} ({method.name}) did not finish")
-            plans.append(plan)
-            after = count_parameters(loaded.model)
-            if not last and not loaded.adapter.layers(loaded.model):
-                following = stages[number][0].name
-                raise SettingsError(
-                    f"{name}: stage {number} ({method.name}) removed every layer, which leaves "
-                    f"{following} nothing to prune; lower its target"
-                )
-            if streamed:
-                streamed.end(last)
-            summaries.append(stage_summary(method, settings, before, after, dense, plan.settings))
+    for number, (method, settings) in enumerate(stages, start=1):
+        settings = settings() if callable(settings) else settings
+        before = count_parameters(loaded.model)
+        log.info("%s stage %d: %s", name, number, method.name)
+        plan = run_stage(method, loaded, settings)
+        if not plan.complete:
+            raise SettingsError(f"{name}: stage {number} ({method.name}) did not finish")
+        plans.append(plan)
+        after = count_parameters(loaded.model)
+        if number < len(stages) and not loaded.adapter.layers(loaded.model):
+            following = stages[number][0].name
+            raise SettingsError(
+                f"{name}: stage {number} ({method.name}) removed every layer, which leaves "
+                f"{following} nothing to prune; lower its target"
+            )
+        summaries.append(stage_summary(method, settings, before, after, dense, plan.settings))
     extra = {"order": [m.name for m, _ in stages], "stages": summaries}
     if split is not None:
         extra["split"] = split

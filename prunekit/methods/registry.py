@@ -1,14 +1,19 @@
 """The method types: ``Method``, ``PruneSettings``, the setting names each kind of method takes,
-and ``register``. Every method module imports this; none imports the catalogue
-(``methods/catalogue.py``), which imports them all to list and find them by name."""
+``register``, and what the pipeline lends a method (``SearchCheckpoints``, ``StageRunner``).
+Every method module imports this; none imports the catalogue (``methods/catalogue.py``), which
+imports them all to list and find them by name."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from prunekit.errors import SettingsError
+
+if TYPE_CHECKING:
+    from prunekit.models.loading import LoadedModel
+    from prunekit.plan import PruningPlan
 
 # "combined": a depth and a width method applied one after the other (methods/combined.py)
 Family = Literal["depth", "width", "combined"]
@@ -50,7 +55,8 @@ class PruneSettings:
     n_samples: int = 16
     seqlen: int = 1024
     seed: int = 0
-    batch_size: int = 1
+    # Calibration windows per forward; None: the device's default (engine.default_batch_size).
+    batch_size: int | None = None
     candidates: str | None = None  # depth: one of CANDIDATE_SETS; None: the method's default
     protect_layers: list[int] = field(default_factory=list)
     criterion: str | None = None  # depth: one of CRITERIA; None: the method's default
@@ -62,7 +68,9 @@ class PruneSettings:
     # width (FASP): uniform | cost; None: cost (in memory and streamed)
     allocation: str | None = None
     damping: float = 0.1
-    run_dir: str | None = None  # where the method checkpoints (resume)
+    # the run directory: the pipeline keeps a search's checkpoints and a width method's
+    # rewritten weights there (methods write no file)
+    run_dir: str | None = None
     resume: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # method-specific extras
     # combined methods: the fraction of --ratio the depth stage removes (None: 0.5)
@@ -78,7 +86,7 @@ class PruneSettings:
             raise SettingsError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         if self.blocks is not None and self.blocks < 1:
             raise SettingsError(f"--blocks must be at least 1, got {self.blocks}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise SettingsError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.n_samples < 1:
             raise SettingsError(f"--n-samples must be at least 1, got {self.n_samples}")
@@ -114,17 +122,47 @@ def flag(setting: str) -> str:
     return "--no-restore" if setting == "restore" else "--" + setting.replace("_", "-")
 
 
+class SearchCheckpoints(Protocol):
+    """Where a greedy search keeps its progress, lent to the method by whoever runs it (the
+    pipeline keeps it as RUN/plan.partial.json, ``pipeline/checkpoints.py``): a method reads
+    and writes no file itself."""
+
+    where: str  # what a message names (the partial plan's path)
+
+    def resumed(self) -> PruningPlan:
+        """The plan an interrupted search left (a PlanError when there is none)."""
+        ...
+
+    def save(self, plan: PruningPlan) -> None:
+        """Keep the (incomplete) plan of the steps taken so far."""
+        ...
+
+
+# (method, model, settings) -> the stage's plan, the stage carried out on the model: what a
+# combined method is lent to run each of its stages (``pipeline.apply.run_stage``).
+StageRunner = Callable[["Method", "LoadedModel", "PruneSettings"], "PruningPlan"]
+
+
 @dataclass
 class Method:
     name: str
     family: Family
     summary: str
-    # (loaded model, settings) -> PruningPlan. Contract: the method leaves ``loaded.model``
-    # pruned (width methods must, since layer l+1 is calibrated on the pruned layer l) and
-    # returns the plan that ``prunekit.surgery.apply_plan`` replays on a fresh copy.
+    # (loaded model, settings) -> PruningPlan: the method's decision; carrying it out is the
+    # pipeline's (``pipeline.apply.run_method``: surgery, the streamed export, the run files).
+    # - depth: leaves ``loaded.model`` as it found it and returns the plan of what to remove;
+    # - width: prunes ``loaded.model`` in place as it goes (layer l+1 is calibrated on the
+    #   pruned layer l) and returns the plan, with the weights it rewrote on
+    #   ``plan.rewritten_weights`` (the pipeline saves them beside the plan);
+    # - combined: also takes ``run_stage`` (a StageRunner) and runs each stage through it.
+    # A ``resumable`` method also takes ``checkpoints`` (SearchCheckpoints or None).
+    # ``prunekit.surgery.apply_plan`` replays the plan on a fresh copy.
     prune: Callable[..., Any]
     # The PruneSettings fields this method reads; any other one given by the user is refused.
     takes: tuple[str, ...] = ()
+    # Whether ``prune`` takes ``checkpoints=``: a greedy search saves each step there and
+    # continues from it (--resume).
+    resumable: bool = False
     # Whether the method runs streamed (one layer in memory at a time, ``--stream``), and why
     # not when it cannot.
     streams: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from prunekit.engine.executor import default_batch_size
 from prunekit.errors import PrunekitError
 from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE, parse_shard_size
 from prunekit.memory import (
@@ -65,7 +66,7 @@ def choose_mode(
         n_samples=options.n_samples,
         seqlen=options.seqlen,
         dtype=dtype_name(torch_dtype),
-        batch_size=options.batch_size,
+        batch_size=options.batch_size or default_batch_size(device, options.n_samples),
         device=device,
         sparsity=options.sparsity if options.sparsity is not None else options.ratio or 0.2,
         targets=tuple(options.targets),

@@ -13,6 +13,7 @@ from prunekit.memory import MemoryBudget, memory_record
 from prunekit.memory_usage import PeakMemory
 from prunekit.methods.registry import Method, PruneSettings
 from prunekit.models.loading import LoadedModel, load_model
+from prunekit.pipeline.apply import run_method
 from prunekit.pipeline.evaluation import evaluate_loaded
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads, run_device
 from prunekit.pipeline.requests import EvalRequest, PruneResult, SaveRequest
@@ -85,7 +86,7 @@ def prune_resident(
         started = time.perf_counter()
         try:
             speed_run = prune_for_speed(loaded, options, speed) if speed else None
-            plan = speed_run.plan if speed_run else chosen.prune(loaded, options)
+            plan = speed_run.plan if speed_run else run_method(chosen, loaded, options)
         finally:
             loaded.residency = residency_before
         timings["prune"] = time.perf_counter() - started

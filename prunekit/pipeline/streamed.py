@@ -27,6 +27,7 @@ from prunekit.pipeline.lazy import lazy_loaded
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads
 from prunekit.pipeline.requests import EvalRequest, PruneResult, SaveRequest
 from prunekit.pipeline.run_report import run_report
+from prunekit.pipeline.streamed_stages import run_streamed_method
 from prunekit.report.accounting import parameter_counts, pruning_ratios
 from prunekit.report.run_dir import clear_run, write_run_dir
 
@@ -97,7 +98,7 @@ def prune_streamed_run(
                 )
                 loaded.residency = residency
                 log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
-                plan = chosen.prune(loaded, options)
+                plan = run_streamed_method(chosen, loaded, options)
                 residency.finish_outside_layers()
             timings["prune"] = time.perf_counter() - started
             after = parameter_counts(loaded.model, loaded.adapter)

@@ -34,6 +34,7 @@ from prunekit.methods.catalogue import get_method
 from prunekit.methods.combined import SEPARATOR, run_stages, stage_settings
 from prunekit.methods.registry import Method, PruneSettings, flag
 from prunekit.models.loading import LoadedModel
+from prunekit.pipeline.apply import run_stage
 from prunekit.plan import PruningPlan
 from prunekit.speedtarget.losses import depth_prefix_plan, fresh_copy
 from prunekit.speedtarget.measure import measure_speedup
@@ -178,14 +179,13 @@ def warn_if_other_threads(table: LatencyTable, loaded: LoadedModel) -> None:
 
 def replaying(depth: Method, prefix: PruningPlan) -> Method:
     """The depth stage of a split: the first k steps of the one depth search, replayed (the
-    greedy search is prefix-consistent, so this is the plan a k-block search makes)."""
-    from prunekit.surgery import apply_plan
+    greedy search is prefix-consistent, so this is the plan a k-block search makes). Like any
+    depth method it only decides: the stage runner removes the blocks."""
 
-    def replay(loaded: LoadedModel, _settings: PruneSettings) -> PruningPlan:
-        apply_plan(loaded, prefix)
+    def replay(_loaded: LoadedModel, _settings: PruneSettings) -> PruningPlan:
         return prefix
 
-    return dataclasses.replace(depth, prune=replay)
+    return dataclasses.replace(depth, prune=replay, resumable=False)
 
 
 def split_stages(
@@ -197,7 +197,10 @@ def split_stages(
     stages = []
     if split.k:
         prefix = depth_prefix_plan(depth_plan, split.k)
-        stages.append((replaying(depth, prefix), stage_settings(depth, settings, blocks=split.k)))
+        # No run directory: the replay searched nothing (no checkpoint, no plots of it).
+        depth_settings = stage_settings(depth, settings, blocks=split.k)
+        depth_settings = dataclasses.replace(depth_settings, run_dir=None)
+        stages.append((replaying(depth, prefix), depth_settings))
     if split.sparsity > 0:
         width_settings = stage_settings(width, settings, sparsity=split.sparsity)
         # The search priced one uniform width: the stage must build exactly that.
@@ -211,9 +214,8 @@ def build_split(settings: PruneSettings) -> Callable[[LoadedModel, Split, Prunin
     written to the run directory)."""
 
     def build(candidate: LoadedModel, split: Split, depth_plan: PruningPlan) -> None:
-        run_stages(
-            candidate, SPEED_METHOD, split_stages(split, depth_plan, settings, None), {}, None
-        )
+        stages = split_stages(split, depth_plan, settings, None)
+        run_stages(candidate, SPEED_METHOD, stages, {}, None, run_stage=run_stage)
 
     return build
 
@@ -264,7 +266,7 @@ def prune_for_speed(
         "phase": request.phase,
     }
     dense_copy = fresh_copy(loaded) if request.measure else None
-    plan = run_stages(loaded, SPEED_METHOD, stages, record_settings, None)
+    plan = run_stages(loaded, SPEED_METHOD, stages, record_settings, None, run_stage=run_stage)
     plan.extra["speed_target"] = chosen_record(search.result.chosen, request)
     measurement = None
     if dense_copy is not None:

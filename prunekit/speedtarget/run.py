@@ -22,7 +22,7 @@ from prunekit.methods.depth.calibration import held_out_settings_windows
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
-from prunekit.speedtarget.losses import calibration_loss_fn, fresh_copy
+from prunekit.speedtarget.losses import calibration_loss_fn
 from prunekit.speedtarget.search import (
     PHASES,
     Predictor,
@@ -89,7 +89,8 @@ def search_for_speed(
         criterion=settings.criterion or PAPER_SETTING["criterion"],
         candidates=settings.candidates or PAPER_SETTING["candidates"],
     )
-    depth_plan = get_method(depth_method).prune(fresh_copy(loaded), depth_settings)
+    # A depth method only decides: the search leaves ``loaded`` as it was, no copy needed.
+    depth_plan = get_method(depth_method).prune(loaded, depth_settings)
     result = choose_split(loaded, settings, target, phase, dense, predict, build, depth_plan)
     return SpeedTargetRun(result, depth_plan)
 

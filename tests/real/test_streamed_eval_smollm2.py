@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from prunekit.api import open_streamed
-from prunekit.engine.streamed_forward import chunk_memory
+from prunekit.engine.chunking import chunk_memory
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.streamed import perplexity_streamed
 

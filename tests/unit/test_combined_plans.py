@@ -20,6 +20,7 @@ from prunekit.methods.width.selection import kept_count
 from prunekit.methods.width.structure import layer_units
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import TINY_VOCAB, save_tiny, tiny_model, tiny_tokenizer
+from prunekit.pipeline.apply import run_stage
 from prunekit.plan import PLAN_VERSION, STAGED_PLAN_VERSION, PruningPlan
 from prunekit.runs import load_for_eval
 from prunekit.surgery import apply_plan
@@ -127,6 +128,9 @@ def test_the_plan_is_one_file_with_ordered_stages_in_the_depth_pruned_numbering(
     assert max(int(k) for k in width.kept_channels) < survivors
     assert plan.all_removed_blocks() == depth.removed_blocks
     assert width.extra["restored_weights"] and (out / width.extra["restored_weights"]).is_file()
+    # Each stage carried out by the pipeline: the depth stage's plots, no partial plan left.
+    assert {p.name for p in out.glob("*.png")} == {"calib_ppl.png", "layer_map.png"}
+    assert not (out / "plan.partial.json").exists()
 
 
 def test_replay_eval_and_prunekit_export_give_equal_logits(run, tmp_path):
@@ -164,7 +168,8 @@ def test_prune_combined_takes_each_stages_own_target(calib):
     loaded = fresh()
     depth = PruneSettings(blocks=2, calib=calib, n_samples=2, seqlen=32)
     width = PruneSettings(sparsity=0.5)
-    plan = prune_combined(loaded, "blockpruner", "magnitude", depth, width)  # any pair
+    # Any pair; each stage carried out by the pipeline's stage runner.
+    plan = prune_combined(loaded, "blockpruner", "magnitude", depth, width, run_stage=run_stage)
     first, second = plan.stage_plans()
     assert len(first.removed_blocks) == 2
     for key, entry in second.kept_channels.items():
@@ -180,10 +185,14 @@ def test_a_depth_stage_that_leaves_no_layer_is_refused_in_one_line(calib):
     """Every block of the 4 layers removed: the width stage would get an empty model."""
     depth = PruneSettings(blocks=8, calib=calib, n_samples=2, seqlen=32)
     with pytest.raises(SettingsError, match=r"stage 1 \(blockpruner\) removed every layer"):
-        prune_combined(fresh(), "blockpruner", "fasp", depth, PruneSettings(sparsity=0.2))
+        prune_combined(
+            fresh(), "blockpruner", "fasp", depth, PruneSettings(sparsity=0.2), run_stage=run_stage
+        )
     # Negative control: one block fewer leaves a layer part for FASP to narrow.
     depth = PruneSettings(blocks=7, calib=calib, n_samples=2, seqlen=32)
-    prune_combined(fresh(), "blockpruner", "magnitude", depth, PruneSettings(sparsity=0.2))
+    prune_combined(
+        fresh(), "blockpruner", "magnitude", depth, PruneSettings(sparsity=0.2), run_stage=run_stage
+    )
 
 
 def test_whole_layers_then_uniform_widths_export_in_the_stock_format(calib, tmp_path):

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from prunekit.data import calibration_windows, tokenize_text
 from prunekit.errors import SettingsError
@@ -208,3 +209,11 @@ def test_targets() -> None:
         target.check_feasible([10, 10], "block")
     with pytest.raises(SettingsError, match="exceeds"):
         Target(None, 5, 100).check_feasible([1, 1, 1], "block")
+
+
+def test_default_batch_size_follows_the_device() -> None:
+    from prunekit.engine.executor import default_batch_size
+
+    assert default_batch_size("cpu", 32) == 1
+    assert default_batch_size("cuda:0", 32) == 8
+    assert default_batch_size(torch.device("cuda"), 3) == 3  # never more than the windows

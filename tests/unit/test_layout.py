@@ -1,5 +1,6 @@
-"""The package's layout (issue 25): no import circle between prunekit modules, and no source
-file over 600 lines. Both read the sources statically (ast), so nothing is imported."""
+"""The package's layout (issue 25): no import circle between prunekit modules, no method module
+importing the export or the report (methods decide, the pipeline executes), and no source file
+over 600 lines. All read the sources statically (ast), so nothing is imported."""
 
 from __future__ import annotations
 
@@ -125,6 +126,49 @@ def test_no_import_cycle_between_prunekit_modules():
     assert "prunekit.methods.registry" in graph["prunekit.methods.depth.blockpruner"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def forbidden_imports(
+    graph: dict[str, set[str]], importers: str, forbidden: tuple[str, ...]
+) -> dict[str, list[str]]:
+    """Modules under ``importers`` -> the modules under any ``forbidden`` package they import."""
+    found = {}
+    for module, targets in graph.items():
+        if within(module, importers):
+            bad = sorted(t for t in targets if any(within(t, f) for f in forbidden))
+            if bad:
+                found[module] = bad
+    return found
+
+
+NOT_FOR_METHODS = ("prunekit.export", "prunekit.report")
+
+
+def test_forbidden_imports_finds_a_package_and_its_modules_only_under_the_importers():
+    graph = {
+        "prunekit.methods.a": {"prunekit.report", "prunekit.plan"},
+        "prunekit.methods.b.c": {"prunekit.export.streamed", "prunekit.exporting"},
+        "prunekit.pipeline.apply": {"prunekit.export.streamed"},
+    }
+    assert forbidden_imports(graph, "prunekit.methods", NOT_FOR_METHODS) == {
+        "prunekit.methods.a": ["prunekit.report"],
+        "prunekit.methods.b.c": ["prunekit.export.streamed"],
+    }
+
+
+def test_methods_import_neither_export_nor_report():
+    """Methods return decisions; surgery after a search, the streamed export, plots and run
+    files are the pipeline's (pipeline/apply.py), at module level and inside functions."""
+    graph = import_graph()
+    assert "prunekit.methods.depth.common" in graph and "prunekit.methods.combined" in graph
+    # The rule has something to hold back: the pipeline's executor imports both.
+    assert forbidden_imports(graph, "prunekit.pipeline.apply", NOT_FOR_METHODS)
+    found = forbidden_imports(graph, "prunekit.methods", NOT_FOR_METHODS)
+    assert not found, f"methods importing the export or the report: {found}"
 
 
 def test_no_source_file_over_600_lines():

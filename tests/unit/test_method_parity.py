@@ -28,6 +28,8 @@ from prunekit.methods.catalogue import all_methods, get_method
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.lazy import LazyModel
 from prunekit.models.loading import load_model
+from prunekit.pipeline.apply import run_method
+from prunekit.pipeline.streamed_stages import run_streamed_method
 from prunekit.plan import PruningPlan
 from tests.unit.cli_helpers import run_main
 from tests.unit.test_streamed_depth import save_small_shards
@@ -93,9 +95,9 @@ def assert_same_depth_plan(got: PruningPlan, expected: PruningPlan) -> None:
 def test_depth_plan_streamed_equals_in_memory(family, variant, sources):
     method, settings = depth_settings(variant)
     memory = load_model(str(sources(family)), dtype="fp32", device="cpu")
-    expected = get_method(method).prune(memory, settings)
+    expected = run_method(get_method(method), memory, settings)
     loaded = streamed_loaded(sources(family))
-    got = get_method(method).prune(loaded, depth_settings(variant)[1])
+    got = run_method(get_method(method), loaded, depth_settings(variant)[1])
     assert_same_depth_plan(got, expected)
     assert got.model == expected.model  # the fingerprint read from the shards
     assert loaded.residency.lazy.onloaded_bytes() == 0
@@ -108,14 +110,14 @@ def combined_settings() -> PruneSettings:
 @pytest.mark.parametrize("method", COMBINED)
 def test_combined_plan_streamed_equals_in_memory(family, method, sources, tmp_path):
     memory = load_model(str(sources(family)), dtype="fp32", device="cpu")
-    expected = get_method(method).prune(memory, combined_settings())
+    expected = run_method(get_method(method), memory, combined_settings())
 
     lazy = LazyModel.open(str(sources(family)), dtype="fp32", device="cpu")
     loaded = lazy_loaded(lazy, str(sources(family)))
     (tmp_path / "out").mkdir()
     with ShardWriter(tmp_path / "out", max_shard_size="40KB") as writer:
         loaded.residency = Streamed(lazy, PartWriter(lazy, writer))
-        got = get_method(method).prune(loaded, combined_settings())
+        got = run_streamed_method(get_method(method), loaded, combined_settings())
         loaded.residency.finish_outside_layers()
     assert [s["method"] for s in got.stages] == [s["method"] for s in expected.stages]
     for stage, want in zip(got.stages, expected.stages, strict=True):

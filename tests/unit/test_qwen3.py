@@ -30,6 +30,7 @@ from prunekit.models.families import model_shapes
 from prunekit.models.families.qwen3 import TINY_HEAD_DIM
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import TINY_VOCAB, tiny_config, tiny_model, tiny_tokenizer
+from prunekit.pipeline.apply import run_method
 from prunekit.surgery.depth import remove_blocks
 from prunekit.surgery.width import set_consumer, slice_heads, slice_mlp, slice_value_channels
 from tests.unit.gguf_helpers import (
@@ -110,7 +111,7 @@ def test_every_method_exports_and_reloads(method, calib, tmp_path):
     before = sum(p.numel() for p in loaded.model.parameters())
     settings = PruneSettings(blocks=2, sparsity=0.4, n_samples=2, seqlen=32, calib=calib, seed=0)
     settings.validate()
-    plan = get_method(method).prune(loaded, settings)
+    plan = run_method(get_method(method), loaded, settings)  # the decision carried out
     assert sum(p.numel() for p in loaded.model.parameters()) < before
     if method in WIDTH:  # value channels and whole heads: the per-head norms stay as they were
         for was, now in zip(norms, query_key_norms(loaded.model), strict=True):

@@ -23,6 +23,7 @@ from prunekit.methods.depth.calibration import held_out_settings_windows
 from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import from_model, load_model
 from prunekit.models.tiny import TINY_VOCAB, save_tiny, tiny_model, tiny_tokenizer
+from prunekit.pipeline.apply import run_stage
 from prunekit.plan import PruningPlan
 from prunekit.runs import load_for_eval
 from prunekit.speedtarget.losses import depth_prefix_plan
@@ -155,6 +156,10 @@ def test_the_replayed_plan_reaches_the_target_with_the_chosen_split(hand_run, ti
     assert chosen["k"] > 0 and chosen["sparsity"] > 0
     assert [s.method for s in plan.stage_plans()] == ["blockpruner", "fasp"]
     assert plan.stage_plans()[0].removed_blocks == chosen["removed_blocks"]
+    # The pipeline saved the width stage's restored weights; the replayed depth prefix searched
+    # nothing: no plots of it, no partial plan left.
+    assert (out / "restored.safetensors").is_file() and not list(out.glob("*.png"))
+    assert not (out / "plan.partial.json").exists()
     dense = structure_of(load_model(tiny_dir, device="cpu", dtype="float32"))
     pruned = structure_of(replayed(tiny_dir, out))
     speedup = predicted_speedup_of(table, dense, pruned, "decode")
@@ -227,7 +232,8 @@ def test_a_split_builds_exactly_the_shape_it_was_priced_at(calib):
     split = Split(2, blocks, 0.3, 1.0, 1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_stages(loaded, SPEED_METHOD, split_stages(split, depth_plan, settings, None), {}, None)
+        stages = split_stages(split, depth_plan, settings, None)
+        run_stages(loaded, SPEED_METHOD, stages, {}, None, run_stage=run_stage)
     rule = WidthRule(multiple_of=4)
     priced = narrow(remove_blocks(dense, blocks), 0.3, rule)
     assert blocks_left(structure_of(loaded)) == blocks_left(priced)

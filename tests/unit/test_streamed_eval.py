@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prunekit.api import evaluate_streamed, open_streamed, prune_streamed
-from prunekit.engine.streamed_forward import chunk_memory
+from prunekit.engine.chunking import chunk_memory
 from prunekit.errors import SettingsError
 from prunekit.evaluation.dispatched import load_dispatched
 from prunekit.evaluation.perplexity import perplexity
@@ -155,7 +155,9 @@ def test_exports_stock_format_streams_and_prunekit_format_is_refused(text, tmp_p
     source = save_sharded("llama", tmp_path / "dense")
     settings = dict(sparsity=0.3, n_samples=2, seqlen=32, calib=text, dtype="fp32")
     stock, shim = tmp_path / "stock", tmp_path / "shim"
-    prune_streamed(str(source), "fasp", save=stock, device="cpu", targets=["mlp"], **settings)
+    # Uniform MLP widths (FASP's cost allocation would make them per-layer: prunekit format).
+    uniform = dict(targets=["mlp"], allocation="uniform")
+    prune_streamed(str(source), "fasp", save=stock, device="cpu", **uniform, **settings)
     prune_streamed(str(source), "fasp", save=shim, device="cpu", **settings)
     expected = perplexity(load_pruned(stock, dtype="fp32", device="cpu"), text, 32, 4, 2)
     got = evaluate_streamed(
@@ -298,6 +300,7 @@ def test_streamed_prune_evaluates_dense_and_pruned_layer_by_layer(text, tmp_path
         eval_seqlen=SEQLEN,
         eval_max_windows=4,
         targets=["mlp"],  # uniform MLP widths: a stock-format (hf) export
+        allocation="uniform",
         sparsity=0.3,
         n_samples=2,
         seqlen=32,
@@ -344,7 +347,8 @@ def test_streamed_prune_refuses_the_perplexity_of_a_prunekit_format_export(text,
 def test_cli_stream_ppl_prints_dense_and_pruned(text, tmp_path, monkeypatch, capsys):
     source = save_sharded("llama", tmp_path / "dense")
     args = ["prune", "--method", "fasp", "--model", str(source), "--sparsity", "0.3"]
-    args += ["--targets", "mlp", "--n-samples", "2", "--seqlen", "32", "--calib", text]
+    args += ["--targets", "mlp", "--allocation", "uniform", "--n-samples", "2", "--seqlen", "32"]
+    args += ["--calib", text]
     args += ["--device", "cpu", "--dtype", "fp32", "--stream", "--save", str(tmp_path / "p")]
     args += ["--ppl", text, "--ppl-seqlen", "32", "--ppl-max-windows", "2"]
     assert run_cli(monkeypatch, *args, "--save-format", "prunekit") == 2

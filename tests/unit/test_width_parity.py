@@ -15,7 +15,8 @@ from torch import nn
 
 from prunekit.api import lazy_loaded
 from prunekit.engine.residency import Streamed
-from prunekit.methods.registry import PruneSettings, get_method
+from prunekit.methods.catalogue import get_method
+from prunekit.methods.registry import PruneSettings
 from prunekit.models.lazy import LazyModel, Part
 from prunekit.models.loading import LoadedModel, load_model
 from prunekit.plan import PruningPlan

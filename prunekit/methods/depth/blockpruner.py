@@ -1,7 +1,8 @@
 """BlockPruner and its layer-level relatives (SLEB, layer-PPL): the same greedy ppl search.
 
 BlockPruner's units are single blocks; SLEB and layer-PPL remove whole layers (SLEB protects the
-first and last layer unless told otherwise). All share ``greedy_search`` and the same surgery.
+first and last layer unless told otherwise). All share ``greedy_search``; each returns the plan
+of the blocks to remove (the pipeline removes them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
     checkpointer,
-    finish,
+    decided_plan,
     prepare_units,
     resume_state,
     search_settings,
@@ -27,6 +28,7 @@ from prunekit.methods.registry import (
     GREEDY_SEARCH,
     Method,
     PruneSettings,
+    SearchCheckpoints,
     register,
 )
 from prunekit.models.loading import LoadedModel
@@ -61,8 +63,10 @@ def run_greedy(
     unit: str,
     protect: list[int],
     naive: bool = False,
+    checkpoints: SearchCheckpoints | None = None,
 ) -> PruningPlan:
-    """Greedy search over ``unit``s ("block" or "layer"), then surgery; returns the plan.
+    """Greedy search over ``unit``s ("block" or "layer"); returns the plan (the model is left
+    as it was). Each step goes to ``checkpoints``, and ``settings.resume`` continues from them.
 
     ``settings.options`` may set ``state_bytes`` (the states a chunk of windows may hold: tests
     force the two-pass step with it) and ``windows`` (common.half_windows): the held-out check
@@ -76,7 +80,7 @@ def run_greedy(
     )
     if "windows" in settings.options:  # a half of the calibration (the held-out check)
         expected["windows"] = settings.options["windows"]
-    state = resume_state(loaded, settings, method, expected, setup.identity)
+    state = resume_state(loaded, settings, checkpoints, method, expected, setup.identity)
     started = time.perf_counter()
     state = greedy_search(
         runner,
@@ -87,7 +91,7 @@ def run_greedy(
         state=state,
         exhaustive=settings.exhaustive,
         naive=naive,
-        on_step=checkpointer(loaded, method, settings, expected, setup.identity),
+        on_step=checkpointer(checkpoints, loaded, method, expected, setup.identity),
         desc=f"{method} search",
     )
     evals = sum(step.get("window_evals", 0) for step in state.trajectory)
@@ -108,23 +112,32 @@ def run_greedy(
     }
     if is_streamed(loaded):
         extra["search"]["streamed"] = runner.summary()
-    return finish(loaded, method, settings, expected, state, extra, setup.identity)
+    return decided_plan(loaded, method, expected, state, extra, setup.identity)
 
 
-def prune_blockpruner(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def prune_blockpruner(
+    loaded: LoadedModel, settings: PruneSettings, checkpoints: SearchCheckpoints | None = None
+) -> PruningPlan:
     naive = bool(settings.options.get("naive", False))  # the oracle: benchmarks and tests
     settings = with_defaults(settings, BLOCKPRUNER_DEFAULT)
-    return run_greedy(loaded, settings, "blockpruner", "block", settings.protect_layers, naive)
+    protect = settings.protect_layers
+    return run_greedy(loaded, settings, "blockpruner", "block", protect, naive, checkpoints)
 
 
-def prune_sleb(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def prune_sleb(
+    loaded: LoadedModel, settings: PruneSettings, checkpoints: SearchCheckpoints | None = None
+) -> PruningPlan:
     protect = settings.protect_layers or SLEB_DEFAULT_PROTECT
-    return run_greedy(loaded, with_defaults(settings, LAYER_DEFAULT), "sleb", "layer", protect)
-
-
-def prune_layer_ppl(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
     settings = with_defaults(settings, LAYER_DEFAULT)
-    return run_greedy(loaded, settings, "layer-ppl", "layer", settings.protect_layers)
+    return run_greedy(loaded, settings, "sleb", "layer", protect, checkpoints=checkpoints)
+
+
+def prune_layer_ppl(
+    loaded: LoadedModel, settings: PruneSettings, checkpoints: SearchCheckpoints | None = None
+) -> PruningPlan:
+    settings = with_defaults(settings, LAYER_DEFAULT)
+    protect = settings.protect_layers
+    return run_greedy(loaded, settings, "layer-ppl", "layer", protect, checkpoints=checkpoints)
 
 
 register(
@@ -135,6 +148,7 @@ register(
         "blocks+layers) by calibration ppl or KL from the dense model (exact, fast)",
         prune_blockpruner,
         takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION + BATCHED,
+        resumable=True,
         streams=True,
     )
 )
@@ -145,6 +159,7 @@ register(
         "SLEB: greedy removal of whole layers by calibration ppl (first/last layer protected)",
         prune_sleb,
         takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION + BATCHED,
+        resumable=True,
         streams=True,
     )
 )
@@ -155,6 +170,7 @@ register(
         "layer-PPL: greedy removal of whole layers by calibration ppl (no protection)",
         prune_layer_ppl,
         takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION + BATCHED,
+        resumable=True,
         streams=True,
     )
 )

@@ -2,6 +2,8 @@
 
 A *unit* is what one step removes: one block (BlockPruner, RM/BI at block level) or the blocks
 of one layer (ShortGPT, RM, SLEB, layer-PPL). Units are tuples of BlockRef in original indices.
+A depth method only decides: it returns the plan and leaves the model as it was; the pipeline
+removes the blocks, writes a streamed export and the run's files (``pipeline/apply.py``).
 """
 
 from __future__ import annotations
@@ -10,23 +12,20 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from prunekit.engine.executor import default_batch_size
 from prunekit.engine.residency import is_streamed
 from prunekit.errors import PlanError, SettingsError
-from prunekit.export.streamed import write_depth_pruned
 from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.depth.scores import Candidate, label
 from prunekit.methods.depth.search import SearchState, Target
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.registry import PruneSettings, SearchCheckpoints
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
-from prunekit.report.run_dir import PARTIAL_PLAN_FILE
-from prunekit.surgery.depth import remove_blocks
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def prepare_units(
         loaded,
         windows,
         criterion,
-        batch_size=settings.batch_size,
+        batch_size=settings.batch_size or default_batch_size(loaded.device, windows.shape[0]),
         max_memory=settings.options.get("max_memory"),
         state_bytes=settings.options.get("state_bytes"),
     )
@@ -175,13 +174,10 @@ def search_settings(method: str, settings: PruneSettings, **extra: object) -> di
     }
 
 
-def partial_plan_path(settings: PruneSettings) -> Path | None:
-    return Path(settings.run_dir) / PARTIAL_PLAN_FILE if settings.run_dir else None
-
-
 def resume_state(
     loaded: LoadedModel,
     settings: PruneSettings,
+    checkpoints: SearchCheckpoints | None,
     method: str,
     expected: dict,
     identity: dict | None = None,
@@ -189,27 +185,24 @@ def resume_state(
     """The state saved by an interrupted search, checked against this model and settings."""
     if not settings.resume:
         return None
-    path = partial_plan_path(settings)
-    if path is None:
+    if checkpoints is None:  # nobody lent the search a place to keep its steps
         raise PlanError("--resume needs --out: the run directory of the interrupted search")
-    if not path.is_file():
-        raise PlanError(f"nothing to resume: {path} does not exist")
-    plan = PruningPlan.load(path)
+    plan, where = checkpoints.resumed(), checkpoints.where
     plan.check_model(identity or loaded.identity())
-    check_same_dtype(path, plan.settings.get("dtype"), expected.get("dtype"))
+    check_same_dtype(where, plan.settings.get("dtype"), expected.get("dtype"))
     if plan.method != method or plan.settings != json.loads(json.dumps(expected)):
         diff = sorted(
             k for k in set(plan.settings) | set(expected) if plan.settings.get(k) != expected.get(k)
         )
         raise PlanError(
-            f"cannot resume {path}: it was made by {plan.method} with other settings "
+            f"cannot resume {where}: it was made by {plan.method} with other settings "
             f"({', '.join(diff) or 'method'} differ)"
         )
     removed = [tuple(BlockRef.parse(b) for b in step["blocks"]) for step in plan.trajectory]
     return SearchState(removed=removed, trajectory=list(plan.trajectory))
 
 
-def check_same_dtype(path: Path, saved: str | None, now: str | None) -> None:
+def check_same_dtype(path: str, saved: str | None, now: str | None) -> None:
     """Scores from another dtype are not comparable: a resumed search must run in the same one."""
     if saved is not None and now is not None and saved != now:
         raise PlanError(
@@ -239,18 +232,17 @@ def build_plan(
 
 
 def checkpointer(
+    checkpoints: SearchCheckpoints | None,
     loaded: LoadedModel,
     method: str,
-    settings: PruneSettings,
     expected: dict,
     identity: dict | None = None,
 ):
-    """A callback that saves the partial plan after every step (when there is a run dir)."""
-    path = partial_plan_path(settings)
+    """A callback that hands the partial plan to ``checkpoints`` after every step (if any)."""
 
     def save(state: SearchState) -> None:
-        if path is not None:
-            build_plan(loaded, method, expected, state, {}, False, identity).save(path)
+        if checkpoints is not None:
+            checkpoints.save(build_plan(loaded, method, expected, state, {}, False, identity))
 
     return save
 
@@ -279,36 +271,15 @@ def one_shot_trajectory(
     return trajectory
 
 
-def finish(
+def decided_plan(
     loaded: LoadedModel,
     method: str,
-    settings: PruneSettings,
     expected: dict,
     state: SearchState,
     extra: dict,
     identity: dict | None = None,
 ) -> PruningPlan:
-    """Prune ``loaded.model`` in place, write plots and the final plan checkpoint, return it.
-
-    A streamed model's surviving layers are written to the export first (from the shards, under
-    their new numbers); the surgery then shapes its skeleton like the in-memory pruned model."""
-    num_layers = loaded.adapter.num_layers(loaded.model)
-    params_before = count_parameters(loaded.model)
-    plan = build_plan(loaded, method, expected, state, extra, True, identity)
-    removed = [b for unit in state.removed for b in unit]
-    written = write_depth_pruned(loaded.residency, removed) if is_streamed(loaded) else None
-    surgery = remove_blocks(loaded, removed)
-    if count_parameters(loaded.model) != params_before - surgery.removed_parameters:
-        raise RuntimeError("depth surgery removed a different parameter count than planned")
-    if written is not None and written != surgery.kept_layers:
-        raise RuntimeError("the streamed export wrote other layers than the surgery kept")
-    plan.extra["kept_layers"] = surgery.kept_layers
-    plan.extra["layer_blocks"] = surgery.layer_blocks
-    plan.extra["num_layers_before"] = num_layers
-    path = partial_plan_path(settings)
-    if path is not None:
-        plan.save(path)
-        from prunekit.report.plots import write_depth_plots
-
-        write_depth_plots(path.parent, plan, num_layers)
-    return plan
+    """The complete plan of what the search or ranking decided to remove; the model is left as
+    it was (``pipeline.apply.carry_out_depth`` removes the blocks and adds what the surgery
+    reports to ``extra``: kept_layers, layer_blocks, num_layers_before)."""
+    return build_plan(loaded, method, expected, state, extra, True, identity)

@@ -4,7 +4,8 @@
   (``--angular``: mean_t arccos(cos) / pi).
 - RM: relative magnitude mean_t ||f(x_t)|| / ||x_t + f(x_t)|| with f(x) = y - x.
 - rm-block / bi-block: the same scores per block (BlockPruner's ablations).
-All statistics come from one pass over the calibration windows through the runner.
+All statistics come from one pass over the calibration windows through the runner. Each
+returns the plan of what to remove (the pipeline removes it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
-    finish,
+    decided_plan,
     one_shot_trajectory,
     prepare_units,
     search_settings,
@@ -86,7 +87,7 @@ def run_one_shot(
     if is_streamed(loaded):
         extra["search"]["streamed"] = runner.summary()
     expected = search_settings(method, settings, unit=unit, angular=settings.angular)
-    return finish(loaded, method, settings, expected, state, extra, setup.identity)
+    return decided_plan(loaded, method, expected, state, extra, setup.identity)
 
 
 def prune_shortgpt(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:

@@ -1,8 +1,8 @@
 """What every width method shares: settings resolution, the run's records, and the driver.
 
 A method is a ``SequentialMethod`` (its statistic and its decision); ``run_width_method`` loads
-the calibration windows, runs the sequential engine with it, saves rewritten consumers and
-turns the records into a ``PruningPlan``.
+the calibration windows, runs the sequential engine with it and turns the records into a
+``PruningPlan``, with the rewritten consumers' weights on it for the pipeline to save.
 
 A method that decides globally (FLAP's threshold; ``GlobalMethod``) runs in two passes, in
 memory and streamed alike: a recording pass over the dense model (no layer final), the global
@@ -17,13 +17,13 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
 
 from prunekit.data import calibration_windows, check_seqlen, corpus_tokens
+from prunekit.engine.executor import default_batch_size
 from prunekit.engine.residency import Resident
 from prunekit.engine.sequential import SequentialMethod, prune_without_data, sequential_pass
 from prunekit.errors import SettingsError
@@ -32,7 +32,7 @@ from prunekit.methods.width.selection import kept_count
 from prunekit.methods.width.structure import LayerUnits, layer_units
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
-from prunekit.surgery.width import RESTORED_FILE, save_rewritten_consumers
+from prunekit.surgery.width import RESTORED_FILE
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def run_width_method(
             loaded,
             windows,
             method,
-            batch_size=settings.batch_size,
+            batch_size=settings.batch_size or default_batch_size(loaded.device, len(windows)),
             residency=run.residency,
             finalizes=not decides_globally,
         )
@@ -227,21 +227,18 @@ def build_plan(name: str, run: WidthRun, seconds: float) -> PruningPlan:
         extra["restored_weights_note"] = "in the streamed export only (not saved beside the plan)"
     elif run.rewritten:
         extra["restored_weights"] = RESTORED_FILE
-        if settings.run_dir:
-            save_rewritten_consumers(
-                run.rewritten_tensors(), Path(settings.run_dir) / RESTORED_FILE
-            )
-        else:
-            extra["restored_weights_note"] = "not saved: no run directory (pass out=...)"
     extra.update(restoration_summary(run))
     extra.update(run.extra)
-    return PruningPlan(
+    plan = PruningPlan(
         method=name,
         model=run.identity,
         settings=dataclasses.asdict(settings),
         kept_channels=run.kept,
         extra=extra,
     )
+    if extra["restored_weights"]:  # saved beside the plan by the pipeline (pipeline/apply.py)
+        plan.rewritten_weights = run.rewritten_tensors()
+    return plan
 
 
 def restoration_summary(run: WidthRun) -> dict:

@@ -19,6 +19,7 @@ import dataclasses
 
 import torch
 
+from prunekit.engine.executor import default_batch_size
 from prunekit.engine.sequential import sequential_pass
 from prunekit.errors import SettingsError
 from prunekit.methods.registry import (
@@ -91,7 +92,7 @@ def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:
         run.loaded,
         windows,
         probe,
-        batch_size=settings.batch_size,
+        batch_size=settings.batch_size or default_batch_size(run.loaded.device, len(windows)),
         residency=run.residency,
         finalizes=False,
     )

@@ -1,8 +1,8 @@
-"""The residency each stage of a streamed combined method runs under (``methods/combined.py``).
+"""The residency each stage of a streamed combined method runs under.
 
 A streamed run holds one layer at a time and hands each layer once, final, to the export (the
-pipeline's residency and its sink). A combined method prunes the model twice, so the stages
-before the last must not write to the export, and the next stage must read what they left:
+pipeline's residency and its sink). A combined method prunes the model twice, so the stage
+before the last must not write to the export, and the next stage must read what it left:
 
 - a depth stage ends with the surgery on the skeleton (blocks deleted, layers renumbered) and
   changes no weight: it runs without a sink, and the next stage reads the surviving layers from
@@ -13,7 +13,8 @@ before the last must not write to the export, and the next stage must read what 
   removed when the stages are over.
 
 The last stage runs under the pipeline's own residency, so each layer reaches the export once,
-in its final shape.
+in its final shape. The combined method is lent ``StreamedStages.run_stage`` as its stage
+runner: it wraps ``pipeline.apply.run_stage`` (which carries each stage's decision out).
 """
 
 from __future__ import annotations
@@ -26,17 +27,36 @@ from torch import nn
 from prunekit.engine.residency import Streamed
 from prunekit.export.shards import ShardWriter
 from prunekit.export.streamed import PartWriter
-from prunekit.methods.registry import Method
+from prunekit.methods.registry import Method, PruneSettings
 from prunekit.models.lazy import Part
 from prunekit.models.loading import LoadedModel
+from prunekit.pipeline.apply import run_method, run_stage
+from prunekit.plan import PruningPlan
+
+# A combined method is one depth and one width method (methods/combined.py).
+COMBINED_STAGES = 2
+
+
+def run_streamed_method(
+    method: Method, loaded: LoadedModel, settings: PruneSettings
+) -> PruningPlan:
+    """``pipeline.apply.run_method`` for a streamed model: a combined method's stages each run
+    under their own residency."""
+    if method.family != "combined":
+        return run_method(method, loaded, settings)
+    with StreamedStages(loaded, COMBINED_STAGES) as stages:
+        return method.prune(loaded, settings, run_stage=stages.run_stage)
 
 
 class StreamedStages:
-    """``with StreamedStages(loaded) as stages:`` then ``begin``/``end`` around each stage; the
-    pipeline's residency is back on ``loaded`` and the spill removed however the block ends."""
+    """``with StreamedStages(loaded, n) as stages:`` then ``stages.run_stage`` for each of the
+    ``n`` stages in order; the pipeline's residency is back on ``loaded`` and the spill removed
+    however the block ends."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, count: int):
         self.loaded = loaded
+        self.count = count
+        self.started = 0
         self.final: Streamed = loaded.residency
         self.lazy = self.final.lazy
         self._temporary: tempfile.TemporaryDirectory | None = None
@@ -51,6 +71,17 @@ class StreamedStages:
             self._spill.abort()
         if self._temporary is not None:
             self._temporary.cleanup()
+
+    def run_stage(
+        self, method: Method, loaded: LoadedModel, settings: PruneSettings
+    ) -> PruningPlan:
+        """A ``StageRunner``: the next stage, under its residency, its decision carried out."""
+        self.started += 1
+        last = self.started == self.count
+        self.begin(method, last)
+        plan = run_stage(method, loaded, settings)
+        self.end(last)
+        return plan
 
     def begin(self, method: Method, last: bool) -> None:
         """Give ``loaded`` the residency ``method``'s stage runs under."""
