@@ -155,7 +155,8 @@ def prune_command(
     stream: bool = typer.Option(
         False,
         "--stream",
-        help="Width: one layer in memory at a time, read from the shards; needs --save.",
+        help="One layer in memory at a time, read from the shards (every method and combined "
+        "method; not --target-speedup); needs --save.",
     ),
     max_memory: str = typer.Option(
         None,

@@ -9,7 +9,10 @@ which by then carries every layer's pruned shapes on the meta device (``write_be
 
 A depth-pruned model is written once its search is over (``write_depth_pruned``): each surviving
 layer onloaded from the input shards and written under its new number, removed blocks left out;
-the surgery then reshapes the skeleton, so the config describes what was written.
+the surgery then reshapes the skeleton, so the config describes what was written. A residency
+without a sink (the depth stage of a streamed combined run that is not the last) writes nothing:
+the surgery reshapes the skeleton and the next stage reads the surviving layers from the input
+shards (``pipeline/streamed_stages.py``).
 """
 
 from __future__ import annotations
@@ -36,15 +39,12 @@ class PartWriter:
         # What from_pretrained reads: tied duplicates (an LM head tied to the embedding) dropped.
         self.saved_names = set(tensor_shapes(lazy.model))
         self.written: set[str] = set()  # a tied embedding is a tensor of two parts: once
-        self.layer_prefix = {
-            index: _module_name(lazy.model, layer)
-            for index, layer in enumerate(lazy.adapter.layers(lazy.model))
-        }
 
     def __call__(self, part: Part, module: nn.Module) -> None:
         if isinstance(part, int):
             # A pruned layer: its own tensors as they are now (shapes and new biases included).
-            prefix = self.layer_prefix[part] + "."
+            # Its name now: an earlier stage of a combined run may have renumbered the layers.
+            prefix = _module_name(self.lazy.model, module) + "."
             for name, tensor in module.state_dict(prefix=prefix).items():
                 self.writer.add(name, tensor)
             return
@@ -77,7 +77,7 @@ class PartWriter:
     def write_layer(self, part: int, new_index: int, layer: nn.Module, skip: set[str]) -> None:
         """Layer ``part``'s tensors under the name of layer ``new_index``, leaving out those of
         the child modules in ``skip`` (a depth-pruned model's removed blocks)."""
-        parent = self.layer_prefix[part].rpartition(".")[0]
+        parent = _module_name(self.lazy.model, layer).rpartition(".")[0]
         for name, tensor in layer.state_dict().items():
             if name.split(".", 1)[0] not in skip:
                 self.writer.add(f"{parent}.{new_index}.{name}", tensor)
@@ -97,22 +97,24 @@ def write_depth_pruned(residency: Streamed, removed: Iterable[BlockRef]) -> list
     final norm and the LM head follow at the end (``Streamed.finish_outside_layers``).
     """
     lazy, sink = residency.lazy, residency.sink
-    if not isinstance(sink, PartWriter):
+    if sink is not None and not isinstance(sink, PartWriter):
         raise ExportError("a depth-pruned streamed model needs the export's PartWriter sink")
     adapter = lazy.adapter
     gone: dict[int, set[str]] = {}
     for block in removed:
         gone.setdefault(block.layer, set()).add(block.kind)
-    with residency.onloaded(EMBEDDINGS):
-        residency.finished(EMBEDDINGS, lazy.module(EMBEDDINGS))
+    if sink is not None:
+        with residency.onloaded(EMBEDDINGS):
+            residency.finished(EMBEDDINGS, lazy.module(EMBEDDINGS))
     kept: list[int] = []
     for index, layer in enumerate(adapter.layers(lazy.model)):
         kinds = [k for k in BLOCK_KINDS if adapter.has_block(layer, k)]
         dropped = gone.get(index, set())
         if not [k for k in kinds if k not in dropped]:
             continue
-        skip = {name for kind in dropped for name in adapter.block_module_names(kind)}
-        with residency.onloaded(index):
-            sink.write_layer(index, len(kept), layer, skip)
+        if sink is not None:  # None: a first stage of a combined run; the last one writes
+            skip = {name for kind in dropped for name in adapter.block_module_names(kind)}
+            with residency.onloaded(index):
+                sink.write_layer(index, len(kept), layer, skip)
         kept.append(index)
     return kept

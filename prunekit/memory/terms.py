@@ -62,7 +62,7 @@ memory only for now; their estimate is the model plus the cached states and one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prunekit.errors import SettingsError
@@ -166,6 +166,8 @@ class MemoryPlan:
 
 def plan_memory(config: Any, settings: MemorySettings) -> MemoryPlan:
     """The memory terms of a run of ``settings`` on the model ``config`` describes."""
+    if "+" in settings.method:
+        return _combined_plan(config, settings)
     shapes = model_shapes(config)
     bytes_per = _dtype_bytes(settings.dtype)
     plan = MemoryPlan(settings, shapes)
@@ -177,6 +179,18 @@ def plan_memory(config: Any, settings: MemorySettings) -> MemoryPlan:
         terms += _depth_terms(shapes, settings, bytes_per, compute)
     plan.terms = [t for t in terms if t.bytes > 0]
     return plan
+
+
+def _combined_plan(config: Any, settings: MemorySettings) -> MemoryPlan:
+    """A combined method (``depth+width``): its stages run one after the other on one model, so
+    its peak is the larger of theirs (on the compute device, else the host)."""
+    plans = [
+        plan_memory(config, replace(settings, method=stage)) for stage in settings.method.split("+")
+    ]
+    where = "device" if plans[0].on_gpu else "host"
+    chosen = max(plans, key=lambda plan: (plan.peak(where) or 0, plan.peak("host") or 0))
+    chosen.settings = settings
+    return chosen
 
 
 def plan_memory_for(spec: str, settings: MemorySettings) -> MemoryPlan:

@@ -19,6 +19,9 @@ ordered ``stages`` (see prunekit/plan.py); ``prunekit.surgery.apply_plan`` repla
 A combined method decides the targets and the order; each stage runs through the ``run_stage``
 it is lent (``pipeline.apply.run_stage``), which carries that stage's decision out (the depth
 surgery, the restored weights) before the next stage is calibrated on the result.
+
+Streamed, the second stage runs on what the first left while the weights stay in their files
+(``pipeline/streamed_stages.py``), and the export receives each layer once, after both stages.
 """
 
 from __future__ import annotations
@@ -47,11 +50,6 @@ SEPARATOR = "+"
 DEFAULT_DEPTH_SHARE = 0.5
 # The targets a combined run splits (ratio) or routes by family (blocks, sparsity).
 TARGETS = ("ratio", "blocks", "sparsity")
-NO_STREAM_REASON = (
-    "its second stage is calibrated on the model the first stage left, which a streamed run "
-    "never holds (it writes each layer as it goes); run it in memory, or stream the stages as "
-    "two runs"
-)
 
 
 def combined_method(name: str, methods: Mapping[str, Method]) -> Method:
@@ -74,15 +72,23 @@ def combined_method(name: str, methods: Mapping[str, Method]) -> Method:
             "one width method, e.g. blockpruner+fasp"
         )
     takes = tuple(dict.fromkeys(first.takes + second.takes + COMBINED_ONLY))
+    width = first if first.family == "width" else second
     return Method(
         name=name,
         family="combined",
         summary=f"{first.name} then {second.name} on the model it left",
         prune=partial(prune_split, first, second),
         takes=takes,
-        streams=False,
-        no_stream_reason=NO_STREAM_REASON,
+        streams=True,
+        non_stock_shapes=partial(_width_stage_shapes, width),
     )
+
+
+def _width_stage_shapes(width: Method, settings: PruneSettings) -> str | None:
+    """Why the width stage gives the layers shapes no stock config describes (its settings are
+    the combined method's, routed to it)."""
+    reason = width.non_stock_shapes(settings) if width.non_stock_shapes else None
+    return f"its {width.name} stage: {reason}" if reason else None
 
 
 def _part(part: str, name: str, methods: Mapping[str, Method]) -> Method:
@@ -242,7 +248,8 @@ def run_stages(
     once the stages before have run (a target that depends on what they removed). Returns the
     combined plan."""
     dense = count_parameters(loaded.model)
-    identity = loaded.identity()
+    # A streamed skeleton's fingerprint is read from the shards (on meta it has none).
+    identity = loaded.residency.identity(loaded) if loaded.residency else loaded.identity()
     plans: list[PruningPlan] = []
     summaries: list[dict] = []
     for number, (method, settings) in enumerate(stages, start=1):

@@ -167,6 +167,11 @@ class Method:
     # not when it cannot.
     streams: bool = False
     no_stream_reason: str = "it has not been made to run layer by layer yet"
+    # Why this method's plan gives the layers shapes no stock config describes on any model
+    # (widths per layer, value heads narrower than query/key heads), read from the settings
+    # alone; None (or returning None): they may stay stock. A streamed run reads it to refuse,
+    # before any weight, an export that holds stock shapes only (``pipeline/export_check.py``).
+    non_stock_shapes: Callable[[PruneSettings], str | None] | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.takes if name not in SETTING_NAMES]

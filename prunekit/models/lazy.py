@@ -77,6 +77,9 @@ class TensorSlot:
     shard: Path | None = None
     # Non-persistent buffers: not in the checkpoint, computed once on the host.
     host: torch.Tensor | None = None
+    # (module, attribute) for every name: how the tensor is found again once the skeleton is
+    # restructured (``LazyModel.follow_skeleton``).
+    owners: tuple[tuple[nn.Module, str], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -129,6 +132,8 @@ class LazyModel:
         with torch.device("meta"):
             self.model = AutoModelForCausalLM.from_config(self.config, **kwargs).eval()
         self.slots = _tensor_slots(self.model)
+        for slot in self.slots:
+            slot.owners = tuple(_owner(self.model, name) for name in slot.names)
         _compute_host_buffers(self.model, self.slots)
         _locate_in_checkpoint(self.slots, weight_map(self.directory), self.model)
         self._slot_by_name = {name: slot for slot in self.slots for name in slot.names}
@@ -243,6 +248,59 @@ class LazyModel:
         finally:
             self.release(*parts)
 
+    # ---- between two stages of a streamed run ----------------------------------------------
+    def follow_skeleton(self, spill: Path | None = None) -> None:
+        """Re-derive every tensor's names and the parts after the skeleton was restructured in
+        place (one stage of a streamed combined run pruned it; the next one reads it).
+
+        Depth surgery deletes modules and renumbers layers: each tensor keeps its checkpoint key
+        and is found again through the modules holding it (one no module holds is dropped; so a
+        tensor owned by a decoder layer module itself, not by one of its children, is lost when
+        the surgery wraps that layer, which no supported family has). ``spill``: a safetensors
+        directory a width stage wrote its pruned layers to; the tensors it holds are read from
+        there from now on, in their pruned shapes, and those the stage added (FLAP's biases)
+        join the model.
+        """
+        if any(self._slot_counts.values()):
+            raise ValueError("the skeleton can be followed with every part released only")
+        names = {id(module): name for name, module in self.model.named_modules()}
+        followed = []
+        for slot in self.slots:
+            slot.owners = tuple((m, attr) for m, attr in slot.owners if id(m) in names)
+            slot.names = tuple(_qualified(names[id(m)], attr) for m, attr in slot.owners)
+            if slot.names:
+                followed.append(slot)
+        self.slots = followed
+        if spill is not None:
+            self._read_from(spill)
+        self._slot_by_name = {name: slot for slot in self.slots for name in slot.names}
+        self._parts = self._part_slots()
+        self._part_counts.clear()
+        self._slot_counts.clear()
+
+    def _read_from(self, spill: Path) -> None:
+        """Point the tensors ``spill`` holds at it (their shapes as written there)."""
+        from safetensors import safe_open
+
+        by_name = {name: slot for slot in self.slots for name in slot.names}
+        for name, shard in weight_map(spill).items():
+            slot = by_name.get(name)
+            if slot is None:  # a tensor the stage added: the skeleton holds it on meta
+                module, attr = _owner(self.model, name)
+                tensor = getattr(module, attr)
+                slot = TensorSlot(
+                    names=(name,),
+                    shape=tensor.shape,
+                    dtype=tensor.dtype,
+                    is_parameter=attr in module._parameters,
+                    requires_grad=tensor.requires_grad,
+                    owners=((module, attr),),
+                )
+                self.slots.append(slot)
+            with safe_open(str(shard), framework="pt") as handle:
+                slot.shape = torch.Size(handle.get_slice(name).get_shape())
+            slot.checkpoint_key, slot.shard = name, shard
+
     # ---- row slices of big tensors ---------------------------------------------------------
     def num_rows(self, name: str) -> int:
         return self._checkpoint_slot(name).shape[0]
@@ -331,6 +389,15 @@ def _module_name(model: nn.Module, module: nn.Module | None) -> str:
         if candidate is module:
             return name
     raise UnsupportedArchitectureError(f"{type(module).__name__} is not part of the model")
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, attr = name.rpartition(".")
+    return model.get_submodule(module_name), attr
+
+
+def _qualified(module_name: str, attr: str) -> str:
+    return f"{module_name}.{attr}" if module_name else attr
 
 
 def _tensor_slots(model: nn.Module) -> list[TensorSlot]:

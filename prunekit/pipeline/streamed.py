@@ -16,16 +16,18 @@ from prunekit.export.shards import ShardWriter, parse_shard_size
 from prunekit.export.streamed import PartWriter
 from prunekit.memory import MemoryBudget, memory_record, row_slice_bytes_for, shard_size_for
 from prunekit.memory_usage import PeakMemory
+from prunekit.methods.combined import combined_record
 from prunekit.methods.registry import Method, PruneSettings
 from prunekit.models.dtype import dtype_name, resolve_dtype
 from prunekit.models.lazy import LazyModel
-from prunekit.models.loading import default_device
-from prunekit.pipeline.apply import run_method
+from prunekit.models.loading import default_device, load_config
 from prunekit.pipeline.evaluation import evaluate_from_files
+from prunekit.pipeline.export_check import check_streamed_export
 from prunekit.pipeline.lazy import lazy_loaded
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads
 from prunekit.pipeline.requests import EvalRequest, PruneResult, SaveRequest
 from prunekit.pipeline.run_report import run_report
+from prunekit.pipeline.streamed_stages import run_streamed_method
 from prunekit.report.accounting import parameter_counts, pruning_ratios
 from prunekit.report.run_dir import clear_run, write_run_dir
 
@@ -51,6 +53,7 @@ def prune_streamed_run(
 
     The measured memory peaks cover the pruning only: the evaluations before and after it hold
     one layer and a chunk of windows (``max_memory``) of their own."""
+    check_streamed_export(load_config(model), chosen, options, save.format)
     device = device or default_device()
     if budget.compute_limit(device) is not None:  # the depth search's chunks of windows
         options.options.setdefault("max_memory", budget.compute_limit(device))
@@ -95,7 +98,7 @@ def prune_streamed_run(
                 )
                 loaded.residency = residency
                 log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
-                plan = run_method(chosen, loaded, options)
+                plan = run_streamed_method(chosen, loaded, options)
                 residency.finish_outside_layers()
             timings["prune"] = time.perf_counter() - started
             after = parameter_counts(loaded.model, loaded.adapter)
@@ -104,6 +107,8 @@ def prune_streamed_run(
             report = run_report(
                 chosen, loaded, plan.model, options, params, results, timings, memory
             )
+            if plan.stages:  # a combined method: the split and each stage's settings and ratios
+                report.update(combined_record(plan))
             shapes = describe_layers(loaded.model, loaded.adapter)
             written = writer.close()
             fmt = write_beside_weights(

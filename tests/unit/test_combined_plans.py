@@ -293,7 +293,7 @@ def test_targets_must_be_a_ratio_or_one_per_stage(settings, message, calib):
     ("extra", "message"),
     [
         (["--depth-share", "1.5"], "error: --depth-share must be in (0, 1), got 1.5"),
-        (["--stream", "--save", "SAVE"], "blockpruner+fasp cannot run streamed: its second stage"),
+        (["--stream"], "error: --stream needs --save DIR"),
         (["--angular"], "error: --angular is not a setting of blockpruner+fasp"),
     ],
 )

@@ -64,6 +64,19 @@ def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
     )
 
 
+def non_stock_shapes(settings: PruneSettings) -> str | None:
+    """Why FASP's plan gives the layers shapes no stock config describes (None: it keeps them
+    stock): per-layer widths, or value heads narrower than the query/key heads."""
+    if settings.allocation in (None, "cost"):
+        return "its cost allocation (the default) gives each layer its own widths"
+    if "attn" in settings.targets:
+        return (
+            "its value channels leave the value heads narrower than the query/key heads "
+            "(--targets mlp keeps stock shapes)"
+        )
+    return None
+
+
 def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:
     """Pass 1 on the dense model: cost curves; then per-group widths meeting the target."""
     settings = run.settings
@@ -116,5 +129,6 @@ register(
         prune=prune_fasp,
         takes=WIDTH_TARGET + UNIFORM_WIDTH + WIDTH_ALLOCATION + RESTORATION + CALIBRATION + BATCHED,
         streams=True,
+        non_stock_shapes=non_stock_shapes,
     )
 )

@@ -213,5 +213,6 @@ register(
         prune=prune_flap,
         takes=WIDTH_TARGET + CALIBRATION + BATCHED,
         streams=True,
+        non_stock_shapes=lambda settings: "its global threshold gives each layer its own widths",
     )
 )
