@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results_notes import NOTES_MARKER, kept_notes
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "engine_regression.md"
 
@@ -116,7 +118,8 @@ def main() -> None:
         "|---|---:|---:|---|",
     ]
     lines += [f"| {m} | {b} | {s:.1f} | {same} |" for m, b, s, same in sweep]
-    OUT.write_text("\n".join(lines) + "\n")
+    notes = kept_notes(OUT)
+    OUT.write_text("\n".join(lines) + f"\n\n{NOTES_MARKER}\n\n{notes}")
     print("\n".join(lines))
 
 
