@@ -64,14 +64,20 @@ fmt: install
 	$(VENV)/bin/ruff format prunekit tests bench
 	$(VENV)/bin/ruff check --fix prunekit tests bench
 
+# The tests run on PYTEST_WORKERS pytest-xdist workers (one torch thread each, tests/conftest.py);
+# `make test PYTEST_WORKERS=0` runs them in this one process. loadgroup hands out single tests,
+# except that the tests marked with one xdist_group run on one worker (shared costly fixtures).
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: lint compat llama-cpp
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(PYTEST_XDIST) --durations=15
 
 test-unit: install compat llama-cpp
-	$(PY) -m pytest -q -m "not real"
+	$(PY) -m pytest -q $(PYTEST_XDIST) -m "not real"
 
 test-real: install llama-cpp
-	$(PY) -m pytest -q -m real
+	$(PY) -m pytest -q $(PYTEST_XDIST) -m real
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
