@@ -70,42 +70,23 @@ def smollm2_fp32():
     return load_model("smollm2-135m", dtype="fp32", device="cpu")
 
 
-# Fixtures wider than one test that cost little to build again on each worker (a path, a model
-# read from the dequantized cache, a thread setting, a small text file): sharing one does not
-# tie tests to one worker.
-PER_WORKER_FIXTURES = frozenset({"data_dir", "smollm2_fp32", "one_thread", "calib_file"})
+# The modules that take a minute or more (serial `--durations`, 2 cores), longest first. Under
+# `make test` (pytest-xdist, `--dist loadfile --no-loadscope-reorder`: each module runs whole on
+# one worker, so its module fixtures are built once, in the order collected) they are handed out
+# first, so that no long module starts last while the other worker has nothing left to do.
+# tests/real is collected before tests/unit and is heavy throughout.
+LONG_MODULES = (
+    "tests/unit/test_wheel.py",
+    "tests/unit/test_width_allocation.py",
+    "tests/unit/test_memory_budget.py",
+    "tests/unit/test_streamed_depth.py",
+    "tests/unit/test_memory_model.py",
+)
 
 
-def shared_fixtures(item: pytest.Item) -> set[str]:
-    """This project's module- and session-scoped fixtures that ``item`` uses (directly or through
-    other fixtures), as ``baseid::name``; pytest's own (tmp_path_factory, ...) have no baseid."""
-    shared = set()
-    for name, definitions in item._fixtureinfo.name2fixturedefs.items():
-        definition = definitions[-1]  # the one that applies to this item
-        wide = definition.scope in ("module", "package", "session")
-        if wide and definition.baseid and name not in PER_WORKER_FIXTURES:
-            shared.add(f"{definition.baseid}::{name}")
-    return shared
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`), tests that share a costly fixture run on one
-    worker, so that it is built once (a prune run, a wheel's venv, measured memory peaks), not
-    once on each worker. Tests tied together through any chain of such fixtures form one group."""
+    """Under pytest-xdist, LONG_MODULES first, then the rest in collection order (stable sort)."""
     if not XDIST_WORKER:
         return
-    parent: dict[str, str] = {}
-
-    def root(key: str) -> str:
-        while parent.setdefault(key, key) != key:
-            key = parent[key]
-        return key
-
-    uses = [(item, sorted(shared_fixtures(item))) for item in items]
-    for _, keys in uses:
-        for key in keys[1:]:
-            parent[root(key)] = root(keys[0])
-    for item, keys in uses:
-        if keys:
-            item.add_marker(pytest.mark.xdist_group(root(keys[0])))
+    rank = {name: index for index, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
