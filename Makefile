@@ -64,14 +64,21 @@ fmt: install
 	$(VENV)/bin/ruff format prunekit tests bench
 	$(VENV)/bin/ruff check --fix prunekit tests bench
 
+# The tests run on PYTEST_WORKERS pytest-xdist workers (one torch thread each, tests/conftest.py);
+# `make test PYTEST_WORKERS=0` runs them in this one process. loadfile: a module runs whole on one
+# worker (its module fixtures, some of them prune runs or a venv, are built once); modules are
+# handed out in the order tests/conftest.py sorts them (the longest first), not by test count.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: lint compat llama-cpp
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(PYTEST_XDIST) --durations=15
 
 test-unit: install compat llama-cpp
-	$(PY) -m pytest -q -m "not real"
+	$(PY) -m pytest -q $(PYTEST_XDIST) -m "not real"
 
 test-real: install llama-cpp
-	$(PY) -m pytest -q -m real
+	$(PY) -m pytest -q $(PYTEST_XDIST) -m real
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

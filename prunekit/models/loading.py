@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from prunekit.errors import ModelNotFoundError, PrunekitError
 from prunekit.models.adapters import Adapter, adapter_for_config
@@ -112,6 +113,18 @@ def dequantized_gguf_dir(gguf: Path) -> Path:
     target = gguf_cache_path(gguf)
     if (target / "config.json").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes can miss the cache at once (parallel test workers, two CLI runs): the lock
+    # makes the second wait for the first's copy, instead of dequantizing again and then failing
+    # to rename its directory over the finished one.
+    with FileLock(f"{target}.lock"):
+        if not (target / "config.json").is_file():
+            _dequantize_into(gguf, target)
+    return target
+
+
+def _dequantize_into(gguf: Path, target: Path) -> None:
+    """Dequantize ``gguf`` into a temporary directory beside ``target``, then rename it there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("dequantizing %s once into %s", gguf, target)
@@ -126,16 +139,15 @@ def dequantized_gguf_dir(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy left by hand, if any
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def resolve_source(spec: str) -> str:

@@ -16,7 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+from filelock import FileLock
 
 # version -> the packages installed beside it. 5.0.0 needs huggingface_hub 1.x (which talks
 # httpx, not httpx2) and tokenizers <= 0.23.0 (0.23.0 is not on PyPI: 0.22.2 is the newest fit).
@@ -54,16 +57,25 @@ def is_ready(version: str) -> bool:
 
 
 def install(version: str) -> None:
-    """pip install --target <cache> transformers==version + its pinned extras, no resolution."""
+    """pip install --target <cache> transformers==version + its pinned extras, no resolution.
+
+    Locked, and staged in a folder of its own: two installs at once (two `make compat`, parallel
+    test runs on a clean machine) neither write into the same staging folder nor both install."""
     target = target_dir(version)
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    wanted = packages(version)
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(staging)]
-    subprocess.run([*pip, *wanted], check=True)
-    (staging / READY_MARK).write_text(" ".join(wanted) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if is_ready(version):
+            return
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+        try:
+            wanted = packages(version)
+            pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target"]
+            subprocess.run([*pip, str(staging), *wanted], check=True)
+            (staging / READY_MARK).write_text(" ".join(wanted) + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def main() -> int:

@@ -307,7 +307,7 @@ def test_peak_memory_is_one_shard_not_the_model():
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
-        timeout=120,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     numbers = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
 from prunekit import load_model
 from prunekit.errors import ModelNotFoundError, PrunekitError, SettingsError
 from prunekit.models import dtype as dtype_module
+from prunekit.models import loading
 from prunekit.models.dtype import resolve_dtype
 from prunekit.models.tiny import save_tiny
 
@@ -41,6 +45,36 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(PrunekitError, match="cannot read GGUF file"):
         load_model(str(bad), device="cpu")
     assert not list((tmp_path / "cache").rglob("config.json"))  # nothing half-cached
+
+
+def test_a_gguf_missing_from_the_cache_is_dequantized_once_by_concurrent_loaders(
+    tmp_path, monkeypatch
+):
+    """Two loaders (test workers, CLI runs) missing the cache at once: the second waits for the
+    first's copy instead of dequantizing again and renaming over it."""
+    monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    calls = []
+
+    def slow_dequantize(source, target):
+        calls.append(source)
+        time.sleep(0.3)  # long enough that the other thread arrives while this one works
+        target.mkdir()
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(loading, "_dequantize_into", slow_dequantize)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(loading.dequantized_gguf_dir(gguf)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [gguf]
+    assert results == [loading.gguf_cache_path(gguf)] * 2
 
 
 def test_directory_without_config(tmp_path):

@@ -61,7 +61,7 @@ def test_streamed_prediction_is_below_in_memory_for_a_big_model():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=300
     )
 
 

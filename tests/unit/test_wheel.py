@@ -83,6 +83,9 @@ class WheelVenv:
         ]
         env["PATH"] = os.pathsep.join([str(self.bin), *path])
         env.update(
+            # rich wraps at 80 columns when piped: a message holding a long tmp path (xdist adds
+            # popen-gwN/ to it) would split the words the assertions look for.
+            COLUMNS="200",
             HF_HUB_OFFLINE="1",
             HF_MODULES_CACHE=str(root / "hf_modules"),
             PRUNEKIT_CACHE_DIR=str(root / "cache"),

@@ -164,7 +164,7 @@ def test_cli_task_errors_are_one_line(task_dir, extra, message):
         [sys.executable, "-m", "prunekit.cli", "eval", "smollm2-135m", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 2
     assert message in result.stderr
