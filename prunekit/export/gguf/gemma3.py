@@ -43,6 +43,8 @@ from prunekit.export.gguf.families import GgufFamily
 from prunekit.export.gguf.layout import (
     GgufLayer,
     GgufLayout,
+    check_one_shape,
+    check_whole_layers,
     common_head_dim,
     gguf_layer,
     kept_layers,
@@ -57,7 +59,7 @@ from prunekit.export.gguf.tensors import (
     mlp_weights,
     tensor_spec,
 )
-from prunekit.export.per_layer import LayerShape, describe_layers
+from prunekit.export.per_layer import describe_layers
 from prunekit.models.adapters import Adapter
 
 ARCH = "gemma3"
@@ -109,30 +111,6 @@ def _check_config(config: Any) -> None:
         raise UnsupportedArchitectureError("GGUF gemma3 attention is causal, not bidirectional")
 
 
-def _check_blocks(index: int, shape: LayerShape) -> None:
-    if not (shape.has_attn and shape.has_mlp):
-        lost = "MLP" if shape.has_attn else "attention"
-        raise ExportError(
-            f"GGUF gemma3 cannot skip single blocks (layer {index} lost its {lost}): llama.cpp "
-            "runs both blocks of every layer, so only whole layers can be removed"
-        )
-    if shape.qkv_bias or shape.o_proj_bias or shape.gate_up_bias or shape.down_proj_bias:
-        raise UnsupportedArchitectureError(f"GGUF gemma3 has no biases (layer {index} has)")
-
-
-def _check_one_shape(layers: list[GgufLayer]) -> None:
-    for what, values in (
-        ("MLP widths", [g.n_ff for g in layers]),
-        ("attention head counts", [g.n_head for g in layers]),
-        ("KV head counts", [g.n_head_kv for g in layers]),
-    ):
-        if len(set(values)) > 1:
-            raise ExportError(
-                f"GGUF gemma3 has one shape for every layer; this model has per-layer {what} "
-                f"{values}"
-            )
-
-
 def _attention_kwargs(adapter: Adapter, layer: nn.Module, config: Any) -> dict:
     return adapter.attention_call_kwargs(adapter.attention_channels(layer, config).module)
 
@@ -144,7 +122,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Gemma3Layout:
     shapes = describe_layers(model, adapter)
     kept = kept_layers(shapes)
     for index, shape in kept:
-        _check_blocks(index, shape)
+        check_whole_layers(ARCH, index, shape)
     head_dim = common_head_dim(shapes)
     modules = adapter.layers(model)
     kwargs = [_attention_kwargs(adapter, modules[i], config) for i, _ in kept]
@@ -152,7 +130,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Gemma3Layout:
         replace(gguf_layer(i, s, head_dim, first=False), sliding=kw["sliding_window"] is not None)
         for (i, s), kw in zip(kept, kwargs, strict=True)
     ]
-    _check_one_shape(layers)
+    check_one_shape(ARCH, layers)
     windows = sorted({kw["sliding_window"] for kw in kwargs} - {None})
     scales = sorted({kw["scaling"] for kw in kwargs})
     if len(windows) > 1 or len(scales) > 1:

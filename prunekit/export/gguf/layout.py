@@ -149,6 +149,33 @@ def kept_layers(shapes: list[LayerShape]) -> list[tuple[int, LayerShape]]:
     return kept
 
 
+def check_whole_layers(arch: str, index: int, shape: LayerShape) -> None:
+    """Refuse a kept layer an architecture with both blocks in every layer and no biases cannot
+    hold (Gemma 3, Qwen3): one of its blocks removed, or a bias."""
+    if not (shape.has_attn and shape.has_mlp):
+        lost = "MLP" if shape.has_attn else "attention"
+        raise ExportError(
+            f"GGUF {arch} cannot skip single blocks (layer {index} lost its {lost}): llama.cpp "
+            "runs both blocks of every layer, so only whole layers can be removed"
+        )
+    if shape.qkv_bias or shape.o_proj_bias or shape.gate_up_bias or shape.down_proj_bias:
+        raise UnsupportedArchitectureError(f"GGUF {arch} has no biases (layer {index} has)")
+
+
+def check_one_shape(arch: str, layers: list[GgufLayer]) -> None:
+    """Refuse per-layer widths where the architecture has one shape for every layer."""
+    for what, values in (
+        ("MLP widths", [g.n_ff for g in layers]),
+        ("attention head counts", [g.n_head for g in layers]),
+        ("KV head counts", [g.n_head_kv for g in layers]),
+    ):
+        if len(set(values)) > 1:
+            raise ExportError(
+                f"GGUF {arch} has one shape for every layer; this model has per-layer {what} "
+                f"{values}"
+            )
+
+
 def plan_layout(shapes: list[LayerShape]) -> GgufLayout:
     """``llama`` or ``deci``, and the per-layer GGUF shapes of a pruned Llama-family or Qwen2
     model (which families get here: their records' ``gguf``); one-line refusals."""

@@ -11,11 +11,13 @@ from typing import Any
 import gguf
 from torch import nn
 
-from prunekit.errors import ExportError, UnsupportedArchitectureError
+from prunekit.errors import UnsupportedArchitectureError
 from prunekit.export.gguf.families import GgufFamily
 from prunekit.export.gguf.layout import (
     GgufLayer,
     GgufLayout,
+    check_one_shape,
+    check_whole_layers,
     common_head_dim,
     gguf_layer,
     kept_layers,
@@ -47,17 +49,6 @@ def _check_config(config: Any) -> None:
         )
 
 
-def _check_blocks(index: int, shape: Any) -> None:
-    if not (shape.has_attn and shape.has_mlp):
-        lost = "MLP" if shape.has_attn else "attention"
-        raise ExportError(
-            f"GGUF qwen3 cannot skip single blocks (layer {index} lost its {lost}): llama.cpp "
-            "runs both blocks of every layer, so only whole layers can be removed"
-        )
-    if shape.qkv_bias or shape.o_proj_bias or shape.gate_up_bias or shape.down_proj_bias:
-        raise UnsupportedArchitectureError(f"GGUF qwen3 has no biases (layer {index} has)")
-
-
 def _check_attention(index: int, attention: dict, head_dim: int) -> None:
     if attention.get("sliding_window") is not None:
         raise UnsupportedArchitectureError(
@@ -78,20 +69,11 @@ def gguf_plan(model: nn.Module, adapter: Adapter) -> GgufLayout:
     head_dim = common_head_dim(shapes)
     modules = adapter.layers(model)
     for index, shape in kept:
-        _check_blocks(index, shape)
+        check_whole_layers(GGUF_ARCH, index, shape)
         attn = adapter.attention_channels(modules[index], config).module
         _check_attention(index, adapter.attention_call_kwargs(attn), head_dim)
     layers = [gguf_layer(i, s, head_dim, first=False) for i, s in kept]
-    for what, values in (
-        ("MLP widths", [g.n_ff for g in layers]),
-        ("attention head counts", [g.n_head for g in layers]),
-        ("KV head counts", [g.n_head_kv for g in layers]),
-    ):
-        if len(set(values)) > 1:
-            raise ExportError(
-                f"GGUF qwen3 has one shape for every layer; this model has per-layer {what} "
-                f"{values}"
-            )
+    check_one_shape(GGUF_ARCH, layers)
     return GgufLayout(
         arch=GGUF_ARCH, head_dim=head_dim, layers=layers, padding=padding_records(layers, head_dim)
     )
