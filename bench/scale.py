@@ -123,15 +123,20 @@ def child(mode: str, source: str, method: str, save: str) -> None:
     settings = {**CALIBRATION, **METHODS[method]}
     started = time.perf_counter()
     if mode == "streamed":
-        api.prune_streamed(source, method, save=save, dtype=DTYPE, device="cpu", **settings)
+        result = api.prune(
+            source, method, stream=True, save=save, dtype=DTYPE, device="cpu", **settings
+        )
     else:
         loaded = load_model(source, dtype=DTYPE, device="cpu")
-        api.prune(loaded, method, **settings)
+        result = api.prune(loaded, method, **settings)
     seconds = time.perf_counter() - started
+    # The setting that decides the plan's quality, as the run recorded it (the defaults).
+    used = result.plan.settings
+    setting = used.get("criterion") or used.get("allocation") or "-"
     stop.set()
     thread.join()
     growth = {field: peak[field] - baseline[field] for field in peak}
-    print("RESULT " + json.dumps({"seconds": seconds, "growth": growth}))
+    print("RESULT " + json.dumps({"seconds": seconds, "growth": growth, "setting": setting}))
 
 
 def run_child(mode: str, source: str, method: str) -> dict:
@@ -192,6 +197,7 @@ def measure(models: list[str], repeats: int) -> list[dict]:
                         "model": name,
                         "method": method,
                         "mode": mode,
+                        "setting": results[0]["setting"],
                         "seconds": statistics.median(r["seconds"] for r in results),
                         "anon_mib": max(r["growth"]["RssAnon"] for r in results) / MiB,
                         "rss_mib": max(r["growth"]["VmRSS"] for r in results) / MiB,
@@ -222,9 +228,9 @@ def render(rows: list[dict], wall: float) -> str:
         "pages, which the kernel can drop. Predicted: `prunekit plan-memory` for the same run. "
         "The machine is shared (2 cores): wall times are indicative.",
         "",
-        "| model | method | mode | peak RssAnon (MiB) | peak RSS (MiB) | predicted (MiB) "
-        "| one layer (MiB) | wall (s) | streamed / in-memory |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | method | criterion / allocation | mode | peak RssAnon (MiB) | peak RSS (MiB) "
+        "| predicted (MiB) | one layer (MiB) | wall (s) | streamed / in-memory |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         pair = [r for r in rows if r["model"] == row["model"] and r["method"] == row["method"]]
@@ -234,7 +240,8 @@ def render(rows: list[dict], wall: float) -> str:
             ratio = f"{row['seconds'] / memory['seconds']:.2f}×"
         prediction = "-" if row["predicted_mib"] is None else f"{row['predicted_mib']:.0f}"
         lines.append(
-            f"| {row['model']} | {row['method']} | {row['mode']} | {row['anon_mib']:.0f} "
+            f"| {row['model']} | {row['method']} | {row['setting']} | {row['mode']} "
+            f"| {row['anon_mib']:.0f} "
             f"| {row['rss_mib']:.0f} | {prediction} | {row['layer_mib']:.0f} "
             f"| {row['seconds']:.1f} | {ratio} |"
         )
