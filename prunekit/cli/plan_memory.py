@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import typer
 from rich.table import Table
@@ -18,30 +19,45 @@ def plan_memory_command(
     n_samples: int = typer.Option(16, min=1, help="Calibration windows."),
     seqlen: int = typer.Option(1024, min=1, help="Tokens per calibration window."),
     dtype: str = typer.Option("bf16", help="Compute dtype: bf16, fp16 or fp32."),
-    batch_size: int = typer.Option(1, min=1, help="Windows per forward."),
+    batch_size: int | None = typer.Option(
+        None,
+        min=1,
+        help="Windows per forward (default: as prune picks it: 1 on a CPU, up to 8 on a GPU, "
+        "the largest that fits --max-memory).",
+    ),
     device: str = typer.Option("cpu", help="Compute device: cpu or cuda[:i]."),
     sparsity: float = typer.Option(0.2, min=0.0, max=0.99, help="Fraction of columns removed."),
     max_shard_size: str = typer.Option("2GB", help="Shard size of the streamed export."),
+    max_memory: str | None = typer.Option(
+        None, help="The budget the default batch size must fit (as prune --max-memory)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead."),
 ) -> None:
     """Predict peak host and device memory of a prune run from the model's config (no weights)."""
+    from prunekit.engine.executor import default_batch_size
     from prunekit.export.shards import parse_shard_size
-    from prunekit.memory import MemorySettings, plan_memory_for
+    from prunekit.memory import MemoryBudget, MemorySettings, batch_fits, plan_memory
     from prunekit.methods.catalogue import get_method
+    from prunekit.models.loading import load_config
 
-    get_method(method)  # unknown names: the registry's one-line error
+    takes_batch = "batch_size" in get_method(method).takes  # unknown names: one-line error
+    budget = MemoryBudget.parse(max_memory)
+    config = load_config(model)
     settings = MemorySettings(
         method=method,
         streamed=stream,
         n_samples=n_samples,
         seqlen=seqlen,
         dtype=dtype,
-        batch_size=batch_size,
+        batch_size=batch_size or 1,
         device=device,
         sparsity=sparsity,
         max_shard_size=parse_shard_size(max_shard_size),
     )
-    plan = plan_memory_for(model, settings)
+    if batch_size is None and takes_batch:  # the default prune would pick
+        fits = batch_fits(config, settings, budget)
+        settings = replace(settings, batch_size=default_batch_size(device, n_samples, fits))
+    plan = plan_memory(config, settings)
     if json_out:
         print(json.dumps(plan.as_dict(), indent=2))
         return

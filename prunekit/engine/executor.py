@@ -45,7 +45,7 @@ from itertools import groupby
 import torch
 from torch import nn
 
-from prunekit.engine.chunking import chunk_windows_for_budget
+from prunekit.engine.chunking import chunk_memory, chunk_windows_for_budget
 from prunekit.engine.layerwise import (
     CalibrationBlocks,
     LayerContext,
@@ -68,12 +68,19 @@ DEFAULT_STATE_BYTES = 1 << 30
 GPU_BATCH_SIZE = 8
 
 
-def default_batch_size(device: str | torch.device, windows: int) -> int:
-    """The batch size a run gets when none is given: 1 on a CPU (one window's matmuls already
-    fill the cores, and batch 1 keeps the fewest states), ``GPU_BATCH_SIZE`` on a GPU, at most
-    the number of windows."""
+def default_batch_size(
+    device: str | torch.device, windows: int, fits: Callable[[int], bool] | None = None
+) -> int:
+    """The batch size a run gets when none is given: the largest that is at most the device's
+    default (1 on a CPU: one window's matmuls already fill the cores, and batch 1 keeps the
+    fewest states; ``GPU_BATCH_SIZE`` on a GPU) and the number of windows, and that ``fits``
+    (the memory model's verdict under the run's budget: a batch of windows adds activations and
+    states), never below 1."""
     on_gpu = torch.device(device).type != "cpu"
-    return max(1, min(windows, GPU_BATCH_SIZE if on_gpu else 1))
+    largest = max(1, min(windows, GPU_BATCH_SIZE if on_gpu else 1))
+    if fits is None:
+        return largest
+    return next((size for size in range(largest, 1, -1) if fits(size)), 1)
 
 
 # A branch: its key and the blocks of the trunk it skips (non-empty).
@@ -177,18 +184,9 @@ class LayerExecutor(CalibrationBlocks):
         return self.num_windows * self.window_state_bytes
 
     def resident_bytes(self) -> int:
-        """Memory besides the states in a streamed run: the largest layer, the final norm and the
-        LM head (and its fp32 copy when the model is not fp32), one layer's activations of one
-        batch."""
-        largest = max(self.lazy.part_bytes(i) for i in range(len(self.layers)))
-        head = self.lazy.part_bytes(REST, HEAD)
-        vocab, width = self.model.config.vocab_size, self.model.config.hidden_size
-        fp32_head = 0 if self.dtype == torch.float32 else vocab * width * 4
-        config = self.model.config
-        widest = max(width, getattr(config, "intermediate_size", 0) or 0, 4 * width)
-        tokens = self.batch_size * self.windows.shape[1]
-        activations = 4 * tokens * widest * 4 + 3 * 128 * vocab * 4
-        return largest + head + fp32_head + activations
+        """Memory besides the states in a streamed run: the largest part onloaded at once and one
+        batch's work (``engine/chunking.chunk_memory``, the estimate the memory model uses)."""
+        return chunk_memory(self.lazy, self.windows.shape[1], self.batch_size).fixed
 
     def chunk_windows(self, branches: int) -> int:
         """Windows per chunk so that (branches + 2) states per window fit the state budget; a

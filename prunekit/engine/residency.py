@@ -18,13 +18,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.engine.memory_terms import (
+    ALWAYS,
+    EMBEDDING,
+    LM_HEAD,
+    START,
+    MemorySettings,
+    MemoryTerm,
+)
 from prunekit.models.fingerprint import (
+    SAMPLE_ELEMENTS,
     fingerprint_of_samples,
     fingerprint_tensors,
     sample_of_row_slices,
 )
 from prunekit.models.lazy import EMBEDDINGS, HEAD, REST, LazyModel, Part
 from prunekit.models.loading import LoadedModel
+from prunekit.models.shapes import ModelShapes
 
 # What a streamed run writes once a part is final: (part, the part's module). A sink that also
 # has ``write_from_checkpoint(part, row_slice_bytes)`` gets the parts the engine never changes
@@ -168,3 +178,82 @@ def _install_meta(module: nn.Module, meta: dict[str, Any]) -> None:
 
 
 Residency = Resident | Streamed
+
+
+# ---- memory terms -------------------------------------------------------------------------------
+# ``models.fingerprint.weight_fingerprint`` samples up to SAMPLE_ELEMENTS values of the embedding
+# and of every matrix of the first and last layers, as bf16 samples, their bf16 concatenation and
+# the ±1 sketch (int8; each chunk widened to fp32 on its own): about 5 bytes a sampled value.
+FINGERPRINT_SAMPLES = SAMPLE_ELEMENTS
+FINGERPRINT_BYTES_PER_SAMPLE = 5  # bf16 samples 2 + their concatenation 2 + signs (int8) 1
+
+
+def weight_terms(
+    s: ModelShapes, settings: MemorySettings, layer_phases: tuple[str, ...]
+) -> list[MemoryTerm]:
+    """What the weights hold: in memory (``load_model``) the whole model in the compute dtype
+    for the whole run (read on the host first when it computes on a GPU); streamed (``Streamed``)
+    row slices for the fingerprint at the start (``Streamed.identity``: read, then cast), the
+    embedding with the small rest while it runs, and one decoder layer in each of
+    ``layer_phases``. Both take the fingerprint's samples on the host at the start."""
+    b, compute = settings.item, settings.compute
+    terms = [
+        MemoryTerm(
+            "fingerprint samples",
+            fingerprint_samples(s) * FINGERPRINT_BYTES_PER_SAMPLE,
+            "host",
+            START,
+            "≤2^18 values per tensor, bf16 + fp32 + sketch",
+        )
+    ]
+    if not settings.streamed:
+        model = s.total_params * b
+        if compute == "device":  # load_model reads the model on the host, then moves it
+            terms.append(MemoryTerm("weights (loading)", model, "host", START, "before .to()"))
+        return [MemoryTerm("weights (whole model)", model, compute, ALWAYS, "load_model"), *terms]
+    row_slices = 2 * min(settings.row_slice_bytes, s.largest_tensor * b)
+    terms.append(
+        MemoryTerm("fingerprint row slices", row_slices, compute, START, "read, then cast")
+    )
+    embedding = s.embedding_params * b
+    terms.append(MemoryTerm("weights (embedding)", embedding, compute, EMBEDDING, "+ rest"))
+    for phase in layer_phases:
+        terms.append(
+            MemoryTerm("weights (one layer)", s.layer_params * b, compute, phase, "from the shards")
+        )
+    return terms
+
+
+def sink_terms(
+    s: ModelShapes, settings: MemorySettings, phases: tuple[str, ...]
+) -> list[MemoryTerm]:
+    """A streamed run's export sink (``export.shards.ShardWriter`` behind ``Streamed``'s sink):
+    the current output shard (up to ``max_shard_size``) and one more tensor's worth while
+    safetensors serializes it (a tensor larger than a shard is written alone, one row slice at a
+    time), on the host, in each of ``phases``; an untied LM head is copied from the checkpoint
+    in row slices (``write_from_checkpoint``), never whole. Nothing in memory."""
+    if not settings.streamed:
+        return []
+    b = settings.item
+    shard = min(settings.max_shard_size, s.total_params * b)
+    terms = []
+    if s.head_params:
+        head_slice = min(s.head_params * b, shard)
+        terms.append(
+            MemoryTerm("LM head row slices", 2 * head_slice, settings.compute, LM_HEAD, "untied")
+        )
+    buffer = shard + min(s.largest_tensor * b, shard)
+    for phase in phases:
+        terms.append(
+            MemoryTerm("shard buffer", buffer, "host", phase, "one output shard + a tensor copy")
+        )
+    return terms
+
+
+def fingerprint_samples(s: ModelShapes) -> int:
+    """Sampled values of the fingerprint: the embedding and each matrix of two layers."""
+    h, i, q, kv = s.hidden_size, s.intermediate_size, s.attn_width, s.num_kv_heads * s.head_dim
+    matrices = [h * q, h * kv, h * kv, q * h] + [h * i] * s.mlp_matrices
+    per_layer = sum(min(m, FINGERPRINT_SAMPLES) for m in matrices)
+    layers = 1 if s.num_layers == 1 else 2
+    return min(s.embedding_params, FINGERPRINT_SAMPLES) + layers * per_layer

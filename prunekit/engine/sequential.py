@@ -26,11 +26,23 @@ import torch
 from torch import nn
 
 from prunekit.engine.executor import ActivationStore, LayerExecutor
+from prunekit.engine.memory_terms import (
+    ALWAYS,
+    ATTENTION,
+    EMBEDDING,
+    LM_HEAD,
+    MLP,
+    MemorySettings,
+    MemoryTerm,
+    PassMemory,
+    layer_context_term,
+)
 from prunekit.engine.residency import Residency
 from prunekit.errors import NumericalError
 from prunekit.models.adapters import BLOCK_KINDS, BlockKind, BlockRef
 from prunekit.models.loading import LoadedModel
 from prunekit.models.precision import fp32_accumulated_matmul
+from prunekit.models.shapes import ModelShapes
 
 
 class InputStatistics:
@@ -306,3 +318,124 @@ def _recorder(
             raise _StopBlock
 
     return hook
+
+
+# ---- memory terms (engine/memory_terms.py) -------------------------------------------------------
+# The width loop holds one layer at a time (streamed) and writes each as it is final.
+WIDTH_LAYER_PHASES = (ATTENTION, MLP)
+WIDTH_SINK_PHASES = (EMBEDDING, ATTENTION, MLP, LM_HEAD)
+COST_CURVE_SPARSITY = 0.125  # methods.width.allocation.CURVE_SPARSITIES[0]: its widest restore
+
+
+def statistics_terms(s: ModelShapes, settings: MemorySettings) -> list[MemoryTerm]:
+    """``sequential_pass`` with statistics: every window's hidden states (n_samples × seqlen ×
+    hidden, in the compute dtype), twice while a block runs (its inputs and its outputs), in the
+    activation store (the host when offloaded: one batch's inputs and outputs then visit the
+    device); the layer context; one batch through one block (``block_activation_bytes``)."""
+    b, compute = settings.item, settings.compute
+    tokens, batch_tokens = (
+        settings.n_samples * settings.seqlen,
+        settings.batch_size * settings.seqlen,
+    )
+    state = tokens * s.hidden_size * b
+    states = _store_where(settings)
+    terms = [
+        MemoryTerm("calibration states (in)", state, states, ALWAYS, "N×T×hidden"),
+        MemoryTerm("calibration states (out)", state, states, ATTENTION, "next inputs"),
+        MemoryTerm("calibration states (out)", state, states, MLP, "next inputs"),
+        layer_context_term(s, settings),
+    ]
+    if states != compute:
+        batch = 2 * batch_tokens * s.hidden_size * b
+        for phase in WIDTH_LAYER_PHASES:
+            terms.append(MemoryTerm("one batch's states", batch, compute, phase, "in and out"))
+    for phase in WIDTH_LAYER_PHASES:
+        activations = block_activation_bytes(s, phase, batch_tokens, b)
+        terms.append(MemoryTerm("block activations", activations, compute, phase, "one batch"))
+    return terms
+
+
+def replay_terms(s: ModelShapes, settings: MemorySettings) -> list[MemoryTerm]:
+    """A pass that prunes each block before its outputs (``changes_blocks``) keeps the o_proj
+    inputs of every window of an attention block it targets, for the replay (N × T × num_heads ×
+    head_dim), in the activation store."""
+    if "attn" not in settings.targets:
+        return []
+    kept = settings.n_samples * settings.seqlen * s.attn_width * settings.item
+    return [
+        MemoryTerm(
+            "o_proj inputs (replay)", kept, _store_where(settings), ATTENTION, "N×T×heads·hd"
+        )
+    ]
+
+
+def restoration_terms(s: ModelShapes, settings: MemorySettings) -> list[MemoryTerm]:
+    """Least-squares restoration, one targeted block at a time: the fp32 Gram matrix width² of
+    the consumer's input (``InputStatistics`` with ``gram``; down_proj: intermediate_size,
+    o_proj: num_heads × head_dim) and the solve (``restoration_solve_bytes``). FASP's cost pass
+    (its default allocation) restores at up to 7/8 of the width, whatever the target."""
+    terms = []
+    widths = {ATTENTION: (s.attn_width, "attn"), MLP: (s.intermediate_size, "mlp")}
+    for phase, (width, target) in widths.items():
+        if target not in settings.targets:
+            continue
+        kept = round((1.0 - min(settings.sparsity, COST_CURVE_SPARSITY)) * width)
+        solve = restoration_solve_bytes(s.hidden_size, width, kept, settings.item)
+        terms.append(
+            MemoryTerm(
+                "Gram matrix (fp32)", 4 * width * width, settings.compute, phase, f"{width}²"
+            )
+        )
+        terms.append(
+            MemoryTerm("restoration solve", solve, settings.compute, phase, "fp32 Cholesky")
+        )
+    return terms
+
+
+def slicing_terms(s: ModelShapes, settings: MemorySettings) -> list[MemoryTerm]:
+    """Pruning a block builds its sliced weights while the dense ones still exist (and FASP
+    clones the consumer before writing the restored columns): the kept part of the block plus
+    one consumer matrix."""
+    keep, b = 1.0 - settings.sparsity, settings.item
+    sizes = {
+        ATTENTION: int(keep * s.attn_params * b) + s.hidden_size * s.attn_width * b,
+        MLP: int(keep * s.mlp_params * b) + s.hidden_size * s.intermediate_size * b,
+    }
+    return [
+        MemoryTerm("slicing copies", size, settings.compute, phase, "kept block + consumer")
+        for phase, size in sizes.items()
+    ]
+
+
+def block_activation_bytes(s: ModelShapes, phase: str, batch_tokens: int, b: int) -> int:
+    """One batch through one block: for the MLP the gate, up, activation and product
+    (4 × batch·seqlen·intermediate_size), plus the fp32 copy the Gram update makes below fp32;
+    for attention q, k, v and their rotated copies."""
+    if phase == MLP:
+        gram_copy = batch_tokens * s.intermediate_size * 4 if b < 4 else 0
+        return 4 * batch_tokens * s.intermediate_size * b + gram_copy
+    qkv = (s.num_heads + 2 * s.num_kv_heads) * s.head_dim
+    return 2 * batch_tokens * qkv * b
+
+
+def restoration_solve_bytes(out: int, width: int, kept: int, b: int) -> int:
+    """``methods.width.restoration.restore_consumer`` for an out × in consumer keeping k
+    columns: W·H (fp32, out·in), H[S,S] and its Cholesky factor (2 × 4k²), the right-hand side,
+    solution and the solver's transposed copy (3 × 4·out·k), W[:, S] (out·k) and, below fp32,
+    the fp32 copy of W. All fp32: the solve runs in fp32 wherever the damping bounds κ ≤ 1e4
+    (κ 100–3,700 on SmolLM2 at the default damping). Its fp64 fallback for ill-conditioned
+    systems doubles the last five terms; the model does not size that rare case (sizing it put
+    the streamed prediction 21–26 % above the measured peak)."""
+    w_copy = 4 * out * width if b < 4 else 0
+    return 4 * out * width + 8 * kept * kept + 12 * out * kept + 4 * out * kept + w_copy
+
+
+def _store_where(settings: MemorySettings) -> str:
+    """Where the activation store keeps states: the host when offloaded (GPU only)."""
+    return "host" if settings.offload_activations and settings.on_gpu else settings.compute
+
+
+STATISTICS_MEMORY = PassMemory(statistics_terms, WIDTH_LAYER_PHASES, WIDTH_SINK_PHASES)
+REPLAY_MEMORY = PassMemory(replay_terms, WIDTH_LAYER_PHASES, WIDTH_SINK_PHASES)
+RESTORATION_MEMORY = PassMemory(restoration_terms, WIDTH_LAYER_PHASES, WIDTH_SINK_PHASES)
+SLICING_MEMORY = PassMemory(slicing_terms, WIDTH_LAYER_PHASES, WIDTH_SINK_PHASES)

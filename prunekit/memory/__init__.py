@@ -24,6 +24,7 @@ from prunekit.memory.budget import (
 )
 from prunekit.memory.choice import (
     RunChoice,
+    batch_fits,
     choose_run,
     memory_record,
     predicted_need,
@@ -37,7 +38,6 @@ from prunekit.memory.terms import (
     FINGERPRINT_SAMPLES,
     FRAMEWORK_HOST,
     RUN_SLACK,
-    WIDTH_METHODS,
     MemoryPlan,
     MemorySettings,
     MemoryTerm,
@@ -57,7 +57,6 @@ __all__ = [
     "MIN_SHARD_SIZE",
     "RUN_SLACK",
     "SHARD_FRACTION",
-    "WIDTH_METHODS",
     "GiB",
     "MemoryBudget",
     "MemoryPlan",
@@ -65,6 +64,7 @@ __all__ = [
     "MemoryTerm",
     "MiB",
     "RunChoice",
+    "batch_fits",
     "choose_run",
     "format_bytes",
     "memory_record",

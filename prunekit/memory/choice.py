@@ -8,6 +8,7 @@ report.json's ``memory``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -88,6 +89,22 @@ def choose_run(
             if shortfall(plan, budget) is None:
                 return RunChoice(streamed, offload, plan, _choice_message(plans, budget))
     return _no_fit(plans, budget, stream_refusal)
+
+
+def batch_fits(
+    config: Any, settings: MemorySettings, budget: MemoryBudget
+) -> Callable[[int], bool] | None:
+    """Whether a run of ``settings`` (its mode already chosen) with a batch of that many windows
+    fits ``budget``, predicted from the config (a batch adds its activations, and its states
+    when offloaded or streamed); None without a budget (any batch fits)."""
+    if not budget.given:
+        return None
+
+    def fits(batch_size: int) -> bool:
+        plan = plan_memory(config, replace(settings, batch_size=batch_size))
+        return shortfall(plan, budget) is None
+
+    return fits
 
 
 def _choice_message(plans: list[MemoryPlan], budget: MemoryBudget) -> str | None:

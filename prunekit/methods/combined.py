@@ -81,6 +81,7 @@ def combined_method(name: str, methods: Mapping[str, Method]) -> Method:
         takes=takes,
         streams=True,
         non_stock_shapes=partial(_width_stage_shapes, width),
+        passes=first.passes + second.passes,
     )
 
 

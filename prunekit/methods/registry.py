@@ -172,6 +172,9 @@ class Method:
     # alone; None (or returning None): they may stay stock. A streamed run reads it to refuse,
     # before any weight, an export that holds stock shapes only (``pipeline/export_check.py``).
     non_stock_shapes: Callable[[PruneSettings], str | None] | None = None
+    # The engine passes the method runs, by name (``engine/passes.py``): the memory model adds up
+    # what each declares (``prunekit.memory.plan_memory``). A combined method's are its stages'.
+    passes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.takes if name not in SETTING_NAMES]

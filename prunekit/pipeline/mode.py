@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 
 from prunekit.engine.executor import default_batch_size
 from prunekit.errors import PrunekitError
@@ -13,7 +14,9 @@ from prunekit.memory import (
     MemoryBudget,
     MemorySettings,
     RunChoice,
+    batch_fits,
     choose_run,
+    plan_memory,
     row_slice_bytes_for,
     shard_size_for,
 )
@@ -66,7 +69,8 @@ def choose_mode(
         n_samples=options.n_samples,
         seqlen=options.seqlen,
         dtype=dtype_name(torch_dtype),
-        batch_size=options.batch_size or default_batch_size(device, options.n_samples),
+        # The mode is chosen at the smallest batch: a larger default never forces streaming.
+        batch_size=options.batch_size or 1,
         device=device,
         sparsity=options.sparsity if options.sparsity is not None else options.ratio or 0.2,
         targets=tuple(options.targets),
@@ -74,7 +78,7 @@ def choose_mode(
         row_slice_bytes=row_slice_bytes_for(budget, device),
     )
     try:
-        return choose_run(
+        choice = choose_run(
             config,
             settings,
             budget,
@@ -86,6 +90,24 @@ def choose_mode(
         if budget.given:
             raise
         return None  # no prediction for this model; without a budget nothing depends on one
+    return with_default_batch(config, method, options, choice, budget, device)
+
+
+def with_default_batch(
+    config, method: Method, options: PruneSettings, choice: RunChoice, budget, device: str
+) -> RunChoice:
+    """Fill in ``options.batch_size`` when none was given and the method reads it: the largest
+    batch at most the device's default whose run still fits ``budget`` in the chosen mode
+    (``engine.executor.default_batch_size``); the choice's prediction is for that batch. The
+    plan's settings and the engine's summary record it."""
+    if options.batch_size is not None or "batch_size" not in method.takes:
+        return choice
+    fits = batch_fits(config, choice.plan.settings, budget)
+    options.batch_size = default_batch_size(device, options.n_samples, fits)
+    if options.batch_size == choice.plan.settings.batch_size:
+        return choice
+    settings = replace(choice.plan.settings, batch_size=options.batch_size)
+    return replace(choice, plan=plan_memory(config, settings))
 
 
 def import_model_code(spec: str) -> None:

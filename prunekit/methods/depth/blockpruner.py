@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 
+from prunekit.engine.passes import DEPTH_SEARCH
 from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
     checkpointer,
@@ -150,6 +151,7 @@ register(
         takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION + BATCHED,
         resumable=True,
         streams=True,
+        passes=(DEPTH_SEARCH,),
     )
 )
 register(
@@ -161,6 +163,7 @@ register(
         takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION + BATCHED,
         resumable=True,
         streams=True,
+        passes=(DEPTH_SEARCH,),
     )
 )
 register(
@@ -172,5 +175,6 @@ register(
         takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION + BATCHED,
         resumable=True,
         streams=True,
+        passes=(DEPTH_SEARCH,),
     )
 )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from prunekit.engine.passes import ONE_SHOT_SCORES
 from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
     decided_plan,
@@ -137,5 +138,6 @@ for _name, _summary, _fn, _takes in (
             _fn,
             takes=DEPTH_TARGET + _takes + CALIBRATION + BATCHED,
             streams=True,
+            passes=(ONE_SHOT_SCORES,),
         )
     )

@@ -20,6 +20,7 @@ import dataclasses
 import torch
 
 from prunekit.engine.executor import default_batch_size
+from prunekit.engine.passes import RESTORATION_SOLVE, SLICING, WIDTH_REPLAY, WIDTH_STATS
 from prunekit.engine.sequential import sequential_pass
 from prunekit.errors import SettingsError
 from prunekit.methods.registry import (
@@ -130,5 +131,6 @@ register(
         takes=WIDTH_TARGET + UNIFORM_WIDTH + WIDTH_ALLOCATION + RESTORATION + CALIBRATION + BATCHED,
         streams=True,
         non_stock_shapes=non_stock_shapes,
+        passes=(WIDTH_STATS, WIDTH_REPLAY, RESTORATION_SOLVE, SLICING),
     )
 )

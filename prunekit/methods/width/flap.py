@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunekit.engine.passes import SLICING, WIDTH_STATS
 from prunekit.engine.sequential import InputStatistics
 from prunekit.methods.registry import (
     BATCHED,
@@ -213,6 +214,7 @@ register(
         prune=prune_flap,
         takes=WIDTH_TARGET + CALIBRATION + BATCHED,
         streams=True,
+        passes=(WIDTH_STATS, SLICING),
         non_stock_shapes=lambda settings: "its global threshold gives each layer its own widths",
     )
 )

@@ -5,6 +5,7 @@ Same coupled groups and uniform ratio as FASP (MLP channels, value channels); no
 
 from __future__ import annotations
 
+from prunekit.engine.passes import SLICING
 from prunekit.methods.registry import (
     UNIFORM_WIDTH,
     WIDTH_TARGET,
@@ -38,5 +39,6 @@ register(
         prune=prune_magnitude,
         takes=WIDTH_TARGET + UNIFORM_WIDTH,
         streams=True,
+        passes=(SLICING,),
     )
 )

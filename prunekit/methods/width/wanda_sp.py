@@ -7,6 +7,7 @@ restoration.
 
 from __future__ import annotations
 
+from prunekit.engine.passes import SLICING, WIDTH_REPLAY, WIDTH_STATS
 from prunekit.methods.registry import (
     BATCHED,
     CALIBRATION,
@@ -41,5 +42,6 @@ register(
         prune=prune_wanda_sp,
         takes=WIDTH_TARGET + UNIFORM_WIDTH + CALIBRATION + BATCHED,
         streams=True,
+        passes=(WIDTH_STATS, WIDTH_REPLAY, SLICING),
     )
 )
