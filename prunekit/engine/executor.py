@@ -30,9 +30,10 @@ oracle see bit-identical numbers within one run. Across batch sizes sums round d
 
 Memory: one decoder layer onloaded at a time when streamed, plus (branches + 2) states per
 window of the chunk; ``chunk_windows`` sizes the chunk from a byte budget (``layer_chunk_windows``
-for a whole-layer trunk pass: one state per window). The width loop cannot be chunked (a layer is
-decided on every window before the next runs): it keeps every window's states, in the activation
-store (on the host when the residency offloads them).
+for a whole-layer trunk pass: one state per window). What a chunk holds besides its states has one
+estimate, ``engine/chunking.chunk_memory``, which the memory model's depth terms use too. The
+width loop cannot be chunked (a layer is decided on every window before the next runs): it keeps
+every window's states, in the activation store (on the host when the residency offloads them).
 """
 
 from __future__ import annotations
