@@ -13,12 +13,14 @@ from typer.testing import CliRunner
 
 from prunekit.engine.chunking import chunk_memory
 from prunekit.engine.executor import LayerExecutor, default_batch_size
-from prunekit.engine.passes import PASSES, SLICING, pass_memory
+from prunekit.engine.passes import LAYER_FORWARD, PASSES, SLICING, pass_memory
 from prunekit.engine.residency import Streamed
+from prunekit.errors import SettingsError
 from prunekit.memory import MemoryBudget, MemorySettings, plan_memory
 from prunekit.methods import registry
 from prunekit.methods.catalogue import all_methods, get_method
 from prunekit.methods.registry import Method, PruneSettings
+from prunekit.models.families import model_shapes
 from prunekit.models.lazy import LazyModel
 from prunekit.models.tiny import save_tiny, tiny_config
 from prunekit.pipeline.lazy import lazy_loaded
@@ -92,6 +94,16 @@ def test_one_chunk_estimate_for_the_executor_and_the_memory_model(tmp_path, dtyp
     states = next(t for t in plan.terms if t.name == "calibration states")
     branches = 2 * lazy.config.num_hidden_layers
     assert states.bytes == (branches + 2) * 3 * executor.window_state_bytes
+    # The whole-layer forward (streamed perplexity) declares the same chunk with one state per
+    # window: what the executor's ``layer_chunk_windows`` needs for one batch.
+    whole_layers = pass_memory(LAYER_FORWARD).terms(model_shapes(lazy.config), settings)
+    chunk_bytes = sum(t.bytes for t in whole_layers if t.name != "layer kwargs")
+    assert chunk_bytes == fixed + 3 * executor.window_state_bytes
+    exact = LayerExecutor(loaded, windows, batch_size=3, max_memory=chunk_bytes)
+    assert exact.layer_chunk_windows() == 3
+    short = LayerExecutor(loaded, windows, batch_size=3, max_memory=chunk_bytes - 1)
+    with pytest.raises(SettingsError, match="cannot hold one layer-major batch"):
+        short.layer_chunk_windows()
 
 
 def test_default_batch_is_the_largest_the_budget_allows():
