@@ -134,6 +134,11 @@ def prune(
     if method is None and speed is None:
         raise SettingsError("name a pruning method (prunekit methods lists them)")
     chosen = get_method(method or SPEED_METHOD)
+    if not isinstance(model, LoadedModel) and spec_kind(model) == "run":
+        raise SettingsError(
+            f"{model} is a run directory (a plan, no weights): export it (prunekit export) and "
+            "prune the export"
+        )
     budget = budget or MemoryBudget()
     if stream is None:
         stream = stream_needed(
@@ -141,11 +146,6 @@ def prune(
         )
     if stream:
         check_streamed_run(model, chosen, save, save_format, eval_datasets, speed)
-    if not isinstance(model, LoadedModel) and spec_kind(model) == "run":
-        raise SettingsError(
-            f"{model} is a run directory (a plan, no weights): export it (prunekit export) and "
-            "prune the export"
-        )
     if speed is not None:
         check_speed_request(chosen, settings, speed)
     options = checked_settings(chosen, settings, out, overwrite)
