@@ -21,12 +21,11 @@ from pathlib import Path
 from prunekit.api import evaluate
 from prunekit.evaluation.tasks import DEFAULT_TASKS
 from prunekit.evaluation.zeroshot import add_task_baselines
-from prunekit.models.loading import load_model
+from prunekit.loader import load
 from prunekit.plan import write_json_atomic
 from prunekit.report.compare import read_report, write_comparison
 from prunekit.report.run_dir import REPORT_FILE, write_report_md
 from prunekit.report.schema import validate_report
-from prunekit.runs import load_for_eval
 
 
 def add_baselines(run_dir: Path) -> None:
@@ -74,12 +73,12 @@ def main() -> None:
     timings: dict[str, float] = {}
     base = read_report(args.runs[0])["model"]["spec"]
     started = time.perf_counter()
-    dense_eval = evaluate(load_model(base, dtype=args.dtype), **settings)
+    dense_eval = evaluate(load(base, dtype=args.dtype), **settings)
     timings["dense"] = time.perf_counter() - started
     print(f"dense: {json.dumps(dense_eval['zeroshot']['average'])}", flush=True)
     for run_dir in args.runs:
         started = time.perf_counter()
-        loaded = load_for_eval(str(run_dir), dtype=args.dtype).loaded
+        loaded = load(run_dir, dtype=args.dtype)
         pruned_eval = evaluate(loaded, **settings)
         timings[run_dir.name] = time.perf_counter() - started
         report = read_report(run_dir)

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _LAZY = {
     "evaluate": "prunekit.api",
+    "load": "prunekit.loader",
     "prune": "prunekit.api",
     "PrunekitError": "prunekit.errors",
     "perplexity": "prunekit.evaluation",
@@ -29,6 +30,7 @@ __all__ = [
     "__version__",
     "evaluate",
     "from_model",
+    "load",
     "load_model",
     "load_pruned",
     "perplexity",
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from prunekit.errors import PrunekitError
     from prunekit.evaluation import perplexity
     from prunekit.export.load import load_pruned
+    from prunekit.loader import load
     from prunekit.models import LoadedModel, from_model, load_model
 
 

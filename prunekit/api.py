@@ -4,6 +4,7 @@ steps themselves are in ``prunekit.pipeline``."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ from typing import Any
 from prunekit.errors import SettingsError
 from prunekit.export.save import check_target
 from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE
+from prunekit.loader import load, spec_kind
 from prunekit.memory import MemoryBudget
 from prunekit.methods.catalogue import get_method
-from prunekit.models.loading import LoadedModel, load_model
+from prunekit.methods.registry import PruneSettings
+from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.checks import check_inputs, checked_settings, speed_request
 from prunekit.pipeline.evaluation import (
     check_streamable,
@@ -21,14 +24,22 @@ from prunekit.pipeline.evaluation import (
     evaluate_loaded,
     evaluate_ppl,
 )
-from prunekit.pipeline.lazy import lazy_loaded, open_streamed
-from prunekit.pipeline.mode import choose_mode, import_model_code, streaming_refusal
-from prunekit.pipeline.requests import EvalRequest, PruneResult, SaveRequest
+from prunekit.pipeline.lazy import lazy_loaded
+from prunekit.pipeline.mode import (
+    choose_mode,
+    import_model_code,
+    stream_for_budget,
+    streaming_refusal,
+)
+from prunekit.pipeline.requests import EvalRequest, PruneResult, RunRequest, SaveRequest
 from prunekit.pipeline.resident import prune_resident
 from prunekit.pipeline.run_report import run_report
 from prunekit.pipeline.streamed import prune_streamed_run
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "EvalRequest",
     "PruneResult",
     "check_inputs",
     "check_streamable",
@@ -39,6 +50,7 @@ __all__ = [
     "evaluate_streamed",
     "import_model_code",
     "lazy_loaded",
+    "load",
     "open_streamed",
     "prune",
     "prune_streamed",
@@ -52,7 +64,7 @@ def prune(
     model: str | LoadedModel,
     method: str | None = None,
     *,
-    stream: bool = False,
+    stream: bool | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     save: str | Path | None = None,
@@ -89,7 +101,11 @@ def prune(
     With ``eval_datasets`` (perplexity) and/or ``eval_tasks`` (zero-shot, lm-eval) the dense
     and the pruned model are both evaluated in this run and both recorded.
 
-    ``stream``: False holds the whole model in memory. True reads ``model`` (a spec with
+    ``stream``: None (the default) decides from ``budget`` as the CLI does without
+    ``--stream``: in memory unless the run is predicted not to fit ``budget`` in memory but
+    to fit streamed (``pipeline.mode.stream_for_budget``); a model already loaded, or no budget,
+    runs in memory. report.json's ``memory.mode`` records which. False holds the whole model in
+    memory. True reads ``model`` (a spec with
     safetensors shards) one decoder layer at a time and writes each finished layer straight to
     ``save`` (required): memory holds about one layer, never the model. The result's model is
     then the skeleton on the meta device in its pruned shapes (load ``save`` to use it); the
@@ -118,6 +134,16 @@ def prune(
     if method is None and speed is None:
         raise SettingsError("name a pruning method (prunekit methods lists them)")
     chosen = get_method(method or SPEED_METHOD)
+    if not isinstance(model, LoadedModel) and spec_kind(model) == "run":
+        raise SettingsError(
+            f"{model} is a run directory (a plan, no weights): export it (prunekit export) and "
+            "prune the export"
+        )
+    budget = budget or MemoryBudget()
+    if stream is None:
+        stream = stream_needed(
+            model, chosen, settings, budget, dtype, device, offload_activations, save
+        )
     if stream:
         check_streamed_run(model, chosen, save, save_format, eval_datasets, speed)
     if speed is not None:
@@ -138,19 +164,49 @@ def prune(
     saving = (
         None if save is None else SaveRequest(Path(save), save_format, save_dtype, max_shard_size)
     )
-    common = {
-        "evals": evals,
-        "out": out,
-        "overwrite": overwrite,
-        "dtype": dtype,
-        "device": device,
-        "attn_implementation": attn_implementation,
-        "budget": budget or MemoryBudget(),
-        "offload_activations": offload_activations,
-    }
+    run = RunRequest(
+        evals,
+        saving,
+        out,
+        overwrite,
+        dtype,
+        device,
+        attn_implementation,
+        budget,
+        offload_activations,
+    )
     if stream:
-        return prune_streamed_run(model, chosen, options, save=saving, **common)
-    return prune_resident(model, chosen, options, speed=speed, save=saving, **common)
+        return prune_streamed_run(model, chosen, options, run)
+    return prune_resident(model, chosen, options, run, speed=speed)
+
+
+def stream_needed(
+    model, chosen, settings, budget, dtype, device, offload_activations, save
+) -> bool:
+    """``stream=None``: whether ``budget`` needs the run streamed (predicted from the config
+    before any weight is read, as the CLI decides it); logs the line saying so."""
+    if isinstance(model, LoadedModel) or not budget.given:
+        return False  # skip parsing the settings twice: nothing to decide
+    chosen.check_settings(settings, spell=str)
+    options = PruneSettings(**settings)
+    options.validate()
+    choice = stream_for_budget(
+        model,
+        chosen,
+        options,
+        budget,
+        dtype=dtype,
+        device=device,
+        offload_activations=offload_activations,
+    )
+    if choice is None:
+        return False
+    if choice.streamed and save is None:
+        raise SettingsError(
+            f"{choice.message} needs save (the pruned model is written as it is made)"
+        )
+    log.info(choice.message)
+    return choice.streamed
 
 
 def check_streamed_run(model, chosen, save, save_format, eval_datasets, speed) -> None:
@@ -174,7 +230,7 @@ def check_streamed_run(model, chosen, save, save_format, eval_datasets, speed) -
 def evaluate(
     model: str | LoadedModel,
     *,
-    stream: bool = False,
+    stream: bool | None = None,
     ppl: list[str] | None = None,
     seqlen: int = 2048,
     max_windows: int | None = None,
@@ -191,40 +247,71 @@ def evaluate(
 ) -> dict:
     """{"ppl": {dataset: ...}, "zeroshot": {...}} of one model: the report's ``eval`` entry.
 
-    ``model``: a loaded model, or a spec (an alias, hub id, directory or export; loaded with
-    ``dtype``, ``device``, ``attn_implementation``). Zero-shot tasks are resolved (and their
-    offline files checked) before any perplexity runs, so a typo in a task name fails in a
-    second, not after a long perplexity pass.
+    ``model``: a loaded model, or anything ``prunekit.load`` takes (an alias, hub id, directory,
+    .gguf file, export or run directory; loaded with ``dtype``, ``device``,
+    ``attn_implementation``). Zero-shot tasks are resolved (and their offline files checked)
+    before any perplexity runs, so a typo in a task name fails in a second, not after a long
+    perplexity pass.
 
-    ``stream=True`` (a spec only) never holds the whole model: perplexity runs layer by layer
-    from the shards (chunks of windows from ``max_memory``; stock-format exports only);
-    zero-shot runs in lm-eval on the model dispatched by accelerate (at most ``max_memory`` of
-    weights on ``device``, the rest offloaded: read from the checkpoint or written to
-    ``offload_folder``, a temporary directory by default). A model opened with
-    ``open_streamed`` is evaluated layer by layer as well, within ``max_memory``.
+    ``stream``: None (the default) decides as ``prunekit eval`` does: a spec with a
+    ``max_memory`` is streamed, anything else (a loaded model included) is evaluated in memory.
+    Streamed (a spec only) never holds the whole model: perplexity runs layer by layer from
+    the shards (chunks of windows from ``max_memory``; stock-format exports only); zero-shot
+    runs in lm-eval on the model dispatched by accelerate (at most ``max_memory`` of weights on
+    ``device``, the rest offloaded: read from the checkpoint or written to ``offload_folder``,
+    a temporary directory by default). A model loaded with ``residency="streamed"`` is
+    evaluated layer by layer as well, within ``max_memory``.
     """
-    measures = {
-        "ppl": ppl,
-        "seqlen": seqlen,
-        "max_windows": max_windows,
-        "ppl_batch_size": ppl_batch_size,
-        "tasks": tasks,
-        "limit": limit,
-        "batch_size": batch_size,
-        "task_data": task_data,
-    }
+    request = EvalRequest(
+        datasets=list(ppl or []),
+        seqlen=seqlen,
+        max_windows=max_windows,
+        tasks=list(tasks or []),
+        limit=limit,
+        batch_size=batch_size,
+        task_data=task_data,
+        ppl_batch_size=ppl_batch_size,
+    )
     load_options = {"dtype": dtype, "device": device, "attn_implementation": attn_implementation}
+    if stream is None:
+        stream = not isinstance(model, LoadedModel) and max_memory is not None
     if stream:
         if isinstance(model, LoadedModel):
             raise SettingsError("stream=True reads the model from its files: pass its spec")
         return evaluate_from_files(
-            model, **measures, max_memory=max_memory, offload_folder=offload_folder, **load_options
+            str(model),
+            request,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+            **load_options,
         )
     if offload_folder is not None:
-        raise SettingsError("offload_folder applies to stream=True only")
+        raise SettingsError("offload_folder applies to a streamed evaluation only")
     if not isinstance(model, LoadedModel):
-        model = load_model(model, **load_options)
-    return evaluate_loaded(model, **measures, max_memory=max_memory)
+        model = load(model, **load_options)
+    return evaluate_loaded(model, request, max_memory=max_memory)
+
+
+def open_streamed(
+    model: str,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Deprecated: ``prunekit.load(model, residency="streamed", ...)``."""
+    warnings.warn(
+        "open_streamed is deprecated; use prunekit.load(model, residency='streamed')",
+        DeprecationWarning,
+        2,
+    )
+    return load(
+        model,
+        residency="streamed",
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+    )
 
 
 def prune_streamed(

@@ -81,7 +81,7 @@ def eval_command(
     import time
 
     from prunekit.api import evaluate
-    from prunekit.runs import load_for_eval
+    from prunekit.loader import load, origin_record
 
     spec = target or model
     if not spec:
@@ -126,7 +126,7 @@ def eval_command(
         return
     if offload_folder is not None:
         raise SettingsError("--offload-folder applies to --stream (or --max-memory) only")
-    loaded_target = load_for_eval(
+    loaded = load(
         spec,
         base=model if target else None,
         dtype=dtype,
@@ -134,7 +134,6 @@ def eval_command(
         attn_implementation=attn_implementation,
         force=force,
     )
-    loaded = loaded_target.loaded
     result = evaluate(
         loaded,
         ppl=datasets,
@@ -151,7 +150,7 @@ def eval_command(
         from prunekit.report.versions import library_versions
 
         record = {
-            "model": {**loaded_target.describe(), "dtype": loaded.dtype_name},
+            "model": {**origin_record(loaded), "dtype": loaded.dtype_name},
             **result,
             **_forced_record(loaded),
             "seconds": time.perf_counter() - started,
@@ -167,24 +166,17 @@ def _eval_streamed(
     """``eval --stream``: a model or an export evaluated without ever holding it whole."""
     import time
 
-    from prunekit.api import evaluate_streamed
-    from prunekit.report.run_dir import PARTIAL_PLAN_FILE, is_run_dir
+    from prunekit.api import evaluate
+    from prunekit.loader import spec_kind
 
-    path = Path(spec).expanduser()
-    # An export holds plan.json and report.json beside its weights: a model, not a run.
-    is_export = (path / "config.json").is_file()
-    if (
-        path.is_dir()
-        and not is_export
-        and (is_run_dir(path) or (path / PARTIAL_PLAN_FILE).is_file())
-    ):
+    if spec_kind(spec) == "run":
         raise SettingsError(
             f"--stream evaluates a model or an exported directory; {spec} is a run directory "
             "(its plan is replayed in memory): export it first, or evaluate without --stream"
         )
     if base is not None and base != spec:
         raise SettingsError("--model with a target applies to a run directory, not to --stream")
-    result = evaluate_streamed(spec, **options)
+    result = evaluate(spec, stream=True, **options)
     device = options["device"] or "default device"
     budget = options["max_memory"] or "no budget"
     print_eval(f"{spec} (streamed, {options['dtype']}, {device}, {budget})", result)

@@ -316,11 +316,11 @@ def _stream_for_budget(
 ) -> bool:
     """Whether the run must stream to fit ``budget`` (predicted from the config, before any
     weight is read); prints the one line saying so. Streaming needs --save."""
-    from prunekit.api import choose_mode
+    from prunekit.pipeline.mode import stream_for_budget
 
     options = PruneSettings(**settings)
     options.validate()
-    choice = choose_mode(
+    choice = stream_for_budget(
         model,
         chosen,
         options,
@@ -329,7 +329,7 @@ def _stream_for_budget(
         device=device,
         offload_activations=offload_activations,
     )
-    if choice is None or choice.message is None:
+    if choice is None:
         return False
     if choice.streamed and save is None:
         raise SettingsError(

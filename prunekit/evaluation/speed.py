@@ -306,10 +306,11 @@ def bench_speed(
 
     ``baseline`` defaults to the base model named in the export's report.json.
     """
-    from prunekit.export.load import base_spec_of, load_for_inference
+    from prunekit.export.load import base_spec_of
+    from prunekit.loader import load
 
     attn = {"attn_implementation": attn_implementation}
-    pruned = load_for_inference(model, dtype=dtype, device=device, **attn)
+    pruned = load(model, dtype=dtype, device=device, **attn)
     baseline = baseline or base_spec_of(model)
-    dense = load_for_inference(baseline, dtype=pruned.dtype, device=pruned.device, **attn)
+    dense = load(baseline, dtype=pruned.dtype, device=pruned.device, **attn)
     return speed_report({"dense": dense, "pruned": pruned}, settings, baseline="dense")

@@ -21,7 +21,7 @@ from prunekit.export.save import (
     check_target,
     export_model,
 )
-from prunekit.models.loading import load_model
+from prunekit.loader import load
 from prunekit.plan import PruningPlan
 from prunekit.report.run_dir import PLAN_FILE, REPORT_FILE
 from prunekit.surgery import apply_plan
@@ -78,9 +78,7 @@ def export_run(
     if not spec:
         raise ExportError(f"{run_dir / PLAN_FILE} does not name its base model; pass --model")
     run_dtype = report.get("model", {}).get("dtype", "auto")
-    loaded = load_model(
-        spec, dtype=run_dtype, device=device, attn_implementation=attn_implementation
-    )
+    loaded = load(spec, dtype=run_dtype, device=device, attn_implementation=attn_implementation)
     mismatch = apply_plan(loaded, plan, run_dir, force=force)
     if mismatch:
         report = {**report, "forced_model_mismatch": mismatch}

@@ -198,9 +198,16 @@ def load_for_inference(
     device: str | None = None,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
-    """An exported directory through ``load_pruned``, anything else through ``load_model``."""
+    """Deprecated: ``prunekit.load(spec, dtype=dtype)`` does this (and loads run directories).
+
+    Kept as it was rather than calling ``prunekit.load``: the loader imports this module."""
+    import warnings
+
     from prunekit.models.loading import load_model
 
+    warnings.warn(
+        "load_for_inference is deprecated; use prunekit.load(spec, ...)", DeprecationWarning, 2
+    )
     if Path(spec).is_dir() and is_export_dir(spec):
         return load_pruned(
             spec, dtype=dtype, device=device, attn_implementation=attn_implementation

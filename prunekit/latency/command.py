@@ -57,14 +57,15 @@ def run_profile(
     progress: Progress | None = None,
 ) -> tuple[LatencyTable, Path]:
     """Load ``model`` (a spec, export or run directory), profile it and save the table."""
-    from prunekit.export.load import is_export_dir, load_for_inference, read_config
+    from prunekit.export.load import is_export_dir, read_config
+    from prunekit.loader import load
     from prunekit.models.loading import load_config
 
     settings.validate()
     spec, run_dir = profiled_spec(model)
     config = read_config(Path(spec)) if is_export_dir(spec) else load_config(spec)
     check_lengths(settings, getattr(config, "max_position_embeddings", None))
-    loaded = load_for_inference(spec, dtype=dtype, device=device)
+    loaded = load(spec, dtype=dtype, device=device)
     table = profile_model(loaded, settings, progress)
     path = table.save(out or default_output(spec, run_dir))
     return table, path

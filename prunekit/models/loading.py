@@ -49,6 +49,10 @@ class LoadedModel:
     # prunekit.engine.residency.Streamed when the weights stay in their shards (a LazyModel's
     # skeleton on meta, onloaded part by part); None: the model is in memory.
     residency: Any = None
+    # What the spec named (``prunekit.load``): "model", "export" or "run", and the directory of
+    # an export or a run.
+    origin: str = "model"
+    origin_path: str | None = None
 
     def identity(self) -> dict:
         """What a plan records to refuse being applied to another model later: the structure,

@@ -8,8 +8,9 @@ from pathlib import Path
 from prunekit.engine.residency import is_streamed
 from prunekit.errors import SettingsError
 from prunekit.evaluation.perplexity import perplexity
+from prunekit.loader import load
 from prunekit.models.loading import LoadedModel
-from prunekit.pipeline.lazy import open_streamed
+from prunekit.pipeline.requests import EvalRequest
 
 
 def evaluate_ppl(
@@ -22,12 +23,13 @@ def evaluate_ppl(
 ) -> dict:
     """{dataset: PerplexityResult as dict} for each dataset.
 
-    A lazily loaded model (``open_streamed``) is evaluated layer by layer, holding at most
-    ``max_memory`` (bytes, or a size such as "2GB"; None: every window in one chunk)."""
+    A streamed model (``prunekit.load(spec, residency="streamed")``) is evaluated layer by
+    layer, holding at most ``max_memory`` (bytes, or a size such as "2GB"; None: every window
+    in one chunk)."""
     if not is_streamed(loaded):  # in memory (Resident, or none)
         if max_memory is not None:
             raise SettingsError(
-                "max_memory bounds a streamed evaluation: open the model with open_streamed"
+                "max_memory bounds a streamed evaluation: load the model with residency='streamed'"
             )
         return {
             name: perplexity(loaded, name, seqlen, max_windows, batch_size).to_dict()
@@ -44,49 +46,27 @@ def evaluate_ppl(
 
 
 def evaluate_loaded(
-    loaded: LoadedModel,
-    *,
-    ppl: list[str] | None = None,
-    seqlen: int = 2048,
-    max_windows: int | None = None,
-    ppl_batch_size: int = 1,
-    tasks: list[str] | None = None,
-    limit: int | None = None,
-    batch_size: int = 16,
-    task_data: str | Path | None = None,
-    max_memory: int | str | None = None,
+    loaded: LoadedModel, request: EvalRequest, *, max_memory: int | str | None = None
 ) -> dict:
-    """{"ppl": {dataset: ...}, "zeroshot": {...}} of one loaded model: the report's ``eval``
-    entry. ``max_memory`` bounds the perplexity of a model opened with ``open_streamed``.
+    """{"ppl": {dataset: ...}, "zeroshot": {...}} of one loaded model, as ``request`` asks: the
+    report's ``eval`` entry. ``max_memory`` bounds the perplexity of a streamed model.
 
     Zero-shot tasks are resolved (and their offline files checked) before any perplexity runs, so
     a typo in a task name fails in a second, not after a long perplexity pass.
     """
-    from prunekit.evaluation.zeroshot import check_tasks, zeroshot
-
-    if tasks:
-        check_tasks(tasks, task_data)
+    _check_tasks(request)
     result: dict = {}
-    if ppl:
-        result["ppl"] = evaluate_ppl(loaded, ppl, seqlen, max_windows, ppl_batch_size, max_memory)
-    if tasks:
-        result["zeroshot"] = zeroshot(
-            loaded, tasks, limit=limit, batch_size=batch_size, task_data=task_data
-        ).to_dict()
+    if request.datasets:
+        result["ppl"] = _perplexities(loaded, request, max_memory)
+    if request.tasks:
+        result["zeroshot"] = _zeroshot(loaded, request)
     return result
 
 
 def evaluate_from_files(
     model: str,
+    request: EvalRequest,
     *,
-    ppl: list[str] | None = None,
-    seqlen: int = 2048,
-    max_windows: int | None = None,
-    ppl_batch_size: int = 1,
-    tasks: list[str] | None = None,
-    limit: int | None = None,
-    batch_size: int = 16,
-    task_data: str | Path | None = None,
     max_memory: int | str | None = None,
     offload_folder: str | Path | None = None,
     dtype: str = "auto",
@@ -96,36 +76,65 @@ def evaluate_from_files(
     """``evaluate_loaded``'s entries for a model bigger than memory (a spec or an exported
     directory), computed without ever holding the whole model.
 
-    Perplexity runs layer by layer from the shards (``open_streamed``, chunk of windows from
-    ``max_memory``); zero-shot runs in lm-eval on the model dispatched by accelerate (at most
-    ``max_memory`` of weights on ``device``, the rest offloaded: read from the checkpoint or
-    written to ``offload_folder``, a temporary directory by default).
+    Perplexity runs layer by layer from the shards (``prunekit.load``, residency streamed; chunks
+    of windows from ``max_memory``); zero-shot runs in lm-eval on the model dispatched by
+    accelerate (at most ``max_memory`` of weights on ``device``, the rest offloaded: read from
+    the checkpoint or written to ``offload_folder``, a temporary directory by default).
     """
     import tempfile
 
-    from prunekit.evaluation.dispatched import load_dispatched
-    from prunekit.evaluation.zeroshot import check_tasks, zeroshot
     from prunekit.memory import parse_memory_size
 
-    if tasks:
-        check_tasks(tasks, task_data)
+    _check_tasks(request)
     budget = None if max_memory is None else parse_memory_size(max_memory)
-    common = {"dtype": dtype, "device": device, "attn_implementation": attn_implementation}
+    options = {"dtype": dtype, "device": device, "attn_implementation": attn_implementation}
     result: dict = {}
-    if ppl:
+    if request.datasets:
         check_streamable(model)
-        result["ppl"] = evaluate_ppl(
-            open_streamed(model, **common), ppl, seqlen, max_windows, ppl_batch_size, budget
-        )
-    if tasks:
+        streamed = load(model, residency="streamed", **options)
+        result["ppl"] = _perplexities(streamed, request, budget)
+    if request.tasks:
         with tempfile.TemporaryDirectory(prefix="prunekit-offload-") as scratch:
-            loaded = load_dispatched(
-                model, max_memory=budget, offload_folder=offload_folder or scratch, **common
+            dispatched = load(
+                model,
+                residency="dispatched",
+                max_memory=budget,
+                offload_folder=offload_folder or scratch,
+                **options,
             )
-            result["zeroshot"] = zeroshot(
-                loaded, tasks, limit=limit, batch_size=batch_size, task_data=task_data
-            ).to_dict()
+            result["zeroshot"] = _zeroshot(dispatched, request)
     return result
+
+
+def _check_tasks(request: EvalRequest) -> None:
+    if request.tasks:
+        from prunekit.evaluation.zeroshot import check_tasks
+
+        check_tasks(request.tasks, request.task_data)
+
+
+def _perplexities(loaded: LoadedModel, request: EvalRequest, max_memory) -> dict:
+    return evaluate_ppl(
+        loaded,
+        request.datasets,
+        request.seqlen,
+        request.max_windows,
+        request.ppl_batch_size,
+        max_memory,
+    )
+
+
+def _zeroshot(loaded: LoadedModel, request: EvalRequest) -> dict:
+    from prunekit.evaluation.zeroshot import zeroshot
+
+    scores = zeroshot(
+        loaded,
+        request.tasks,
+        limit=request.limit,
+        batch_size=request.batch_size,
+        task_data=request.task_data,
+    )
+    return scores.to_dict()
 
 
 def check_streamable(model: str) -> None:

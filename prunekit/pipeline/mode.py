@@ -110,6 +110,36 @@ def with_default_batch(
     return replace(choice, plan=plan_memory(config, settings))
 
 
+def stream_for_budget(
+    model: str | LoadedModel,
+    method: Method,
+    options: PruneSettings,
+    budget: MemoryBudget,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    offload_activations: bool | None = None,
+) -> RunChoice | None:
+    """What a run that did not say (``stream=None``, the CLI without ``--stream``) does under
+    ``budget``: the choice when the budget changed it (its ``message`` says how: streamed, or
+    the calibration states on the host), None when the run stays as it is, in memory. Without a
+    budget, and for a model already in memory, nothing is predicted: it runs in memory."""
+    if isinstance(model, LoadedModel) or not budget.given:
+        return None
+    choice = choose_mode(
+        model,
+        method,
+        options,
+        budget,
+        dtype=dtype,
+        device=device,
+        offload_activations=offload_activations,
+    )
+    if choice is None or choice.message is None:
+        return None
+    return choice
+
+
 def import_model_code(spec: str) -> None:
     """Import the model's transformers code and the tokenizer classes before a run measures its
     memory: imports are the framework's cost (~100 MB of a process's anonymous memory), not the

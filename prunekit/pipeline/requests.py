@@ -8,37 +8,29 @@ from typing import Any
 
 from prunekit.export.save import ExportResult
 from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE
+from prunekit.memory import MemoryBudget
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
 
 @dataclass
 class EvalRequest:
-    """Perplexity datasets and zero-shot tasks measured on the dense and the pruned model."""
+    """What an evaluation measures: perplexity datasets and zero-shot tasks, with their settings.
+    ``api.evaluate`` builds one from its keywords, ``api.prune`` one for the dense and the
+    pruned model; ``pipeline.evaluation`` reads it, in memory or streamed."""
 
     datasets: list[str] = field(default_factory=list)
     seqlen: int = 2048
     max_windows: int | None = None
     tasks: list[str] = field(default_factory=list)
     limit: int | None = None
-    batch_size: int = 16
+    batch_size: int = 16  # zero-shot requests per forward
     task_data: str | Path | None = None
+    ppl_batch_size: int = 1  # perplexity windows per forward
 
     @property
     def wanted(self) -> bool:
         return bool(self.datasets or self.tasks)
-
-    def options(self) -> dict[str, Any]:
-        """The keyword arguments of ``evaluate``."""
-        return {
-            "ppl": self.datasets,
-            "seqlen": self.seqlen,
-            "max_windows": self.max_windows,
-            "tasks": self.tasks,
-            "limit": self.limit,
-            "batch_size": self.batch_size,
-            "task_data": self.task_data,
-        }
 
 
 @dataclass
@@ -49,6 +41,30 @@ class SaveRequest:
     format: str = "auto"
     dtype: str | None = None
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE
+
+
+@dataclass
+class RunRequest:
+    """How a prune run is carried out, whatever the method: where the model is loaded (dtype,
+    device, attention), the memory budget, what is evaluated and saved, and the run directory."""
+
+    evals: EvalRequest
+    save: SaveRequest | None = None
+    out: str | Path | None = None
+    overwrite: bool = False
+    dtype: str = "auto"
+    device: str | None = None
+    attn_implementation: str | None = None
+    budget: MemoryBudget = field(default_factory=MemoryBudget)
+    offload_activations: bool | None = None
+
+    def load_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``prunekit.load`` (and of the streamed evaluation)."""
+        return {
+            "dtype": self.dtype,
+            "device": self.device,
+            "attn_implementation": self.attn_implementation,
+        }
 
 
 @dataclass

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from prunekit.engine.residency import Resident
 from prunekit.export.save import export_model
-from prunekit.memory import MemoryBudget, memory_record
+from prunekit.loader import load
+from prunekit.memory import memory_record
 from prunekit.memory_usage import PeakMemory
 from prunekit.methods.registry import Method, PruneSettings
-from prunekit.models.loading import LoadedModel, load_model
+from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.apply import run_method
 from prunekit.pipeline.evaluation import evaluate_loaded
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads, run_device
-from prunekit.pipeline.requests import EvalRequest, PruneResult, SaveRequest
+from prunekit.pipeline.requests import PruneResult, RunRequest
 from prunekit.pipeline.run_report import run_report
 from prunekit.report.accounting import parameter_counts, pruning_ratios
 from prunekit.report.run_dir import clear_run, write_run_dir
@@ -28,17 +28,9 @@ def prune_resident(
     model: str | LoadedModel,
     chosen: Method,
     options: PruneSettings,
+    run: RunRequest,
     *,
-    speed,
-    evals: EvalRequest,
-    save: SaveRequest | None,
-    out: str | Path | None,
-    overwrite: bool,
-    dtype: str,
-    device: str | None,
-    attn_implementation: str | None,
-    budget: MemoryBudget,
-    offload_activations: bool | None,
+    speed=None,
 ) -> PruneResult:
     """``prunekit.api.prune`` in memory, its inputs already checked (``pipeline.checks``)."""
     from prunekit.speedtarget.prune import prune_for_speed, save_profiled_table
@@ -47,29 +39,23 @@ def prune_resident(
         model,
         chosen,
         options,
-        budget,
-        dtype=dtype,
-        device=device,
+        run.budget,
+        dtype=run.dtype,
+        device=run.device,
         stream=False,
-        offload_activations=offload_activations,
+        offload_activations=run.offload_activations,
     )
     if not isinstance(model, LoadedModel):
         import_model_code(model)
-    with PeakMemory(run_device(model, device)) as peaks:  # stopped on any exit
+    with PeakMemory(run_device(model, run.device)) as peaks:  # stopped on any exit
         if not isinstance(model, LoadedModel):
             log.info("loading %s", model)
-        loaded = (
-            model
-            if isinstance(model, LoadedModel)
-            else load_model(
-                model, dtype=dtype, device=device, attn_implementation=attn_implementation
-            )
-        )
+        loaded = model if isinstance(model, LoadedModel) else load(model, **run.load_options())
         residency_before = loaded.residency
         if residency_before is None:
-            loaded.residency = Resident(offloads(choice, offload_activations))
-        if overwrite and out is not None:
-            clear_run(out)
+            loaded.residency = Resident(offloads(choice, run.offload_activations))
+        if run.overwrite and run.out is not None:
+            clear_run(run.out)
         timings: dict[str, float] = {}
         before = parameter_counts(loaded.model, loaded.adapter)
         identity = loaded.identity()
@@ -77,10 +63,10 @@ def prune_resident(
 
         def run_eval(side: str) -> None:
             started = time.perf_counter()
-            results[side] = evaluate_loaded(loaded, **evals.options())
+            results[side] = evaluate_loaded(loaded, run.evals)
             timings[f"eval_{side}"] = time.perf_counter() - started
 
-        if evals.wanted:
+        if run.evals.wanted:
             run_eval("dense")
         log.info("pruning %s with %s", loaded.spec, chosen.name)
         started = time.perf_counter()
@@ -93,10 +79,10 @@ def prune_resident(
         if speed_run and speed_run.profiled:
             timings["profile"] = speed_run.profile_s
         after = parameter_counts(loaded.model, loaded.adapter)
-        if evals.wanted:
+        if run.evals.wanted:
             run_eval("pruned")
 
-        memory = memory_record("in-memory", choice, budget, peaks.stop())
+        memory = memory_record("in-memory", choice, run.budget, peaks.stop())
     report = run_report(
         chosen, loaded, identity, options, pruning_ratios(before, after), results, timings, memory
     )
@@ -106,9 +92,10 @@ def prune_resident(
         report.update(combined_record(plan))
     if speed_run:
         report["speed_target"] = speed_run.record
-        save_profiled_table(speed_run, out)
-    run_dir = write_run_dir(out, plan, report) if out else None
+        save_profiled_table(speed_run, run.out)
+    run_dir = write_run_dir(run.out, plan, report) if run.out else None
     saved = None
+    save = run.save
     if save is not None:
         saved = export_model(
             loaded,
@@ -117,7 +104,7 @@ def prune_resident(
             dtype=save.dtype,
             plan=plan,
             report=report,
-            overwrite=overwrite,
+            overwrite=run.overwrite,
             max_shard_size=save.max_shard_size,
         )
     return PruneResult(loaded, plan, report, run_dir, saved)

@@ -14,18 +14,17 @@ from prunekit.export.per_layer import describe_layers
 from prunekit.export.save import ExportResult, staging_dir, write_beside_weights
 from prunekit.export.shards import ShardWriter, parse_shard_size
 from prunekit.export.streamed import PartWriter
-from prunekit.memory import MemoryBudget, memory_record, row_slice_bytes_for, shard_size_for
+from prunekit.loader import load
+from prunekit.memory import memory_record, row_slice_bytes_for, shard_size_for
 from prunekit.memory_usage import PeakMemory
 from prunekit.methods.combined import combined_record
 from prunekit.methods.registry import Method, PruneSettings
 from prunekit.models.dtype import dtype_name, resolve_dtype
-from prunekit.models.lazy import LazyModel
 from prunekit.models.loading import default_device, load_config
 from prunekit.pipeline.evaluation import evaluate_from_files
 from prunekit.pipeline.export_check import check_streamed_export
-from prunekit.pipeline.lazy import lazy_loaded
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads
-from prunekit.pipeline.requests import EvalRequest, PruneResult, SaveRequest
+from prunekit.pipeline.requests import EvalRequest, PruneResult, RunRequest
 from prunekit.pipeline.run_report import run_report
 from prunekit.pipeline.streamed_stages import run_streamed_method
 from prunekit.report.accounting import parameter_counts, pruning_ratios
@@ -35,26 +34,16 @@ log = logging.getLogger(__name__)
 
 
 def prune_streamed_run(
-    model: str,
-    chosen: Method,
-    options: PruneSettings,
-    *,
-    evals: EvalRequest,
-    save: SaveRequest,
-    out: str | Path | None,
-    overwrite: bool,
-    dtype: str,
-    device: str | None,
-    attn_implementation: str | None,
-    budget: MemoryBudget,
-    offload_activations: bool | None,
+    model: str, chosen: Method, options: PruneSettings, run: RunRequest
 ) -> PruneResult:
-    """``prunekit.api.prune(stream=True)``, its inputs already checked (``pipeline.checks``).
+    """``prunekit.api.prune(stream=True)``, its inputs already checked (``pipeline.checks``);
+    ``run.save`` is required (the pruned model exists only as the export).
 
     The measured memory peaks cover the pruning only: the evaluations before and after it hold
     one layer and a chunk of windows (``max_memory``) of their own."""
+    save, budget, evals = run.save, run.budget, run.evals
     check_streamed_export(load_config(model), chosen, options, save.format)
-    device = device or default_device()
+    device = run.device or default_device()
     if budget.compute_limit(device) is not None:  # the depth search's chunks of windows
         options.options.setdefault("max_memory", budget.compute_limit(device))
     choice = choose_mode(
@@ -62,39 +51,39 @@ def prune_streamed_run(
         chosen,
         options,
         budget,
-        dtype=dtype,
+        dtype=run.dtype,
         device=device,
         stream=True,
-        offload_activations=offload_activations,
+        offload_activations=run.offload_activations,
         max_shard_size=save.max_shard_size,
     )
     shard_size = shard_size_for(budget, device, parse_shard_size(save.max_shard_size))
-    load_options = {"dtype": dtype, "device": device, "attn_implementation": attn_implementation}
-    eval_options = {**evals.options(), "max_memory": budget.compute_limit(device), **load_options}
+    load_options = {**run.load_options(), "device": device}
+    eval_options = {"max_memory": budget.compute_limit(device), **load_options}
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
     if evals.wanted:
         started = time.perf_counter()
-        results["dense"] = evaluate_from_files(model, **eval_options)
+        results["dense"] = evaluate_from_files(model, evals, **eval_options)
         timings["eval_dense"] = time.perf_counter() - started
     import_model_code(model)
     unevaluated = None  # the refusal of a pruned model streamed perplexity cannot read
     with PeakMemory(device) as peaks:  # stopped on any exit, read once the pruning is done
-        lazy = LazyModel.open(model, **load_options)
-        loaded = lazy_loaded(lazy, model)
-        if overwrite and out is not None:
-            clear_run(out)
+        loaded = load(model, residency="streamed", **load_options)
+        lazy = loaded.residency.lazy
+        if run.overwrite and run.out is not None:
+            clear_run(run.out)
         save_dtype = save.dtype
         torch_dtype = lazy.dtype if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
         before = parameter_counts(loaded.model, loaded.adapter)
         started = time.perf_counter()
-        with staging_dir(Path(save.path), overwrite) as tmp:
+        with staging_dir(Path(save.path), run.overwrite) as tmp:
             with ShardWriter(tmp, dtype=torch_dtype, max_shard_size=shard_size) as writer:
                 residency = Streamed(
                     lazy,
                     PartWriter(lazy, writer),
                     row_slice_bytes=row_slice_bytes_for(budget, device),
-                    offload_activations=offloads(choice, offload_activations),
+                    offload_activations=offloads(choice, run.offload_activations),
                 )
                 loaded.residency = residency
                 log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
@@ -120,13 +109,13 @@ def prune_streamed_run(
                 # The staged export is a complete model directory: evaluated before it is
                 # renamed, so its report.json and model card hold the pruned numbers too.
                 started = time.perf_counter()
-                results["pruned"] = evaluate_from_files(str(tmp), **eval_options)
+                results["pruned"] = evaluate_from_files(str(tmp), evals, **eval_options)
                 timings["eval_pruned"] = time.perf_counter() - started
                 report.update(eval=results, timings=timings)
                 write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
     weight_bytes = sum(p.stat().st_size for p in Path(save.path).glob("*.safetensors"))
     saved = ExportResult(Path(save.path), fmt, dtype_name(torch_dtype), weight_bytes, shapes)
-    run_dir = write_run_dir(out, plan, report) if out else None
+    run_dir = write_run_dir(run.out, plan, report) if run.out else None
     if unevaluated:
         raise SettingsError(unevaluated)
     return PruneResult(loaded, plan, report, run_dir, saved)
