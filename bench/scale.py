@@ -9,7 +9,11 @@ from a baseline taken after imports and the tokenized calibration text. In-memor
 runs of one model alternate, so a drift of the shared machine hits both. The memory model's
 prediction (``prunekit.memory.plan_memory``, config only) is printed beside each measured peak.
 
-Run: ``python bench/scale.py [--models smollm2,synthetic-1.5b] [--repeats 1]``.
+Run: ``python bench/scale.py [--models smollm2,synthetic-1.5b] [--only MODEL:METHOD,...]
+[--dtype bf16|fp32] [--repeats 1]``. The dtype defaults to bf16 on a CPU with bf16 kernels
+(AVX512-bf16 / AMX) and fp32 on an AVX2-only CPU, where bf16 is ~7x slower. ``--only`` reruns some
+(model, method) pairs and keeps the other rows of docs/results/scale.json as they were; each row
+says when, in which dtype and with how many threads it was measured.
 """
 
 from __future__ import annotations
@@ -47,7 +51,20 @@ METHODS = {
 }
 # Small calibration: the point is memory and the streamed/in-memory ratio, not plan quality.
 CALIBRATION = dict(calib="c4", n_samples=4, seqlen=128, seed=0)
-DTYPE = "bf16"
+
+
+def default_dtype() -> str:
+    """bf16 where the CPU has bf16 kernels; fp32 on AVX2-only CPUs (bf16 is ~7x slower there)."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+def cpu_kind() -> str:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-bf16"), ("avx2", "AVX2")):
+        if flag in flags:
+            return name
+    return "other"
 
 
 def synthetic_model() -> Path:
@@ -96,7 +113,7 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def child(mode: str, source: str, method: str, save: str) -> None:
+def child(mode: str, source: str, method: str, save: str, dtype: str) -> None:
     import threading
 
     from transformers import AutoTokenizer
@@ -124,10 +141,10 @@ def child(mode: str, source: str, method: str, save: str) -> None:
     started = time.perf_counter()
     if mode == "streamed":
         result = api.prune(
-            source, method, stream=True, save=save, dtype=DTYPE, device="cpu", **settings
+            source, method, stream=True, save=save, dtype=dtype, device="cpu", **settings
         )
     else:
-        loaded = load_model(source, dtype=DTYPE, device="cpu")
+        loaded = load_model(source, dtype=dtype, device="cpu")
         result = api.prune(loaded, method, **settings)
     seconds = time.perf_counter() - started
     # The setting that decides the plan's quality, as the run recorded it (the defaults).
@@ -139,12 +156,12 @@ def child(mode: str, source: str, method: str, save: str) -> None:
     print("RESULT " + json.dumps({"seconds": seconds, "growth": growth, "setting": setting}))
 
 
-def run_child(mode: str, source: str, method: str) -> dict:
+def run_child(mode: str, source: str, method: str, dtype: str) -> dict:
     env = {**os.environ, "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "65536"}
     env.setdefault("PRUNEKIT_PROGRESS", "0")
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         save = str(Path(tmp) / "pruned")
-        command = [sys.executable, __file__, "--child", mode, source, method, save]
+        command = [sys.executable, __file__, "--child", mode, source, method, save, dtype]
         done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{mode} {method} on {source} failed:\n{done.stderr[-3000:]}")
@@ -155,7 +172,7 @@ def run_child(mode: str, source: str, method: str) -> dict:
 # ---- the table -------------------------------------------------------------------------------
 
 
-def predicted(source: str, method: str, streamed: bool) -> int | None:
+def predicted(source: str, method: str, streamed: bool, dtype: str) -> int | None:
     from prunekit.memory import MemorySettings, plan_memory_for
 
     settings = MemorySettings(
@@ -163,7 +180,7 @@ def predicted(source: str, method: str, streamed: bool) -> int | None:
         streamed=streamed,
         n_samples=CALIBRATION["n_samples"],
         seqlen=CALIBRATION["seqlen"],
-        dtype=DTYPE,
+        dtype=dtype,
         device="cpu",
     )
     try:
@@ -173,38 +190,47 @@ def predicted(source: str, method: str, streamed: bool) -> int | None:
         return None
 
 
-def one_layer_bytes(source: str) -> int:
+def one_layer_bytes(source: str, dtype: str) -> int:
     from transformers import AutoConfig
 
     from prunekit.models.families import model_shapes
 
-    return model_shapes(AutoConfig.from_pretrained(source)).layer_params * 2  # bf16
+    per_param = 2 if dtype == "bf16" else 4
+    return model_shapes(AutoConfig.from_pretrained(source)).layer_params * per_param
 
 
-def measure(models: list[str], repeats: int) -> list[dict]:
+def measure(pairs: list[tuple[str, str]], repeats: int, dtype: str) -> list[dict]:
+    import datetime
+
+    import torch
+
+    when = datetime.date.today().isoformat()
     rows = []
-    for name in models:
+    for name, method in pairs:
         source = model_source(name)
-        for method in METHODS:
-            runs: dict[str, list[dict]] = {"in-memory": [], "streamed": []}
-            for _ in range(repeats):
-                for mode in runs:  # alternate: a drift of the shared machine hits both
-                    print(f"{name} {method} {mode} ...", file=sys.stderr, flush=True)
-                    runs[mode].append(run_child(mode, source, method))
-            for mode, results in runs.items():
-                rows.append(
-                    {
-                        "model": name,
-                        "method": method,
-                        "mode": mode,
-                        "setting": results[0]["setting"],
-                        "seconds": statistics.median(r["seconds"] for r in results),
-                        "anon_mib": max(r["growth"]["RssAnon"] for r in results) / MiB,
-                        "rss_mib": max(r["growth"]["VmRSS"] for r in results) / MiB,
-                        "predicted_mib": _mib(predicted(source, method, mode == "streamed")),
-                        "layer_mib": one_layer_bytes(source) / MiB,
-                    }
-                )
+        runs: dict[str, list[dict]] = {"in-memory": [], "streamed": []}
+        for _ in range(repeats):
+            for mode in runs:  # alternate: a drift of the shared machine hits both
+                print(f"{name} {method} {mode} ...", file=sys.stderr, flush=True)
+                runs[mode].append(run_child(mode, source, method, dtype))
+        for mode, results in runs.items():
+            rows.append(
+                {
+                    "model": name,
+                    "method": method,
+                    "mode": mode,
+                    "setting": results[0]["setting"],
+                    "seconds": statistics.median(r["seconds"] for r in results),
+                    "anon_mib": max(r["growth"]["RssAnon"] for r in results) / MiB,
+                    "rss_mib": max(r["growth"]["VmRSS"] for r in results) / MiB,
+                    "predicted_mib": _mib(predicted(source, method, mode == "streamed", dtype)),
+                    "layer_mib": one_layer_bytes(source, dtype) / MiB,
+                    "dtype": dtype,
+                    "threads": torch.get_num_threads(),
+                    "cpu": cpu_kind(),
+                    "date": when,
+                }
+            )
     return rows
 
 
@@ -212,16 +238,26 @@ def _mib(value: int | None) -> float | None:
     return None if value is None else value / MiB
 
 
+# Rows measured before the bench recorded their provenance (stop 13, 2026-11-30): bf16 on an
+# AMX CPU, 2 threads, and the streamed runs' settings of the time (not recorded per row).
+OLD_ROW = {
+    "setting": "not recorded",
+    "dtype": "bf16",
+    "threads": 2,
+    "cpu": "AMX",
+    "date": "2026-11-30",
+}
+
+
 def render(rows: list[dict], wall: float) -> str:
     import platform
-
-    import torch
 
     lines = [
         "# Big models: streamed vs in-memory pruning (peak host memory, wall time)",
         "",
-        f"From one invocation of `bench/scale.py` ({wall / 60:.1f} min). CPU, {DTYPE}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}; calibration "
+        f"Last invocation of `bench/scale.py`: {wall / 60:.1f} min. CPU ({platform.machine()}); "
+        "each row says its dtype, threads and date (an invocation with `--only` reruns some "
+        "pairs and keeps the other rows); calibration "
         f"{CALIBRATION['n_samples']}×{CALIBRATION['seqlen']} {CALIBRATION['calib']} tokens. "
         "Peaks are the growth of the process's anonymous memory (`RssAnon`) and of its RSS over "
         "a baseline after imports and tokenization; RSS also counts memory-mapped checkpoint "
@@ -229,10 +265,12 @@ def render(rows: list[dict], wall: float) -> str:
         "The machine is shared (2 cores): wall times are indicative.",
         "",
         "| model | method | criterion / allocation | mode | peak RssAnon (MiB) | peak RSS (MiB) "
-        "| predicted (MiB) | one layer (MiB) | wall (s) | streamed / in-memory |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| predicted (MiB) | one layer (MiB) | wall (s) | streamed / in-memory "
+        "| measured on |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
+        row = {**OLD_ROW, **row}
         pair = [r for r in rows if r["model"] == row["model"] and r["method"] == row["method"]]
         ratio = ""
         if row["mode"] == "streamed":
@@ -243,22 +281,46 @@ def render(rows: list[dict], wall: float) -> str:
             f"| {row['model']} | {row['method']} | {row['setting']} | {row['mode']} "
             f"| {row['anon_mib']:.0f} "
             f"| {row['rss_mib']:.0f} | {prediction} | {row['layer_mib']:.0f} "
-            f"| {row['seconds']:.1f} | {ratio} |"
+            f"| {row['seconds']:.1f} | {ratio} "
+            f"| {row['date']}, {row['dtype']}, {row['threads']} thr, {row['cpu']} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(*sys.argv[2:6])
+        child(*sys.argv[2:7])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="smollm2,synthetic-1.5b")
+    parser.add_argument("--only", default=None, help="model:method pairs to rerun, comma-separated")
+    parser.add_argument("--dtype", default=default_dtype(), choices=["bf16", "fp32"])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
+    if args.only:
+        pairs = [tuple(pair.split(":", 1)) for pair in args.only.split(",")]
+    else:
+        pairs = [(name, method) for name in args.models.split(",") for method in METHODS]
+    unknown = [pair for pair in pairs if len(pair) != 2 or pair[1] not in METHODS]
+    if unknown:
+        raise SystemExit(f"--only takes model:method pairs with a method in {list(METHODS)}")
     started = time.perf_counter()
-    rows = measure(args.models.split(","), args.repeats)
+    fresh = measure(pairs, args.repeats, args.dtype)
     wall = time.perf_counter() - started
+    kept = []
+    if args.only and OUT_JSON.exists():  # the pairs not rerun keep their rows, in their order
+        kept = json.loads(OUT_JSON.read_text())["rows"]
+    rerun = {(row["model"], row["method"]) for row in fresh}
+    rows = [row for row in kept if (row["model"], row["method"]) not in rerun]
+    order = [(row["model"], row["method"]) for row in kept]
+    rows = sorted(
+        rows + fresh,
+        key=lambda row: (
+            order.index((row["model"], row["method"]))
+            if (row["model"], row["method"]) in order
+            else len(order)
+        ),
+    )
     text = render(rows, wall)
     print(text)
     sys.path.insert(0, str(ROOT / "bench"))
