@@ -80,10 +80,14 @@ def prune(
 ) -> PruneResult:
     """Prune ``model`` with ``method`` and return the pruned model, its plan and its report.
 
-    ``settings`` are the fields of ``PruneSettings`` that ``method`` takes (``prunekit methods``
-    lists them; any other one is refused). With ``out`` the run directory is written (plan.json,
-    report.json, report.md); an ``out`` that already holds a run is refused unless ``resume``
-    (an unfinished search) or ``overwrite`` (replace it) is given. With ``save`` the pruned
+    ``settings`` are fields of ``method``'s settings class (``Method.settings_type``,
+    ``prunekit/methods/settings.py``): the prune flags ``prunekit methods`` lists, and the
+    benchmark and engine knobs some methods add (BlockPruner's ``naive``, the greedy searches'
+    ``windows``, FASP's ``allocation_cost``, the depth runner's ``state_bytes`` and
+    ``max_memory``); any other one is refused, and so is the old ``options=`` dict. With
+    ``out`` the run directory is written (plan.json, report.json, report.md); an ``out`` that
+    already holds a run is refused unless ``resume`` (an unfinished search) or ``overwrite``
+    (replace it) is given. With ``save`` the pruned
     model is exported there (``save_format`` auto, hf or prunekit; ``save_dtype``;
     ``max_shard_size``), as ``export_model`` writes it; the result's ``saved`` describes it.
     With ``eval_datasets`` (perplexity) and/or ``eval_tasks`` (zero-shot, lm-eval) the dense

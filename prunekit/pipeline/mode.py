@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from prunekit.engine.executor import default_batch_size
 from prunekit.errors import PrunekitError
@@ -17,7 +18,8 @@ from prunekit.memory import (
     row_slice_bytes_for,
     shard_size_for,
 )
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import MethodSettings, setting_default
 from prunekit.models.dtype import dtype_name, resolve_dtype
 from prunekit.models.loading import LoadedModel, default_device, load_config
 
@@ -34,7 +36,7 @@ def streaming_refusal(method: Method) -> str | None:
 def choose_mode(
     model: str | LoadedModel,
     method: Method,
-    options: PruneSettings,
+    options: MethodSettings,
     budget: MemoryBudget,
     *,
     dtype: str = "auto",
@@ -61,15 +63,19 @@ def choose_mode(
         config, torch_dtype, stream = model.model.config, model.dtype, False
     else:
         config, torch_dtype = load_config(model), resolve_dtype(dtype, device)
+    # A setting the method does not have (magnitude reads no calibration, a depth method has
+    # no width targets) is priced at the default of its group.
+    n_samples = _setting(options, "n_samples")
+    sparsity = _setting(options, "sparsity")
     settings = MemorySettings(
         method=method.name,
-        n_samples=options.n_samples,
-        seqlen=options.seqlen,
+        n_samples=n_samples,
+        seqlen=_setting(options, "seqlen"),
         dtype=dtype_name(torch_dtype),
-        batch_size=options.batch_size or default_batch_size(device, options.n_samples),
+        batch_size=_setting(options, "batch_size") or default_batch_size(device, n_samples),
         device=device,
-        sparsity=options.sparsity if options.sparsity is not None else options.ratio or 0.2,
-        targets=tuple(options.targets),
+        sparsity=sparsity if sparsity is not None else _setting(options, "ratio") or 0.2,
+        targets=tuple(_setting(options, "targets")),
         max_shard_size=shard_size_for(budget, device, parse_shard_size(max_shard_size)),
         row_slice_bytes=row_slice_bytes_for(budget, device),
     )
@@ -107,3 +113,8 @@ def run_device(model: str | LoadedModel, device: str | None) -> str:
     if isinstance(model, LoadedModel):
         return str(model.device)
     return device or default_device()
+
+
+def _setting(settings: MethodSettings, name: str) -> Any:
+    """``settings.name``, or the default of the group that declares it (methods/settings.py)."""
+    return getattr(settings, name) if hasattr(settings, name) else setting_default(name)

@@ -4,6 +4,7 @@ Evaluation is streamed too: the dense model from its files, the pruned one from 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,8 @@ from prunekit.export.streamed import PartWriter
 from prunekit.memory import MemoryBudget, memory_record, row_slice_bytes_for, shard_size_for
 from prunekit.memory_usage import PeakMemory
 from prunekit.methods.combined import combined_record
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import ChunkedExecutionSettings, MethodSettings
 from prunekit.models.dtype import dtype_name, resolve_dtype
 from prunekit.models.lazy import LazyModel
 from prunekit.models.loading import default_device, load_config
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 def prune_streamed_run(
     model: str,
     chosen: Method,
-    options: PruneSettings,
+    options: MethodSettings,
     *,
     evals: EvalRequest,
     save: SaveRequest,
@@ -55,8 +57,9 @@ def prune_streamed_run(
     one layer and a chunk of windows (``max_memory``) of their own."""
     check_streamed_export(load_config(model), chosen, options, save.format)
     device = device or default_device()
-    if budget.compute_limit(device) is not None:  # the depth search's chunks of windows
-        options.options.setdefault("max_memory", budget.compute_limit(device))
+    limit = budget.compute_limit(device)
+    if limit is not None:  # the depth runner's chunks of windows, unless the caller chose them
+        options = chunked_within(options, limit)
     choice = choose_mode(
         model,
         chosen,
@@ -130,6 +133,15 @@ def prune_streamed_run(
     if unevaluated:
         raise SettingsError(unevaluated)
     return PruneResult(loaded, plan, report, run_dir, saved)
+
+
+def chunked_within(settings: MethodSettings, limit: int) -> MethodSettings:
+    """``settings`` with the depth runner's chunks of windows fitting ``limit`` bytes, where the
+    method has a depth runner (``ChunkedExecutionSettings``; a combined method's depth stage)
+    and no ``max_memory`` of its own."""
+    if isinstance(settings, ChunkedExecutionSettings) and settings.max_memory is None:
+        return dataclasses.replace(settings, max_memory=limit)
+    return settings
 
 
 def pruned_eval_refusal(fmt: str, evals: EvalRequest, save: Path) -> str | None:
