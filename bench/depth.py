@@ -44,7 +44,7 @@ from prunekit.evaluation.perplexity import perplexity
 from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.depth.common import HALVES, half_windows
 from prunekit.methods.depth.runner import DepthRunner
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import CalibrationSettings
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import LoadedModel, load_model
 from prunekit.surgery.depth import remove_blocks
@@ -102,7 +102,7 @@ def pruned_prefix(dense: LoadedModel, trajectory: list[dict], steps: int) -> Loa
 
 def held_out_scores(dense: LoadedModel, calib: dict, trajectory: list[dict], steps: int) -> dict:
     """Calibration ppl and mean KL per token of a prefix on each half of the windows."""
-    settings = PruneSettings(**calib)
+    settings = CalibrationSettings(**calib)
     windows = settings_windows(dense, settings)
     gone = {b for e in trajectory[:steps] for b in e["blocks"]}
     scores = {}
@@ -150,11 +150,9 @@ def run_prefix_variants(
         ):
             continue
         method, extra = by_name[name]
-        options = {"windows": "first-half"} if held_out else {}
+        half = {"windows": "first-half"} if held_out else {}
         started = time.perf_counter()
-        result = prune(
-            fresh(searched), method, ratio=max(args.targets), options=options, **calib, **extra
-        )
+        result = prune(fresh(searched), method, ratio=max(args.targets), **half, **calib, **extra)
         seconds = time.perf_counter() - started
         trajectory = result.plan.trajectory
         search = result.plan.extra.get("search", {})
@@ -384,7 +382,7 @@ def speed_comparison(dense: LoadedModel, args: argparse.Namespace) -> dict:
     timings, orders, evals, naive_evals = {}, {}, {}, 0
     for mode in args.speed_modes:
         started = time.perf_counter()
-        result = prune(fresh(dense), "blockpruner", options=SPEED_MODES[mode], **settings)
+        result = prune(fresh(dense), "blockpruner", **SPEED_MODES[mode], **settings)
         timings[mode] = time.perf_counter() - started
         orders[mode] = result.plan.removed_blocks
         evals[mode] = result.plan.extra["search"]["window_evals"]

@@ -38,9 +38,9 @@ from prunekit.data import windows as data_windows
 from prunekit.engine import sequential
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.methods.width import restoration, uniform
 from prunekit.methods.width.common import calibration_data
+from prunekit.methods.width.fasp import FaspSettings
 from prunekit.models.loading import LoadedModel
 
 
@@ -77,7 +77,7 @@ def forward_seconds(loaded: LoadedModel, windows: torch.Tensor) -> float:
     return time.perf_counter() - started
 
 
-def timed_prune(dense: LoadedModel, settings: PruneSettings, mode: str) -> tuple[float, object]:
+def timed_prune(dense: LoadedModel, settings: FaspSettings, mode: str) -> tuple[float, object]:
     """One `prune` of a fresh copy in ``mode``, tokenization included (in-process cache cleared)."""
     loaded = fresh_copy(dense)
     data_windows._tokenized_corpus.cache_clear()
@@ -91,7 +91,7 @@ def timed_prune(dense: LoadedModel, settings: PruneSettings, mode: str) -> tuple
 
 def measure_dtype(args: argparse.Namespace, dtype: str) -> list[dict]:
     dense = load_model(args.model, dtype=dtype)
-    settings = PruneSettings(
+    settings = get_method("fasp").make_settings(
         sparsity=args.sparsity, calib=args.calib, n_samples=args.n_samples, seqlen=args.seqlen
     )
     windows = calibration_data(dense, settings)  # also warms the on-disk token cache

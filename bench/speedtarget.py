@@ -44,13 +44,14 @@ from prunekit.evaluation.zeroshot import zeroshot
 from prunekit.latency.profile import ProfileSettings, profile_model
 from prunekit.latency.structure import ModelStructure, structure_of
 from prunekit.latency.table import LatencyTable, predict_latency
+from prunekit.methods.catalogue import get_method
 from prunekit.methods.depth.blockpruner import PAPER_SETTING
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.dtype import cpu_has_native_bf16
 from prunekit.models.loading import LoadedModel, load_model
 from prunekit.report.accounting import parameter_counts, pruning_ratios
 from prunekit.speedtarget.losses import fresh_copy
-from prunekit.speedtarget.prune import WORKLOADS
+from prunekit.speedtarget.prune import SPEED_METHOD, WORKLOADS
 from prunekit.speedtarget.prune import build_split as speed_build_split
 from prunekit.speedtarget.report import speed_target_record
 from prunekit.speedtarget.run import choose_split
@@ -130,7 +131,7 @@ def latency_predictor(
     return predict, structure_of(dense)
 
 
-def build_split(plan_depth, settings: PruneSettings, rule: WidthRule) -> Callable:
+def build_split(plan_depth, settings: MethodSettings, rule: WidthRule) -> Callable:
     """build(copy, split): what ``prune --target-speedup`` builds for a split — the first k
     depth steps replayed, then FASP at s_k (``rule``'s targets and multiple) on what they left."""
     width = dataclasses.replace(settings, targets=list(rule.targets), multiple_of=rule.multiple_of)
@@ -328,7 +329,10 @@ def main() -> None:
 
     dtype = "bf16" if cpu_has_native_bf16() else "fp32"
     dense = load_model("smollm2-135m", dtype=dtype, device="cpu")
-    settings = PruneSettings(calib="c4", n_samples=args.n_samples, seqlen=args.seqlen, seed=0)
+    # The speed target's method (blockpruner+fasp): its settings hold both stages' fields.
+    settings = get_method(SPEED_METHOD).make_settings(
+        calib="c4", n_samples=args.n_samples, seqlen=args.seqlen, seed=0
+    )
     started = time.perf_counter()
     tables = {phase: latency_table(dense, phase, args) for phase in dict(targets)}
     profile_s = time.perf_counter() - started

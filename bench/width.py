@@ -36,7 +36,7 @@ from results_notes import NOTES_MARKER, kept_notes
 from prunekit import load_model
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import CalibrationSettings, MethodSettings
 from prunekit.methods.width.common import calibration_data
 from prunekit.models.loading import LoadedModel
 from prunekit.report.accounting import parameter_counts, pruning_ratios
@@ -63,6 +63,13 @@ RATIO_RUNS = (
 )
 
 
+def method_settings(method: str, **values) -> MethodSettings:
+    """``method``'s settings from the values its settings class has: one row's values serve
+    every method (``restore`` is FASP's, the calibration not magnitude's)."""
+    chosen = get_method(method)
+    return chosen.make_settings({k: v for k, v in values.items() if k in chosen.accepts})
+
+
 def fresh_copy(dense: LoadedModel) -> LoadedModel:
     return dataclasses.replace(dense, model=copy.deepcopy(dense.model))
 
@@ -82,7 +89,7 @@ def timed_against_forward(
     dense: LoadedModel,
     windows: torch.Tensor,
     method: str,
-    settings: PruneSettings,
+    settings: MethodSettings,
     repeats: int,
     row: dict,
 ) -> LoadedModel:
@@ -212,7 +219,7 @@ def run_ratios(args, dense: LoadedModel, base: dict, before) -> None:
         for label, method, restore, extra in RATIO_RUNS:
             if args.methods is not None and method not in args.methods:
                 continue
-            settings = PruneSettings(ratio=ratio, restore=restore, **base, **extra)
+            settings = method_settings(method, ratio=ratio, restore=restore, **base, **extra)
             row: dict = {"target": ratio, "label": label, "method": method, "settings": extra}
             loaded = fresh_copy(dense)
             started = time.perf_counter()
@@ -276,7 +283,7 @@ def main() -> None:
     if args.ratios is not None:
         run_ratios(args, dense, base, before)
         return
-    windows = calibration_data(dense, PruneSettings(**base))
+    windows = calibration_data(dense, CalibrationSettings(**base))
     dense_ppl = perplexity(dense, "wikitext2", 512, args.eval_windows)
     meta = {
         **base,
@@ -298,7 +305,7 @@ def main() -> None:
         for label, method, restore, extra in (*RUNS, *EXTRA_RUNS.get(sparsity, ())):
             if args.methods is not None and method not in args.methods:
                 continue
-            settings = PruneSettings(sparsity=sparsity, restore=restore, **base, **extra)
+            settings = method_settings(method, sparsity=sparsity, restore=restore, **base, **extra)
             row: dict = {"sparsity": sparsity, "label": label, "method": method}
             if label == "FASP":
                 loaded = timed_against_forward(dense, windows, method, settings, args.repeats, row)

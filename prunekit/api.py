@@ -15,7 +15,6 @@ from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE
 from prunekit.loader import load, spec_kind
 from prunekit.memory import MemoryBudget
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.checks import check_inputs, checked_settings, speed_request
 from prunekit.pipeline.evaluation import (
@@ -92,10 +91,14 @@ def prune(
 ) -> PruneResult:
     """Prune ``model`` with ``method`` and return the pruned model, its plan and its report.
 
-    ``settings`` are the fields of ``PruneSettings`` that ``method`` takes (``prunekit methods``
-    lists them; any other one is refused). With ``out`` the run directory is written (plan.json,
-    report.json, report.md); an ``out`` that already holds a run is refused unless ``resume``
-    (an unfinished search) or ``overwrite`` (replace it) is given. With ``save`` the pruned
+    ``settings`` are fields of ``method``'s settings class (``Method.settings_type``,
+    ``prunekit/methods/settings.py``): the prune flags ``prunekit methods`` lists, and the
+    benchmark and engine knobs some methods add (BlockPruner's ``naive``, the greedy searches'
+    ``windows``, FASP's ``allocation_cost``, the depth runner's ``state_bytes`` and
+    ``max_memory``); any other one is refused, and so is the old ``options=`` dict. With
+    ``out`` the run directory is written (plan.json, report.json, report.md); an ``out`` that
+    already holds a run is refused unless ``resume`` (an unfinished search) or ``overwrite``
+    (replace it) is given. With ``save`` the pruned
     model is exported there (``save_format`` auto, hf or prunekit; ``save_dtype``;
     ``max_shard_size``), as ``export_model`` writes it; the result's ``saved`` describes it.
     With ``eval_datasets`` (perplexity) and/or ``eval_tasks`` (zero-shot, lm-eval) the dense
@@ -187,9 +190,7 @@ def stream_needed(
     before any weight is read, as the CLI decides it); logs the line saying so."""
     if isinstance(model, LoadedModel) or not budget.given:
         return False  # skip parsing the settings twice: nothing to decide
-    chosen.check_settings(settings, spell=str)
-    options = PruneSettings(**settings)
-    options.validate()
+    options = chosen.make_settings(settings)
     choice = stream_for_budget(
         model,
         chosen,

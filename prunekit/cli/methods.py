@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from prunekit.cli.application import app, console
-from prunekit.methods.registry import flag
+from prunekit.methods.settings import flag
 
 
 @app.command("methods")

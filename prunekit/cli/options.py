@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import PruneSettings
 
 
 def split_commas(value: str | None) -> list[str]:
@@ -50,12 +49,6 @@ def check_device(device: str | None) -> None:
         raise SettingsError(f"--device {device!r} is not a device; use cpu or cuda[:N]") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise SettingsError(f"--device {device}: CUDA is not available on this machine")
-
-
-def setting_default(setting: str):
-    """The PruneSettings default of ``setting`` (one source of truth for help and behaviour)."""
-    value = PruneSettings.__dataclass_fields__[setting]
-    return value.default_factory() if callable(value.default_factory) else value.default
 
 
 def given(ctx: typer.Context, name: str) -> bool:

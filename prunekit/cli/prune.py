@@ -22,12 +22,11 @@ from prunekit.cli.options import (
     deprecated_option,
     given,
     not_a_file,
-    setting_default,
     split_commas,
 )
 from prunekit.cli.tables import print_eval, print_gguf, print_params
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import SETTING_NAMES, PruneSettings
+from prunekit.methods.settings import FLAG_NAMES, setting_default
 
 
 @app.command("prune")
@@ -318,8 +317,7 @@ def _stream_for_budget(
     weight is read); prints the one line saying so. Streaming needs --save."""
     from prunekit.pipeline.mode import stream_for_budget
 
-    options = PruneSettings(**settings)
-    options.validate()
+    options = chosen.make_settings(settings)
     choice = stream_for_budget(
         model,
         chosen,
@@ -340,12 +338,13 @@ def _stream_for_budget(
     return choice.streamed
 
 
-# The prune options that are method settings: option name -> PruneSettings field.
-SETTING_OPTIONS = {name: name for name in SETTING_NAMES} | {"no_restore": "restore"}
+# The prune options that are method settings: option name -> settings field (the flag fields
+# of methods/settings.py; --max-memory is the run's budget, not the engine's ``max_memory``).
+SETTING_OPTIONS = {name: name for name in FLAG_NAMES} | {"no_restore": "restore"}
 
 
 def _given_settings(ctx: typer.Context, takes: tuple[str, ...]) -> dict:
-    """The method settings the user passed (raw option values), by PruneSettings field name."""
+    """The method settings the user passed (raw option values), by settings field name."""
     return {
         SETTING_OPTIONS[name]: value
         for name, value in ctx.params.items()
@@ -354,7 +353,7 @@ def _given_settings(ctx: typer.Context, takes: tuple[str, ...]) -> dict:
 
 
 def _parse_settings(raw: dict) -> dict:
-    """Option strings to PruneSettings values (lists, the restore switch)."""
+    """Option strings to settings values (lists, the restore switch)."""
     settings = dict(raw)
     if "protect_layers" in settings:
         settings["protect_layers"] = comma_ints(settings["protect_layers"], "--protect-layers")

@@ -12,9 +12,12 @@ R within one block or channel of granularity. Without ``ratio`` each stage gets 
 ``blocks`` for the depth stage and ``sparsity`` for the width stage (``prune_combined`` takes two
 explicit settings objects, for callers such as the speed-target search).
 
-Settings are routed to the stage whose method takes them (``--criterion`` to BlockPruner,
-``--multiple-of`` to FASP; calibration settings to both). The plan is one ``PruningPlan`` with
-ordered ``stages`` (see prunekit/plan.py); ``prunekit.surgery.apply_plan`` replays it.
+The settings of ``<first>+<second>`` are one dataclass built from both stages' settings
+classes and ``DepthShare`` (``combined_settings_type``): it takes exactly what either stage
+takes. Each stage receives its own class, filled from it (``stage_settings``: ``--criterion``
+to BlockPruner, ``--multiple-of`` to FASP, calibration settings to both). The plan is one
+``PruningPlan`` with ordered ``stages`` (see prunekit/plan.py); ``prunekit.surgery.apply_plan``
+replays it.
 
 A combined method decides the targets and the order; each stage runs through the ``run_stage``
 it is lent (``pipeline.apply.run_stage``), which carries that stage's decision out (the depth
@@ -29,18 +32,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from functools import partial
+from functools import cache, partial
 
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import (
-    ALWAYS,
-    COMBINED_ONLY,
-    Method,
-    PruneSettings,
-    StageRunner,
-    by_family,
-    registered,
-)
+from prunekit.methods.registry import Method, StageRunner, by_family, registered
+from prunekit.methods.settings import DepthShare, MethodSettings
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
@@ -71,24 +67,32 @@ def combined_method(name: str, methods: Mapping[str, Method]) -> Method:
             f"{name} combines two {first.family} methods; a combined method is one depth and "
             "one width method, e.g. blockpruner+fasp"
         )
-    takes = tuple(dict.fromkeys(first.takes + second.takes + COMBINED_ONLY))
     width = first if first.family == "width" else second
     return Method(
         name=name,
         family="combined",
         summary=f"{first.name} then {second.name} on the model it left",
         prune=partial(prune_split, first, second),
-        takes=takes,
+        settings_type=combined_settings_type(first.settings_type, second.settings_type),
         streams=True,
         non_stock_shapes=partial(_width_stage_shapes, width),
         passes=first.passes + second.passes,
     )
 
 
-def _width_stage_shapes(width: Method, settings: PruneSettings) -> str | None:
+@cache
+def combined_settings_type(first: type, second: type) -> type[MethodSettings]:
+    """The settings of a combined method: every field of both stages' settings classes and
+    ``depth_share`` (one class per pair, so the same name builds the same type)."""
+    name = f"Combined{first.__name__}{second.__name__}"
+    return dataclasses.make_dataclass(name, [], bases=(DepthShare, first, second))
+
+
+def _width_stage_shapes(width: Method, settings: MethodSettings) -> str | None:
     """Why the width stage gives the layers shapes no stock config describes (its settings are
     the combined method's, routed to it)."""
-    reason = width.non_stock_shapes(settings) if width.non_stock_shapes else None
+    stage = stage_settings(width, settings)
+    reason = width.non_stock_shapes(stage) if width.non_stock_shapes else None
     return f"its {width.name} stage: {reason}" if reason else None
 
 
@@ -102,17 +106,16 @@ def _part(part: str, name: str, methods: Mapping[str, Method]) -> Method:
     return method
 
 
-def stage_settings(method: Method, settings: PruneSettings, **target: object) -> PruneSettings:
-    """The settings of one stage: the ones its method takes (targets aside), the run
-    directory and the extras, and its own ``target``."""
+def stage_settings(method: Method, settings: MethodSettings, **target: object) -> MethodSettings:
+    """The settings of one stage, of its method's class: the fields of ``settings`` that class
+    has (targets aside: the run directory and the engine knobs too), then ``target`` (the
+    stage's own target, or any other field to set)."""
     routed = {
         name: getattr(settings, name)
-        for name in method.takes
-        if name not in TARGETS and name not in COMBINED_ONLY
+        for name in method.settings_type.names()
+        if name not in TARGETS and hasattr(settings, name)
     }
-    routed.update({name: getattr(settings, name) for name in ALWAYS})
-    routed["options"] = dict(settings.options)
-    stage = PruneSettings(**routed, **target)
+    stage = method.settings_type(**{**routed, **target})
     stage.validate()
     return stage
 
@@ -121,7 +124,7 @@ def prune_split(
     first: Method,
     second: Method,
     loaded: LoadedModel,
-    settings: PruneSettings,
+    settings: MethodSettings,
     *,
     run_stage: StageRunner,
 ) -> PruningPlan:
@@ -139,7 +142,7 @@ def prune_split(
     first_ratio = settings.ratio * (share if first.family == "depth" else 1.0 - share)
     first_settings = stage_settings(first, settings, ratio=first_ratio)
 
-    def second_target() -> PruneSettings:
+    def second_target() -> MethodSettings:
         left = count_parameters(loaded.model)
         removed = dense - left
         remaining = settings.ratio * dense - removed
@@ -152,7 +155,7 @@ def prune_split(
         return stage_settings(second, settings, ratio=remaining / left)
 
     split = {"ratio": settings.ratio, "depth_share": share}
-    record = {**dataclasses.asdict(settings), "depth_share": share}
+    record = {**settings.record(), "depth_share": share}
     stages = [(first, first_settings), (second, second_target)]
     return run_stages(loaded, name, stages, record, split, run_stage=run_stage)
 
@@ -162,7 +165,7 @@ def _explicit_targets(
     first: Method,
     second: Method,
     loaded: LoadedModel,
-    settings: PruneSettings,
+    settings: MethodSettings,
     run_stage: StageRunner,
 ) -> PruningPlan:
     """Without --ratio: --blocks goes to the depth stage, --sparsity to the width stage."""
@@ -175,7 +178,7 @@ def _explicit_targets(
         )
     targets = {"depth": {"blocks": settings.blocks}, "width": {"sparsity": settings.sparsity}}
     stages = [(m, stage_settings(m, settings, **targets[m.family])) for m in (first, second)]
-    record = dataclasses.asdict(settings)
+    record = settings.record()
     return run_stages(loaded, name, stages, record, None, run_stage=run_stage)
 
 
@@ -183,8 +186,8 @@ def prune_combined(
     loaded: LoadedModel,
     depth_method: str | Method,
     width_method: str | Method,
-    depth_settings: PruneSettings,
-    width_settings: PruneSettings,
+    depth_settings: MethodSettings,
+    width_settings: MethodSettings,
     *,
     run_stage: StageRunner,
 ) -> PruningPlan:
@@ -216,20 +219,29 @@ def prune_combined(
             f"prune_combined takes a depth then a width method, got {depth.name} "
             f"({depth.family}) and {width.name} ({width.family})"
         )
+    typed = []
     for method, settings in ((depth, depth_settings), (width, width_settings)):
         given = [f.name for f in dataclasses.fields(settings) if _differs(settings, f)]
         method.check_settings(given, spell=str)
-        settings.validate()
+        typed.append(settings_of(method, settings))
+    depth_settings, width_settings = typed
     name = f"{depth.name}{SEPARATOR}{width.name}"
-    record = {
-        "depth": dataclasses.asdict(depth_settings),
-        "width": dataclasses.asdict(width_settings),
-    }
+    record = {"depth": depth_settings.record(), "width": width_settings.record()}
     stages = [(depth, depth_settings), (width, width_settings)]
     return run_stages(loaded, name, stages, record, None, run_stage=run_stage)
 
 
-def _differs(settings: PruneSettings, field: dataclasses.Field) -> bool:
+def settings_of(method: Method, settings: MethodSettings) -> MethodSettings:
+    """``settings`` as ``method``'s own settings class (its fields copied, targets included),
+    validated."""
+    if not isinstance(settings, method.settings_type):
+        names = [n for n in method.settings_type.names() if hasattr(settings, n)]
+        settings = method.settings_type(**{n: getattr(settings, n) for n in names})
+    settings.validate()
+    return settings
+
+
+def _differs(settings: MethodSettings, field: dataclasses.Field) -> bool:
     """Whether a setting was given (differs from its default): what the method must take."""
     default = field.default_factory() if field.default is dataclasses.MISSING else field.default
     return getattr(settings, field.name) != default
@@ -283,7 +295,7 @@ def run_stages(
 
 def stage_summary(
     method: Method,
-    settings: PruneSettings,
+    settings: MethodSettings,
     before: int,
     after: int,
     dense: int,
@@ -297,7 +309,7 @@ def stage_summary(
     return {
         "method": method.name,
         "family": method.family,
-        "target": {k: getattr(settings, k) for k in TARGETS if getattr(settings, k) is not None},
+        "target": {k: v for k in TARGETS if (v := getattr(settings, k, None)) is not None},
         "params_before": before,
         "params_after": after,
         "removed_params": before - after,
@@ -305,7 +317,7 @@ def stage_summary(
         "ratio_total_after": 1.0 - after / dense,
         "settings": {
             k: v if v is not None else resolved.get(k)
-            for k, v in dataclasses.asdict(settings).items()
+            for k, v in settings.record().items()
             if k in method.takes and k not in TARGETS
         },
     }

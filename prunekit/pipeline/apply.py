@@ -18,7 +18,8 @@ from pathlib import Path
 
 from prunekit.engine.residency import is_streamed
 from prunekit.export.streamed import write_depth_pruned
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.pipeline.checkpoints import RunCheckpoints, run_checkpoints
@@ -30,7 +31,7 @@ from prunekit.surgery.width import save_rewritten_consumers
 NOT_SAVED = "not saved: no run directory (pass out=...)"
 
 
-def run_method(method: Method, loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def run_method(method: Method, loaded: LoadedModel, settings: MethodSettings) -> PruningPlan:
     """Prune ``loaded`` in place with ``method`` and return its plan: the method decides, and
     each decision (each stage's, for a combined method) is carried out here."""
     if method.family == "combined":
@@ -38,7 +39,7 @@ def run_method(method: Method, loaded: LoadedModel, settings: PruneSettings) -> 
     return run_stage(method, loaded, settings)
 
 
-def run_stage(method: Method, loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def run_stage(method: Method, loaded: LoadedModel, settings: MethodSettings) -> PruningPlan:
     """One depth or width method on ``loaded``, its decision carried out (a ``StageRunner``).
 
     Files go to ``settings.run_dir`` only: a stage run without one (the speed target's candidate

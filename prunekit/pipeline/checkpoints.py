@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunekit.errors import PlanError
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import MethodSettings
 from prunekit.plan import PruningPlan
 from prunekit.report.run_dir import PARTIAL_PLAN_FILE
 
@@ -28,6 +28,6 @@ class RunCheckpoints:
         plan.save(self.path)
 
 
-def run_checkpoints(settings: PruneSettings) -> RunCheckpoints | None:
+def run_checkpoints(settings: MethodSettings) -> RunCheckpoints | None:
     """The checkpoints of a run with a run directory; None without one (nothing is kept)."""
     return RunCheckpoints(settings.run_dir) if settings.run_dir else None

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import CalibrationSettings, MethodSettings
 from prunekit.report.run_dir import check_run_target
 
 
 def check_inputs(
-    settings: PruneSettings | None,
+    settings: CalibrationSettings | None,
     eval_datasets: list[str] | None,
     eval_tasks: list[str] | None,
     task_data: str | Path | None,
@@ -30,15 +31,17 @@ def check_inputs(
 
 def checked_settings(
     chosen: Method, settings: dict[str, Any], out: str | Path | None, overwrite: bool
-) -> PruneSettings:
+) -> MethodSettings:
     """The method's settings, refused before any model loads: a setting the method does not
     take, a bad value, or an ``out`` holding a run the flags do not allow to touch."""
-    chosen.check_settings(settings, spell=str)
-    options = PruneSettings(**settings)
-    if out is not None:
-        options.run_dir = str(out)
-    options.validate()
-    check_run_target(out, resume=options.resume, overwrite=overwrite)
+    if "options" in settings:
+        raise SettingsError(
+            "options= is gone: pass each entry as its own keyword (e.g. state_bytes=..., "
+            "windows='first-half', naive=True, allocation_cost='output')"
+        )
+    options = chosen.make_settings(settings, **({} if out is None else {"run_dir": str(out)}))
+    # Only a greedy search resumes (GreedySearchSettings.resume).
+    check_run_target(out, resume=getattr(options, "resume", False), overwrite=overwrite)
     return options
 
 

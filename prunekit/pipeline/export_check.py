@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.families import family_for_config
 
 
 def check_streamed_export(
-    config: Any, method: Method, settings: PruneSettings, save_format: str
+    config: Any, method: Method, settings: MethodSettings, save_format: str
 ) -> None:
     """Refuse a streamed run whose export is sure to fail on its layer shapes."""
     reason = method.non_stock_shapes(settings) if method.non_stock_shapes else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import replace
+from typing import Any
 
 from prunekit.engine.executor import default_batch_size
 from prunekit.errors import PrunekitError
@@ -20,7 +21,8 @@ from prunekit.memory import (
     row_slice_bytes_for,
     shard_size_for,
 )
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import MethodSettings, setting_default
 from prunekit.models.dtype import dtype_name, resolve_dtype
 from prunekit.models.loading import LoadedModel, default_device, load_config
 
@@ -37,7 +39,7 @@ def streaming_refusal(method: Method) -> str | None:
 def choose_mode(
     model: str | LoadedModel,
     method: Method,
-    options: PruneSettings,
+    options: MethodSettings,
     budget: MemoryBudget,
     *,
     dtype: str = "auto",
@@ -64,16 +66,20 @@ def choose_mode(
         config, torch_dtype, stream = model.model.config, model.dtype, False
     else:
         config, torch_dtype = load_config(model), resolve_dtype(dtype, device)
+    # A setting the method does not have (magnitude reads no calibration, a depth method has
+    # no width targets) is priced at the default of its group.
+    n_samples = _setting(options, "n_samples")
+    sparsity = _setting(options, "sparsity")
     settings = MemorySettings(
         method=method.name,
-        n_samples=options.n_samples,
-        seqlen=options.seqlen,
+        n_samples=n_samples,
+        seqlen=_setting(options, "seqlen"),
         dtype=dtype_name(torch_dtype),
         # The mode is chosen at the smallest batch: a larger default never forces streaming.
-        batch_size=options.batch_size or 1,
+        batch_size=_setting(options, "batch_size") or 1,
         device=device,
-        sparsity=options.sparsity if options.sparsity is not None else options.ratio or 0.2,
-        targets=tuple(options.targets),
+        sparsity=sparsity if sparsity is not None else _setting(options, "ratio") or 0.2,
+        targets=tuple(_setting(options, "targets")),
         max_shard_size=shard_size_for(budget, device, parse_shard_size(max_shard_size)),
         row_slice_bytes=row_slice_bytes_for(budget, device),
     )
@@ -94,7 +100,7 @@ def choose_mode(
 
 
 def with_default_batch(
-    config, method: Method, options: PruneSettings, choice: RunChoice, budget, device: str
+    config, method: Method, options: MethodSettings, choice: RunChoice, budget, device: str
 ) -> RunChoice:
     """Fill in ``options.batch_size`` when none was given and the method reads it: the largest
     batch at most the device's default whose run still fits ``budget`` in the chosen mode
@@ -113,7 +119,7 @@ def with_default_batch(
 def stream_for_budget(
     model: str | LoadedModel,
     method: Method,
-    options: PruneSettings,
+    options: MethodSettings,
     budget: MemoryBudget,
     *,
     dtype: str = "auto",
@@ -159,3 +165,8 @@ def run_device(model: str | LoadedModel, device: str | None) -> str:
     if isinstance(model, LoadedModel):
         return str(model.device)
     return device or default_device()
+
+
+def _setting(settings: MethodSettings, name: str) -> Any:
+    """``settings.name``, or the default of the group that declares it (methods/settings.py)."""
+    return getattr(settings, name) if hasattr(settings, name) else setting_default(name)

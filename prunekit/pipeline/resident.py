@@ -11,7 +11,8 @@ from prunekit.export.save import export_model
 from prunekit.loader import load
 from prunekit.memory import memory_record
 from prunekit.memory_usage import PeakMemory
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.apply import run_method
 from prunekit.pipeline.evaluation import evaluate_loaded
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 def prune_resident(
     model: str | LoadedModel,
     chosen: Method,
-    options: PruneSettings,
+    options: MethodSettings,
     run: RunRequest,
     *,
     speed=None,

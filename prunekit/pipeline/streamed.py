@@ -4,6 +4,7 @@ Evaluation is streamed too: the dense model from its files, the pruned one from 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from prunekit.loader import load
 from prunekit.memory import memory_record, row_slice_bytes_for, shard_size_for
 from prunekit.memory_usage import PeakMemory
 from prunekit.methods.combined import combined_record
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import ChunkedExecutionSettings, MethodSettings
 from prunekit.models.dtype import dtype_name, resolve_dtype
 from prunekit.models.loading import default_device, load_config
 from prunekit.pipeline.evaluation import evaluate_from_files
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def prune_streamed_run(
-    model: str, chosen: Method, options: PruneSettings, run: RunRequest
+    model: str, chosen: Method, options: MethodSettings, run: RunRequest
 ) -> PruneResult:
     """``prunekit.api.prune(stream=True)``, its inputs already checked (``pipeline.checks``);
     ``run.save`` is required (the pruned model exists only as the export).
@@ -44,8 +46,9 @@ def prune_streamed_run(
     save, budget, evals = run.save, run.budget, run.evals
     check_streamed_export(load_config(model), chosen, options, save.format)
     device = run.device or default_device()
-    if budget.compute_limit(device) is not None:  # the depth search's chunks of windows
-        options.options.setdefault("max_memory", budget.compute_limit(device))
+    limit = budget.compute_limit(device)
+    if limit is not None:  # the depth runner's chunks of windows, unless the caller chose them
+        options = chunked_within(options, limit)
     choice = choose_mode(
         model,
         chosen,
@@ -119,6 +122,15 @@ def prune_streamed_run(
     if unevaluated:
         raise SettingsError(unevaluated)
     return PruneResult(loaded, plan, report, run_dir, saved)
+
+
+def chunked_within(settings: MethodSettings, limit: int) -> MethodSettings:
+    """``settings`` with the depth runner's chunks of windows fitting ``limit`` bytes, where the
+    method has a depth runner (``ChunkedExecutionSettings``; a combined method's depth stage)
+    and no ``max_memory`` of its own."""
+    if isinstance(settings, ChunkedExecutionSettings) and settings.max_memory is None:
+        return dataclasses.replace(settings, max_memory=limit)
+    return settings
 
 
 def pruned_eval_refusal(fmt: str, evals: EvalRequest, save: Path) -> str | None:

@@ -27,7 +27,8 @@ from torch import nn
 from prunekit.engine.residency import Streamed
 from prunekit.export.shards import ShardWriter
 from prunekit.export.streamed import PartWriter
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.lazy import Part
 from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.apply import run_method, run_stage
@@ -38,7 +39,7 @@ COMBINED_STAGES = 2
 
 
 def run_streamed_method(
-    method: Method, loaded: LoadedModel, settings: PruneSettings
+    method: Method, loaded: LoadedModel, settings: MethodSettings
 ) -> PruningPlan:
     """``pipeline.apply.run_method`` for a streamed model: a combined method's stages each run
     under their own residency."""
@@ -73,7 +74,7 @@ class StreamedStages:
             self._temporary.cleanup()
 
     def run_stage(
-        self, method: Method, loaded: LoadedModel, settings: PruneSettings
+        self, method: Method, loaded: LoadedModel, settings: MethodSettings
     ) -> PruningPlan:
         """A ``StageRunner``: the next stage, under its residency, its decision carried out."""
         self.started += 1

@@ -37,12 +37,13 @@ class ModelInfo(_Open):
 
 
 class Settings(_Open):
-    """Calibration, seed and target; methods may add their own options."""
+    """Calibration, seed and target; methods add their own settings. The calibration is null
+    for a method that reads none (magnitude)."""
 
-    calib: str
-    n_samples: int
-    seqlen: int
-    seed: int
+    calib: str | None
+    n_samples: int | None
+    seqlen: int | None
+    seed: int | None
     ratio: float | None  # target ratio_total
     blocks: int | None  # depth target
     sparsity: float | None  # width target

@@ -32,7 +32,8 @@ from prunekit.latency.structure import structure_of
 from prunekit.latency.table import LatencyModelError, LatencyTable, predict_latency
 from prunekit.methods.catalogue import get_method
 from prunekit.methods.combined import SEPARATOR, run_stages, stage_settings
-from prunekit.methods.registry import Method, PruneSettings, flag
+from prunekit.methods.registry import Method
+from prunekit.methods.settings import MethodSettings, flag
 from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.apply import run_stage
 from prunekit.plan import PruningPlan
@@ -182,15 +183,15 @@ def replaying(depth: Method, prefix: PruningPlan) -> Method:
     greedy search is prefix-consistent, so this is the plan a k-block search makes). Like any
     depth method it only decides: the stage runner removes the blocks."""
 
-    def replay(_loaded: LoadedModel, _settings: PruneSettings) -> PruningPlan:
+    def replay(_loaded: LoadedModel, _settings: MethodSettings) -> PruningPlan:
         return prefix
 
     return dataclasses.replace(depth, prune=replay, resumable=False)
 
 
 def split_stages(
-    split: Split, depth_plan: PruningPlan, settings: PruneSettings, run_dir: str | None
-) -> list[tuple[Method, PruneSettings]]:
+    split: Split, depth_plan: PruningPlan, settings: MethodSettings, run_dir: str | None
+) -> list[tuple[Method, MethodSettings]]:
     """The (method, settings) stages that build ``split``: the depth prefix (k > 0), then the
     width method at s_k (s_k > 0; its restored weights go to ``run_dir`` when given)."""
     depth, width = get_method(DEPTH_METHOD), get_method(WIDTH_METHOD)
@@ -209,7 +210,7 @@ def split_stages(
     return stages
 
 
-def build_split(settings: PruneSettings) -> Callable[[LoadedModel, Split, PruningPlan], None]:
+def build_split(settings: MethodSettings) -> Callable[[LoadedModel, Split, PruningPlan], None]:
     """``build(copy, split, depth_plan)`` for the search: the split's stages on a copy (nothing
     written to the run directory)."""
 
@@ -221,7 +222,7 @@ def build_split(settings: PruneSettings) -> Callable[[LoadedModel, Split, Prunin
 
 
 def prune_for_speed(
-    loaded: LoadedModel, settings: PruneSettings, request: SpeedRequest
+    loaded: LoadedModel, settings: MethodSettings, request: SpeedRequest
 ) -> SpeedPrune:
     """Search the split that reaches ``request.target`` and prune ``loaded`` to it in place."""
     started = time.perf_counter()
@@ -261,7 +262,7 @@ def prune_for_speed(
     )
     stages = split_stages(chosen, search.depth_plan, settings, settings.run_dir)
     record_settings = {
-        **dataclasses.asdict(settings),
+        **settings.record(),
         "target_speedup": request.target,
         "phase": request.phase,
     }

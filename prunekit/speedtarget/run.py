@@ -10,16 +10,16 @@ in the report.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from prunekit.errors import SettingsError
 from prunekit.latency.structure import ModelStructure
 from prunekit.methods.catalogue import get_method
+from prunekit.methods.combined import stage_settings
 from prunekit.methods.depth.blockpruner import PAPER_SETTING
 from prunekit.methods.depth.calibration import held_out_settings_windows
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 from prunekit.speedtarget.losses import calibration_loss_fn
@@ -52,7 +52,7 @@ class SpeedTargetRun:
 
 def search_for_speed(
     loaded: LoadedModel,
-    settings: PruneSettings,
+    settings: MethodSettings,
     target: float,
     phase: str,
     dense: ModelStructure,
@@ -81,23 +81,23 @@ def search_for_speed(
     blocks = candidates if bound is None else min(bound, candidates)
     # The splits price one block per depth step, by calibration loss rather than per parameter:
     # the paper's setting unless the user named another (BlockPruner's own default differs).
-    depth_settings = dataclasses.replace(
+    method = get_method(depth_method)
+    depth_settings = stage_settings(
+        method,
         settings,
         blocks=blocks,
-        ratio=None,
-        sparsity=None,
         criterion=settings.criterion or PAPER_SETTING["criterion"],
         candidates=settings.candidates or PAPER_SETTING["candidates"],
     )
     # A depth method only decides: the search leaves ``loaded`` as it was, no copy needed.
-    depth_plan = get_method(depth_method).prune(loaded, depth_settings)
+    depth_plan = method.prune(loaded, depth_settings)
     result = choose_split(loaded, settings, target, phase, dense, predict, build, depth_plan)
     return SpeedTargetRun(result, depth_plan)
 
 
 def choose_split(
     loaded: LoadedModel,
-    settings: PruneSettings,
+    settings: MethodSettings,
     target: float,
     phase: str,
     dense: ModelStructure,

@@ -12,7 +12,7 @@ from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.depth.common import block_units, unit_parameters
 from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.depth.search import Target, greedy_search
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import CalibrationSettings
 from prunekit.models.adapters import BlockRef
 from prunekit.models.loading import count_parameters
 from prunekit.surgery.depth import remove_blocks
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.real
 def test_fast_search_equals_naive_search(smollm2_fp32, data_dir) -> None:
     # Tiny calibration keeps the naive oracle (a full forward per candidate) affordable on a
     # 2-core AVX2 CPU; equality, not the quality of the plan, is the point.
-    settings = PruneSettings(calib="c4", n_samples=2, seqlen=16, seed=0)
+    settings = CalibrationSettings(calib="c4", n_samples=2, seqlen=16, seed=0)
     runner = DepthRunner(smollm2_fp32, settings_windows(smollm2_fp32, settings))
     units = block_units(runner, "both", set())
     params = unit_parameters(runner, units)

@@ -8,7 +8,6 @@ import torch
 from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import load_model, smollm2_gguf_path
 from prunekit.plan import PruningPlan
 from prunekit.surgery import apply_plan
@@ -32,7 +31,8 @@ def prune_for_export(method: str, options: dict, loaded) -> PruningPlan:
         plan = PruningPlan(method, loaded.identity(), removed_blocks=DEPTH_BLOCKS)
         apply_plan(loaded, plan)
         return plan
-    return get_method(method).prune(loaded, PruneSettings(**SETTINGS, **options))
+    chosen = get_method(method)
+    return chosen.prune(loaded, chosen.make_settings(SETTINGS, **options))
 
 
 @pytest.mark.parametrize(

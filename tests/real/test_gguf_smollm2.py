@@ -28,7 +28,6 @@ from prunekit.data import corpus_tokens, eval_windows
 from prunekit.evaluation.perplexity import windows_nll
 from prunekit.export.gguf import export_gguf
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import load_model, smollm2_gguf_path
 from prunekit.plan import PruningPlan
 from prunekit.surgery import apply_plan
@@ -61,9 +60,10 @@ WIDTH = dict(sparsity=0.2, n_samples=2, seqlen=128, calib="wikitext2", seed=0)
 def pruned(case: str):
     loaded = load_model("smollm2-135m", dtype="fp32", device="cpu")
     if case == "fasp":  # one width everywhere: the stock llama graph, value heads padded
-        plan = get_method(case).prune(loaded, PruneSettings(**WIDTH, allocation="uniform"))
+        fasp = get_method(case)
+        plan = fasp.prune(loaded, fasp.make_settings(WIDTH, allocation="uniform"))
     elif case == "flap":  # per-layer widths: the deci graph
-        plan = get_method(case).prune(loaded, PruneSettings(**WIDTH))
+        plan = get_method(case).prune(loaded, get_method(case).make_settings(WIDTH))
     else:
         blocks = WHOLE_LAYERS if case == "layers" else DEPTH_BLOCKS
         plan = PruningPlan("blockpruner", loaded.identity(), removed_blocks=blocks)

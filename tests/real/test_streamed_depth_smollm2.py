@@ -37,7 +37,7 @@ def test_streamed_blockpruner_equals_in_memory(smollm2_fp32, in_memory, tmp_path
         save=tmp_path / "pruned",
         dtype="fp32",
         device="cpu",
-        options={"max_memory": max_memory},
+        max_memory=max_memory,
         **SETTINGS,
     )
     assert streamed.plan.removed_blocks == memory.plan.removed_blocks

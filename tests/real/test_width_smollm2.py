@@ -10,7 +10,6 @@ import torch
 
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from tests.unit.width_helpers import masked_reference
 
 pytestmark = [pytest.mark.real, pytest.mark.usefixtures("data_dir")]
@@ -23,7 +22,8 @@ SETTINGS = dict(sparsity=0.2, n_samples=16, seqlen=512, calib="c4", seed=0, allo
 
 def _pruned(smollm2_fp32, **overrides):
     loaded = dataclasses.replace(smollm2_fp32, model=copy.deepcopy(smollm2_fp32.model))
-    plan = get_method("fasp").prune(loaded, PruneSettings(**{**SETTINGS, **overrides}))
+    fasp = get_method("fasp")
+    plan = fasp.prune(loaded, fasp.make_settings(SETTINGS, **overrides))
     return loaded, plan
 
 

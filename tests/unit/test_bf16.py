@@ -63,9 +63,7 @@ def test_blockpruner_in_bf16_follows_the_fp32_search(calib):
 
 def prune_width(method: str, dtype: torch.dtype, **settings):
     loaded = tiny_in(dtype)
-    options = width_settings(**{**WIDTH, **settings})
-    options.validate()
-    return loaded, get_method(method).prune(loaded, options)
+    return loaded, get_method(method).prune(loaded, width_settings(method, **{**WIDTH, **settings}))
 
 
 def kept_units(plan) -> set[tuple]:

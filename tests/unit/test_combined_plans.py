@@ -14,8 +14,8 @@ import prunekit
 from prunekit.errors import PlanError, SettingsError
 from prunekit.export.from_run import export_run
 from prunekit.export.load import load_pruned
+from prunekit.methods.catalogue import get_method
 from prunekit.methods.combined import prune_combined
-from prunekit.methods.registry import PruneSettings
 from prunekit.methods.width.selection import kept_count
 from prunekit.methods.width.structure import layer_units
 from prunekit.models.loading import from_model
@@ -166,8 +166,8 @@ def test_gguf_export_of_the_run_reads_back(run, tmp_path):
 
 def test_prune_combined_takes_each_stages_own_target(calib):
     loaded = fresh()
-    depth = PruneSettings(blocks=2, calib=calib, n_samples=2, seqlen=32)
-    width = PruneSettings(sparsity=0.5)
+    depth = get_method("blockpruner").make_settings(blocks=2, calib=calib, n_samples=2, seqlen=32)
+    width = get_method("magnitude").make_settings(sparsity=0.5)
     # Any pair; each stage carried out by the pipeline's stage runner.
     plan = prune_combined(loaded, "blockpruner", "magnitude", depth, width, run_stage=run_stage)
     first, second = plan.stage_plans()
@@ -183,16 +183,15 @@ def test_prune_combined_takes_each_stages_own_target(calib):
 
 def test_a_depth_stage_that_leaves_no_layer_is_refused_in_one_line(calib):
     """Every block of the 4 layers removed: the width stage would get an empty model."""
-    depth = PruneSettings(blocks=8, calib=calib, n_samples=2, seqlen=32)
+    blockpruner, fasp = get_method("blockpruner"), get_method("fasp")
+    depth = blockpruner.make_settings(blocks=8, calib=calib, n_samples=2, seqlen=32)
+    width = fasp.make_settings(sparsity=0.2)
     with pytest.raises(SettingsError, match=r"stage 1 \(blockpruner\) removed every layer"):
-        prune_combined(
-            fresh(), "blockpruner", "fasp", depth, PruneSettings(sparsity=0.2), run_stage=run_stage
-        )
+        prune_combined(fresh(), "blockpruner", "fasp", depth, width, run_stage=run_stage)
     # Negative control: one block fewer leaves a layer part for FASP to narrow.
-    depth = PruneSettings(blocks=7, calib=calib, n_samples=2, seqlen=32)
-    prune_combined(
-        fresh(), "blockpruner", "magnitude", depth, PruneSettings(sparsity=0.2), run_stage=run_stage
-    )
+    depth = blockpruner.make_settings(blocks=7, calib=calib, n_samples=2, seqlen=32)
+    width = get_method("magnitude").make_settings(sparsity=0.2)
+    prune_combined(fresh(), "blockpruner", "magnitude", depth, width, run_stage=run_stage)
 
 
 def test_whole_layers_then_uniform_widths_export_in_the_stock_format(calib, tmp_path):

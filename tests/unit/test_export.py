@@ -12,10 +12,10 @@ from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
 from prunekit.export.shim import SHIMS
 from prunekit.methods.catalogue import all_methods, get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import TINY_FAMILIES, TINY_VOCAB, tiny_model, tiny_tokenizer
 from prunekit.pipeline.apply import run_method
+from tests.unit.settings_helpers import settings_for
 
 IDS = torch.randint(0, TINY_VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
 METHODS = [m.name for m in all_methods()]
@@ -47,7 +47,8 @@ CALIB = ""
 
 def prune_fresh(family: str, method: str):
     loaded = fresh(family)
-    settings = PruneSettings(blocks=2, sparsity=0.4, n_samples=2, seqlen=32, calib=CALIB, seed=0)
+    values = dict(blocks=2, sparsity=0.4, n_samples=2, seqlen=32, calib=CALIB, seed=0)
+    settings = settings_for(method, **values)
     settings.validate()
     plan = run_method(get_method(method), loaded, settings)  # the decision carried out
     return loaded, plan

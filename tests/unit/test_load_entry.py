@@ -18,7 +18,6 @@ from prunekit.loader import load, spec_kind
 from prunekit.memory import MemoryBudget
 from prunekit.memory.choice import predicted_need
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import load_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 from prunekit.pipeline.mode import choose_mode
@@ -160,8 +159,7 @@ def wide(tmp_path_factory):
     directory = tmp_path_factory.mktemp("wide") / "llama"
     tiny_model("llama", **WIDE).save_pretrained(directory, max_shard_size="1MB")
     tiny_tokenizer().save_pretrained(directory)
-    options = PruneSettings(**SHORTGPT)
-    options.validate()
+    options = get_method("shortgpt").make_settings(SHORTGPT)
     in_memory = choose_mode(
         str(directory), get_method("shortgpt"), options, MemoryBudget(), stream=False, **CPU
     )

@@ -19,7 +19,7 @@ from prunekit.errors import SettingsError
 from prunekit.memory import MemoryBudget, MemorySettings, plan_memory
 from prunekit.methods import registry
 from prunekit.methods.catalogue import all_methods, get_method
-from prunekit.methods.registry import Method, PruneSettings
+from prunekit.methods.registry import Method
 from prunekit.models.families import model_shapes
 from prunekit.models.lazy import LazyModel
 from prunekit.models.tiny import save_tiny, tiny_config
@@ -130,7 +130,7 @@ def device_need(source: str, batch_size: int) -> int:
 
 
 def choose(source: str, budget: MemoryBudget, batch_size: int | None = None):
-    options = PruneSettings(sparsity=0.2, batch_size=batch_size)
+    options = get_method("fasp").make_settings(sparsity=0.2, batch_size=batch_size)
     choice = choose_mode(
         source, get_method("fasp"), options, budget, dtype="fp32", device="cuda", stream=False
     )

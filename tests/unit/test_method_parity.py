@@ -25,7 +25,7 @@ from prunekit.export.load import load_pruned
 from prunekit.export.shards import ShardWriter
 from prunekit.export.streamed import PartWriter
 from prunekit.methods.catalogue import all_methods, get_method
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.lazy import LazyModel
 from prunekit.models.loading import load_model
 from prunekit.pipeline.apply import run_method
@@ -72,9 +72,9 @@ def sources(tmp_path_factory):
     return source
 
 
-def depth_settings(variant: str) -> tuple[str, PruneSettings]:
+def depth_settings(variant: str) -> tuple[str, MethodSettings]:
     method, extra = DEPTH[variant]
-    return method, PruneSettings(blocks=2, **CALIB, **extra)
+    return method, get_method(method).make_settings(blocks=2, **CALIB, **extra)
 
 
 def streamed_loaded(source: Path, sink=None):
@@ -103,21 +103,21 @@ def test_depth_plan_streamed_equals_in_memory(family, variant, sources):
     assert loaded.residency.lazy.onloaded_bytes() == 0
 
 
-def combined_settings() -> PruneSettings:
-    return PruneSettings(ratio=0.3, **CALIB)
+def combined_settings(method: str) -> MethodSettings:
+    return get_method(method).make_settings(ratio=0.3, **CALIB)
 
 
 @pytest.mark.parametrize("method", COMBINED)
 def test_combined_plan_streamed_equals_in_memory(family, method, sources, tmp_path):
     memory = load_model(str(sources(family)), dtype="fp32", device="cpu")
-    expected = run_method(get_method(method), memory, combined_settings())
+    expected = run_method(get_method(method), memory, combined_settings(method))
 
     lazy = LazyModel.open(str(sources(family)), dtype="fp32", device="cpu")
     loaded = lazy_loaded(lazy, str(sources(family)))
     (tmp_path / "out").mkdir()
     with ShardWriter(tmp_path / "out", max_shard_size="40KB") as writer:
         loaded.residency = Streamed(lazy, PartWriter(lazy, writer))
-        got = run_streamed_method(get_method(method), loaded, combined_settings())
+        got = run_streamed_method(get_method(method), loaded, combined_settings(method))
         loaded.residency.finish_outside_layers()
     assert [s["method"] for s in got.stages] == [s["method"] for s in expected.stages]
     for stage, want in zip(got.stages, expected.stages, strict=True):

@@ -11,7 +11,6 @@ import pytest
 from safetensors.torch import load_file
 
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.models.loading import count_parameters, from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
 from prunekit.pipeline.apply import NOT_SAVED, run_method, run_stage
@@ -35,12 +34,12 @@ def test_a_depth_method_decides_and_the_pipeline_carries_it_out(calib, tmp_path)
     loaded = _tiny()
     dense = count_parameters(loaded.model)
     method = get_method("sleb")  # a greedy search (checkpoints), on few candidates: fast
-    decided = method.prune(loaded, PruneSettings(blocks=1, **calib))
+    decided = method.prune(loaded, method.make_settings(blocks=1, **calib))
     assert count_parameters(loaded.model) == dense  # the decision only
     assert len(decided.removed_blocks) == 2 and "kept_layers" not in decided.extra
 
     run = tmp_path / "run"
-    plan = run_method(method, loaded, PruneSettings(blocks=1, run_dir=str(run), **calib))
+    plan = run_method(method, loaded, method.make_settings(blocks=1, run_dir=str(run), **calib))
     assert plan.removed_blocks == decided.removed_blocks
     assert count_parameters(loaded.model) < dense
     assert plan.extra["kept_layers"] == loaded.model.config.prunekit_depth["kept_layers"]
@@ -54,7 +53,9 @@ def test_a_depth_method_decides_and_the_pipeline_carries_it_out(calib, tmp_path)
 
 def test_a_width_method_hands_its_rewritten_weights_to_the_pipeline(calib, tmp_path) -> None:
     run = tmp_path / "run"
-    settings = PruneSettings(sparsity=0.3, allocation="uniform", run_dir=str(run), **calib)
+    settings = get_method("fasp").make_settings(
+        sparsity=0.3, allocation="uniform", run_dir=str(run), **calib
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # few tokens per restored column on a tiny run
         plan = get_method("fasp").prune(_tiny(), settings)

@@ -24,7 +24,6 @@ from prunekit.export.gguf import export_gguf
 from prunekit.export.load import load_pruned
 from prunekit.export.save import export_model
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.models.adapters import BlockRef
 from prunekit.models.families import model_shapes
 from prunekit.models.families.qwen3 import TINY_HEAD_DIM
@@ -41,6 +40,7 @@ from tests.unit.gguf_helpers import (
     narrow_mlp,
     narrow_value_heads,
 )
+from tests.unit.settings_helpers import settings_for
 from tests.unit.test_adapters import test_block_by_block_equals_the_stock_forward as block_by_block
 
 IDS = torch.randint(0, TINY_VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
@@ -109,8 +109,8 @@ def test_every_method_exports_and_reloads(method, calib, tmp_path):
     loaded = fresh()
     norms = query_key_norms(loaded.model)
     before = sum(p.numel() for p in loaded.model.parameters())
-    settings = PruneSettings(blocks=2, sparsity=0.4, n_samples=2, seqlen=32, calib=calib, seed=0)
-    settings.validate()
+    values = dict(blocks=2, sparsity=0.4, n_samples=2, seqlen=32, calib=calib, seed=0)
+    settings = settings_for(method, **values)
     plan = run_method(get_method(method), loaded, settings)  # the decision carried out
     assert sum(p.numel() for p in loaded.model.parameters()) < before
     if method in WIDTH:  # value channels and whole heads: the per-head norms stay as they were

@@ -18,9 +18,10 @@ from prunekit.evaluation.perplexity import windows_nll
 from prunekit.export.load import load_pruned
 from prunekit.latency.structure import structure_of
 from prunekit.latency.table import LatencyTable, predict_latency
+from prunekit.methods.catalogue import get_method
 from prunekit.methods.combined import run_stages
 from prunekit.methods.depth.calibration import held_out_settings_windows
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import CalibrationSettings
 from prunekit.models.loading import from_model, load_model
 from prunekit.models.tiny import TINY_VOCAB, save_tiny, tiny_model, tiny_tokenizer
 from prunekit.pipeline.apply import run_stage
@@ -174,7 +175,7 @@ def test_the_replayed_model_is_the_one_the_search_measured(hand_run, tiny_dir, c
     it."""
     record = json.loads((hand_run["out"] / "report.json").read_text())["speed_target"]
     loaded = replayed(tiny_dir, hand_run["out"])
-    settings = PruneSettings(calib=calib, **CALIB)
+    settings = CalibrationSettings(calib=calib, **CALIB)
     nll, count = windows_nll(loaded, held_out_settings_windows(loaded, settings))
     assert nll / count == pytest.approx(record["chosen"]["calib_loss"], rel=1e-5)
     for pure in ("depth_only", "width_only"):
@@ -220,7 +221,7 @@ def test_a_split_builds_exactly_the_shape_it_was_priced_at(calib):
     """Both stages of a split: the depth prefix, then FASP at s on what it left."""
     loaded = from_model(tiny_model("llama", num_hidden_layers=LAYERS), tiny_tokenizer(), "t")
     dense = structure_of(loaded)
-    settings = PruneSettings(calib=calib, **CALIB, multiple_of=4)
+    settings = get_method(SPEED_METHOD).make_settings(calib=calib, **CALIB, multiple_of=4)
     depth_plan = prunekit.prune(
         from_model(tiny_model("llama", num_hidden_layers=LAYERS), tiny_tokenizer(), "t"),
         "blockpruner",

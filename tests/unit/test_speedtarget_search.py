@@ -16,10 +16,11 @@ from prunekit.errors import SettingsError
 from prunekit.evaluation.perplexity import windows_nll
 from prunekit.latency.structure import LayerStructure, ModelStructure
 from prunekit.methods.depth.calibration import held_out_settings_windows, settings_windows
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import CalibrationSettings
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
 from prunekit.speedtarget.losses import calibration_loss_fn, depth_prefix_plan
+from prunekit.speedtarget.prune import SPEED_METHOD
 from prunekit.speedtarget.report import speed_target_markdown, speed_target_record
 from prunekit.speedtarget.run import choose_split, search_for_speed
 from prunekit.speedtarget.search import (
@@ -37,6 +38,7 @@ from prunekit.speedtarget.search import (
 )
 from prunekit.surgery import apply_plan
 from tests.unit.depth_helpers import one_thread  # noqa: F401
+from tests.unit.settings_helpers import settings_for
 
 LAYERS = 6
 # The hand-made table: microseconds per block, a fixed launch cost + a cost per channel.
@@ -323,7 +325,7 @@ def test_depth_prefix_losses_match_the_trajectory(tiny_run, calib) -> None:
     """A split built from the plan's first k steps measures the loss BlockPruner recorded."""
     _, plan = tiny_run
     loaded = tiny_dense()
-    windows = settings_windows(loaded, PruneSettings(**calib))
+    windows = settings_windows(loaded, CalibrationSettings(**calib))
     before = {name: p.clone() for name, p in loaded.model.named_parameters()}
 
     def build(candidate, split: Split) -> None:
@@ -346,7 +348,7 @@ def test_search_for_speed_runs_the_depth_search_to_the_bound(calib) -> None:
     prefix's on the held-out windows: the chosen split is the measured one with the lowest."""
     loaded = tiny_dense()
     dense = dense_structure(loaded.model.config)
-    settings = PruneSettings(**calib, candidates="attn")
+    settings = settings_for(SPEED_METHOD, **calib, candidates="attn")
     run = search_for_speed(loaded, settings, 1.2, "decode", dense, predict, depth_prefix_build)
     bound = depth_blocks_bound(dense, predict, 1.2, kinds=("attn",))
     assert len(run.depth_plan.trajectory) == bound
@@ -367,7 +369,7 @@ def test_search_for_speed_runs_the_depth_search_to_the_bound(calib) -> None:
     with pytest.raises(SettingsError, match="single-block"):
         search_for_speed(
             loaded,
-            PruneSettings(**calib, candidates="layers"),
+            settings_for(SPEED_METHOD, **calib, candidates="layers"),
             1.2,
             "decode",
             dense,
@@ -382,7 +384,7 @@ def test_one_depth_search_serves_a_nearer_target(calib) -> None:
     (the greedy search is prefix-consistent and the splits end at the depth-only one)."""
     loaded = tiny_dense()
     dense = dense_structure(loaded.model.config)
-    settings = PruneSettings(**calib, candidates="attn")
+    settings = settings_for(SPEED_METHOD, **calib, candidates="attn")
     args = ("decode", dense, predict, depth_prefix_build)
     far = search_for_speed(loaded, settings, 1.25, *args)
     near = search_for_speed(loaded, settings, 1.1, *args)

@@ -22,7 +22,7 @@ from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.depth.common import block_units, unit_parameters
 from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.depth.search import Target, greedy_search
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import CalibrationSettings
 from prunekit.models.lazy import LazyModel
 from prunekit.models.loading import count_parameters, load_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
@@ -74,7 +74,7 @@ def test_streamed_single_chunk_search_equals_in_memory(tmp_path):
 
 def check_blockpruner_search(family: str, tmp_path: Path, max_memory: int | None) -> None:
     source = save_small_shards(family, tmp_path / "dense")
-    settings = PruneSettings(**CALIB)
+    settings = CalibrationSettings(**CALIB)
     memory = load_model(str(source), dtype="fp32", device="cpu")
     windows = settings_windows(memory, settings)
     expected = greedy(DepthRunner(memory, windows, DEFAULT_CRITERION), memory, 3)
@@ -93,7 +93,7 @@ def check_blockpruner_search(family: str, tmp_path: Path, max_memory: int | None
 
 def test_streamed_exhaustive_search_equals_in_memory(tmp_path):
     source = save_small_shards("llama", tmp_path / "dense")
-    settings = PruneSettings(**CALIB)
+    settings = CalibrationSettings(**CALIB)
     memory = load_model(str(source), dtype="fp32", device="cpu")
     runner = DepthRunner(memory, settings_windows(memory, settings), "ppl")
     expected = greedy(runner, memory, 2, "ppl", exhaustive=True)
@@ -116,7 +116,7 @@ def run_both(family: str, tmp_path: Path, method: str, max_memory: int | None, *
         out=tmp_path / "run",
         dtype="fp32",
         device="cpu",
-        options={} if max_memory is None else {"max_memory": max_memory},
+        max_memory=max_memory,
         **settings,
     )
     return memory, streamed
@@ -201,7 +201,7 @@ def test_streamed_search_resumes(tmp_path, monkeypatch):
 def test_chunk_size_follows_the_budget(tmp_path):
     source = save_small_shards("llama", tmp_path / "dense")
     loaded = streamed_loaded(source)
-    windows = settings_windows(loaded, PruneSettings(**CALIB))
+    windows = settings_windows(loaded, CalibrationSettings(**CALIB))
     unbounded = DepthRunner(loaded, windows)
     assert unbounded.chunk_windows(branches=8) == CALIB["n_samples"]  # 1 GiB of states
     per_window = (8 + 2) * unbounded.window_state_bytes

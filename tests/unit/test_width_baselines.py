@@ -7,7 +7,6 @@ import torch
 
 from prunekit.errors import NumericalError, SettingsError, UnsupportedArchitectureError
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
 from prunekit.methods.width.flap import ModuleScores, global_selection
 from prunekit.report.accounting import parameter_counts, pruning_ratios
 from tests.unit.width_helpers import (
@@ -60,7 +59,7 @@ def test_flap_global_selection_keeps_one_unit_per_module():
 def test_ratio_target_is_reached(method):
     loaded = tiny_loaded("llama")
     before = parameter_counts(loaded.model, loaded.adapter)
-    settings = width_settings(sparsity=None, ratio=0.15, n_samples=2, seqlen=32)
+    settings = width_settings(method, sparsity=None, ratio=0.15, n_samples=2, seqlen=32)
     get_method(method).prune(loaded, settings)
     achieved = pruning_ratios(before, parameter_counts(loaded.model, loaded.adapter))
     assert 0.14 <= achieved["ratio_total"] < 0.3
@@ -81,7 +80,7 @@ def test_fasp_ratio_picks_the_smallest_sufficient_sparsity():
 @pytest.mark.parametrize("bad", [1.0, -0.1, 1.5])
 def test_sparsity_outside_range_is_rejected(bad):
     with pytest.raises(SettingsError, match="sparsity"):
-        PruneSettings(sparsity=bad).validate()
+        width_settings(sparsity=bad)
 
 
 def test_unreachable_ratio_and_bad_targets_are_rejected():

@@ -16,7 +16,7 @@ from torch import nn
 from prunekit.api import lazy_loaded
 from prunekit.engine.residency import Streamed
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.lazy import LazyModel, Part
 from prunekit.models.loading import LoadedModel, load_model
 from prunekit.plan import PruningPlan
@@ -39,12 +39,12 @@ METHODS = {
 BATCH_RELATIVE = 2e-4
 
 
-def settings_of(variant: str, **overrides) -> tuple[str, PruneSettings]:
+def settings_of(variant: str, **overrides) -> tuple[str, MethodSettings]:
     method, extra = METHODS[variant]
     values = {**CALIBRATION, **extra, **overrides}
     if method == "magnitude":  # no data: only the target
         values = {"ratio": values["ratio"]}
-    return method, PruneSettings(**values)
+    return method, get_method(method).make_settings(values)
 
 
 class KeptLayers(dict):
@@ -163,7 +163,7 @@ def test_batch_size_is_validated_and_refused_where_unused():
     from prunekit.errors import SettingsError
 
     with pytest.raises(SettingsError, match="--batch-size must be at least 1"):
-        PruneSettings(batch_size=0).validate()
+        get_method("fasp").make_settings(batch_size=0)
     with pytest.raises(SettingsError, match="--batch-size is not a setting of magnitude"):
         get_method("magnitude").check_settings(["batch_size"])
 

@@ -7,23 +7,25 @@ import copy
 import torch
 
 from prunekit.methods.catalogue import get_method
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import MethodSettings
 from prunekit.models.adapters import AttentionChannels
 from prunekit.models.loading import LoadedModel, from_model
 from prunekit.models.tiny import TINY_VOCAB, tiny_model, tiny_tokenizer
 from prunekit.plan import PruningPlan
 from prunekit.surgery.width import head_columns, value_columns
+from tests.unit.settings_helpers import settings_for
 
 IDS = torch.randint(0, TINY_VOCAB, (2, 24), generator=torch.Generator().manual_seed(7))
 
 
-def width_settings(**overrides) -> PruneSettings:
+def width_settings(method: str = "fasp", **overrides) -> MethodSettings:
+    """``method``'s settings (validated) from the shared values and ``overrides``."""
     # Uniform widths (one kept_count everywhere) are what these tests assert; FASP's default
     # (cost allocation) is tested in test_width_allocation.py.
     values = dict(sparsity=0.3, n_samples=8, seqlen=64, calib="wikitext2", seed=0)
     values["allocation"] = "uniform"
     values.update(overrides)
-    return PruneSettings(**values)
+    return settings_for(method, **values)
 
 
 def tiny_loaded(family: str, attn: str | None = None) -> LoadedModel:
@@ -39,9 +41,7 @@ def prune_tiny(
     """(pruned, untouched dense copy, plan) for a fresh tiny model of ``family``."""
     loaded = tiny_loaded(family, attn)
     dense = from_model(copy.deepcopy(loaded.model), loaded.tokenizer, spec=loaded.spec)
-    options = width_settings(**settings)
-    options.validate()
-    plan = get_method(method).prune(loaded, options)
+    plan = get_method(method).prune(loaded, width_settings(method, **settings))
     return loaded, dense, plan
 
 

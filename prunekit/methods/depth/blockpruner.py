@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass, field
 
 from prunekit.engine.passes import DEPTH_SEARCH
 from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
+    DepthSettings,
     checkpointer,
     decided_plan,
     prepare_units,
@@ -21,17 +23,8 @@ from prunekit.methods.depth.common import (
     search_settings,
 )
 from prunekit.methods.depth.search import greedy_search
-from prunekit.methods.registry import (
-    BATCHED,
-    CALIBRATION,
-    DEPTH_BLOCK_UNITS,
-    DEPTH_TARGET,
-    GREEDY_SEARCH,
-    Method,
-    PruneSettings,
-    SearchCheckpoints,
-    register,
-)
+from prunekit.methods.registry import Method, SearchCheckpoints, register
+from prunekit.methods.settings import API_ONLY, BlockCandidates, GreedySearchSettings
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
@@ -45,21 +38,33 @@ SLEB_DEFAULT_PROTECT = [0, -1]
 BLOCKPRUNER_DEFAULT = {"criterion": "kl-per-param", "candidates": "blocks+layers"}
 PAPER_SETTING = {"criterion": "ppl", "candidates": "blocks"}
 # SLEB and layer-PPL: the calibration ppl (their papers'); units are layers.
-LAYER_DEFAULT = {"criterion": "ppl", "candidates": None}
+LAYER_DEFAULT = {"criterion": "ppl"}
 
 
-def with_defaults(settings: PruneSettings, defaults: dict) -> PruneSettings:
-    """``settings`` with the method's criterion and candidate set where the user gave none."""
-    return dataclasses.replace(
-        settings,
-        criterion=settings.criterion or defaults["criterion"],
-        candidates=settings.candidates or defaults["candidates"],
-    )
+@dataclass
+class LayerSearchSettings(GreedySearchSettings, DepthSettings):
+    """SLEB and layer-PPL: a greedy search over whole layers."""
+
+
+@dataclass
+class BlockPrunerSettings(LayerSearchSettings, BlockCandidates):
+    """BlockPruner: the greedy search over blocks (and layers, ``--candidates``)."""
+
+    # The naive search (every candidate on every window, no bound): the oracle the fast
+    # search is checked against in benchmarks and tests; the same plan, slower.
+    naive: bool = field(default=False, metadata=API_ONLY)
+
+
+def with_defaults(settings, defaults: dict):
+    """``settings`` with the method's criterion (and candidate set, where the method has one)
+    where the user gave none."""
+    chosen = {k: getattr(settings, k) or v for k, v in defaults.items()}
+    return dataclasses.replace(settings, **chosen)
 
 
 def run_greedy(
     loaded: LoadedModel,
-    settings: PruneSettings,
+    settings: LayerSearchSettings,
     method: str,
     unit: str,
     protect: list[int],
@@ -69,9 +74,9 @@ def run_greedy(
     """Greedy search over ``unit``s ("block" or "layer"); returns the plan (the model is left
     as it was). Each step goes to ``checkpoints``, and ``settings.resume`` continues from them.
 
-    ``settings.options`` may set ``state_bytes`` (the states a chunk of windows may hold: tests
-    force the two-pass step with it) and ``windows`` (common.half_windows): the held-out check
-    searches on half the calibration.
+    ``settings.state_bytes`` (the states a chunk of windows may hold) lets tests force the
+    two-pass step; ``settings.windows`` (common.half_windows) a search on half the calibration
+    (the held-out check).
     """
     setup = prepare_units(loaded, settings, unit, protect, settings.criterion, overlapping=True)
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
@@ -79,8 +84,8 @@ def run_greedy(
     expected = search_settings(
         method, settings, unit=unit, protect_layers=protect, dtype=loaded.dtype_name
     )
-    if "windows" in settings.options:  # a half of the calibration (the held-out check)
-        expected["windows"] = settings.options["windows"]
+    if settings.windows is not None:  # a half of the calibration (the held-out check)
+        expected["windows"] = settings.windows
     state = resume_state(loaded, settings, checkpoints, method, expected, setup.identity)
     started = time.perf_counter()
     state = greedy_search(
@@ -117,16 +122,20 @@ def run_greedy(
 
 
 def prune_blockpruner(
-    loaded: LoadedModel, settings: PruneSettings, checkpoints: SearchCheckpoints | None = None
+    loaded: LoadedModel,
+    settings: BlockPrunerSettings,
+    checkpoints: SearchCheckpoints | None = None,
 ) -> PruningPlan:
-    naive = bool(settings.options.get("naive", False))  # the oracle: benchmarks and tests
+    naive = settings.naive
     settings = with_defaults(settings, BLOCKPRUNER_DEFAULT)
     protect = settings.protect_layers
     return run_greedy(loaded, settings, "blockpruner", "block", protect, naive, checkpoints)
 
 
 def prune_sleb(
-    loaded: LoadedModel, settings: PruneSettings, checkpoints: SearchCheckpoints | None = None
+    loaded: LoadedModel,
+    settings: LayerSearchSettings,
+    checkpoints: SearchCheckpoints | None = None,
 ) -> PruningPlan:
     protect = settings.protect_layers or SLEB_DEFAULT_PROTECT
     settings = with_defaults(settings, LAYER_DEFAULT)
@@ -134,7 +143,9 @@ def prune_sleb(
 
 
 def prune_layer_ppl(
-    loaded: LoadedModel, settings: PruneSettings, checkpoints: SearchCheckpoints | None = None
+    loaded: LoadedModel,
+    settings: LayerSearchSettings,
+    checkpoints: SearchCheckpoints | None = None,
 ) -> PruningPlan:
     settings = with_defaults(settings, LAYER_DEFAULT)
     protect = settings.protect_layers
@@ -148,7 +159,7 @@ register(
         "BlockPruner: greedy removal of attention/MLP blocks (and layers, --candidates "
         "blocks+layers) by calibration ppl or KL from the dense model (exact, fast)",
         prune_blockpruner,
-        takes=DEPTH_TARGET + DEPTH_BLOCK_UNITS + GREEDY_SEARCH + CALIBRATION + BATCHED,
+        settings_type=BlockPrunerSettings,
         resumable=True,
         streams=True,
         passes=(DEPTH_SEARCH,),
@@ -160,7 +171,7 @@ register(
         "depth",
         "SLEB: greedy removal of whole layers by calibration ppl (first/last layer protected)",
         prune_sleb,
-        takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION + BATCHED,
+        settings_type=LayerSearchSettings,
         resumable=True,
         streams=True,
         passes=(DEPTH_SEARCH,),
@@ -172,7 +183,7 @@ register(
         "depth",
         "layer-PPL: greedy removal of whole layers by calibration ppl (no protection)",
         prune_layer_ppl,
-        takes=DEPTH_TARGET + GREEDY_SEARCH + CALIBRATION + BATCHED,
+        settings_type=LayerSearchSettings,
         resumable=True,
         streams=True,
         passes=(DEPTH_SEARCH,),

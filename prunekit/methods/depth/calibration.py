@@ -6,17 +6,17 @@ import torch
 
 from prunekit.data import calibration_windows, check_seqlen, corpus_tokens, held_out_windows
 from prunekit.methods.depth.scores import Candidate  # noqa: F401  (re-exported)
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import CalibrationSettings
 from prunekit.models.loading import LoadedModel
 
 
-def settings_windows(loaded: LoadedModel, settings: PruneSettings) -> torch.Tensor:
+def settings_windows(loaded: LoadedModel, settings: CalibrationSettings) -> torch.Tensor:
     """The seeded calibration windows the settings describe ([n_samples, seqlen] token ids)."""
     tokens, bos = _calibration_text(loaded, settings)
     return calibration_windows(tokens, settings.n_samples, settings.seqlen, settings.seed, bos)
 
 
-def held_out_settings_windows(loaded: LoadedModel, settings: PruneSettings) -> torch.Tensor:
+def held_out_settings_windows(loaded: LoadedModel, settings: CalibrationSettings) -> torch.Tensor:
     """As many windows of the same calibration text as ``settings_windows``, none overlapping
     them: a plan restored on the calibration windows is scored on these."""
     tokens, bos = _calibration_text(loaded, settings)
@@ -24,7 +24,7 @@ def held_out_settings_windows(loaded: LoadedModel, settings: PruneSettings) -> t
 
 
 def _calibration_text(
-    loaded: LoadedModel, settings: PruneSettings
+    loaded: LoadedModel, settings: CalibrationSettings
 ) -> tuple[torch.Tensor, int | None]:
     """The calibration corpus as one token stream, and the BOS each window starts with (if any)."""
     check_seqlen(settings.seqlen, loaded.model.config)

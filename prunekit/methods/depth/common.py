@@ -22,7 +22,14 @@ from prunekit.methods.depth.calibration import settings_windows
 from prunekit.methods.depth.runner import DepthRunner
 from prunekit.methods.depth.scores import Candidate, label
 from prunekit.methods.depth.search import SearchState, Target
-from prunekit.methods.registry import PruneSettings, SearchCheckpoints
+from prunekit.methods.registry import SearchCheckpoints
+from prunekit.methods.settings import (
+    HALVES,
+    CalibrationSettings,
+    ChunkedExecutionSettings,
+    DepthTarget,
+    GreedySearchSettings,
+)
 from prunekit.models.adapters import BLOCK_KINDS, BlockRef
 from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
@@ -77,7 +84,12 @@ def unit_parameters(runner: DepthRunner, units: list[Candidate]) -> dict[Candida
     }
 
 
-def make_target(settings: PruneSettings, total_params: int, counts_blocks: bool = False) -> Target:
+@dataclass
+class DepthSettings(DepthTarget, CalibrationSettings, ChunkedExecutionSettings):
+    """What every depth method's settings hold (the method classes add their own groups)."""
+
+
+def make_target(settings: DepthTarget, total_params: int, counts_blocks: bool = False) -> Target:
     if (settings.ratio is None) == (settings.blocks is None):
         raise SettingsError("give exactly one target: --ratio R or --blocks K")
     return Target(settings.ratio, settings.blocks, total_params, counts_blocks)
@@ -98,7 +110,7 @@ class DepthSetup:
 
 def prepare_units(
     loaded: LoadedModel,
-    settings: PruneSettings,
+    settings: DepthSettings,
     unit: str,
     protect: list[int],
     criterion: str = "ppl",
@@ -108,43 +120,43 @@ def prepare_units(
 
     ``criterion`` picks the runner's loss (criteria.py); ``overlapping`` allows candidate sets
     whose units share blocks (greedy searches only: one-shot rankings need disjoint units).
-    ``settings.options["windows"]`` ("first-half" / "second-half") keeps half the calibration
-    windows: the benchmark's held-out check searches on one half and scores the other.
+    ``settings.windows`` (greedy searches: "first-half" / "second-half") keeps half the
+    calibration windows: the benchmark's held-out check searches on one half and scores the
+    other.
     """
-    if settings.candidates in OVERLAPPING_SETS and not overlapping:
+    # Only block-level methods choose their candidates; layer-level ones have no such field.
+    candidates = getattr(settings, "candidates", None)
+    if candidates in OVERLAPPING_SETS and not overlapping:
         raise SettingsError(
-            f"--candidates {settings.candidates} is for greedy searches (blockpruner): a one-shot "
+            f"--candidates {candidates} is for greedy searches (blockpruner): a one-shot "
             "ranking needs disjoint candidates"
         )
     # --blocks K counts blocks for block-level methods (a whole-layer candidate is two).
     target = make_target(settings, count_parameters(loaded.model), counts_blocks=unit == "block")
-    windows = half_windows(settings_windows(loaded, settings), settings.options.get("windows"))
+    windows = half_windows(settings_windows(loaded, settings), getattr(settings, "windows", None))
     runner = DepthRunner(
         loaded,
         windows,
         criterion,
         batch_size=settings.batch_size or default_batch_size(loaded.device, windows.shape[0]),
-        max_memory=settings.options.get("max_memory"),
-        state_bytes=settings.options.get("state_bytes"),
+        max_memory=settings.max_memory,
+        state_bytes=settings.state_bytes,
     )
     # A streamed model's identity: its fingerprint read from the shards in row slices.
     identity = loaded.residency.identity(loaded) if is_streamed(loaded) else None
     protected = protected_layers(protect, len(runner.layers))
     if unit == "block":
-        units = block_units(runner, settings.candidates or DEFAULT_CANDIDATES, protected)
+        units = block_units(runner, candidates or DEFAULT_CANDIDATES, protected)
     else:
         units = layer_units(runner, protected)
     params = unit_parameters(runner, units)
-    if settings.candidates in OVERLAPPING_SETS and unit == "block":
+    if candidates in OVERLAPPING_SETS and unit == "block":
         # Overlapping units: at most one removal per block, and each block's parameters once.
         distinct_blocks = sorted({(b,) for u in units for b in u})
         target.check_feasible(list(unit_parameters(runner, distinct_blocks).values()), unit)
     else:
         target.check_feasible(list(params.values()), unit)
     return DepthSetup(runner, units, params, target, identity)
-
-
-HALVES = ("first-half", "second-half")
 
 
 def half_windows(windows: torch.Tensor, half: str | None) -> torch.Tensor:
@@ -157,8 +169,11 @@ def half_windows(windows: torch.Tensor, half: str | None) -> torch.Tensor:
     return windows[:middle] if half == "first-half" else windows[middle:]
 
 
-def search_settings(method: str, settings: PruneSettings, **extra: object) -> dict:
-    """The settings that determine a search's result: a resumed search must match them."""
+def search_settings(method: str, settings: DepthSettings, **extra: object) -> dict:
+    """The settings that determine a search's result: a resumed search must match them.
+    ``candidates`` and ``criterion`` are recorded by every depth method, None where it has no
+    such setting (the plans' shape is one for all depth methods)."""
+    candidates = getattr(settings, "candidates", None)
     return {
         "method": method,
         "ratio": settings.ratio,
@@ -167,16 +182,16 @@ def search_settings(method: str, settings: PruneSettings, **extra: object) -> di
         "n_samples": settings.n_samples,
         "seqlen": settings.seqlen,
         "seed": settings.seed,
-        "candidates": "blocks" if settings.candidates == "both" else settings.candidates,
+        "candidates": "blocks" if candidates == "both" else candidates,
         "protect_layers": list(settings.protect_layers),
-        "criterion": settings.criterion,
+        "criterion": getattr(settings, "criterion", None),
         **extra,
     }
 
 
 def resume_state(
     loaded: LoadedModel,
-    settings: PruneSettings,
+    settings: GreedySearchSettings,
     checkpoints: SearchCheckpoints | None,
     method: str,
     expected: dict,

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from prunekit.methods.depth.nll_bound import SLACK
-from prunekit.methods.registry import CRITERIA as REGISTRY_CRITERIA
+from prunekit.methods.settings import CRITERIA as REGISTRY_CRITERIA
 from prunekit.models.precision import in_full_fp32
 
 CRITERIA = REGISTRY_CRITERIA

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from prunekit.engine.passes import ONE_SHOT_SCORES
 from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
+    DepthSettings,
     decided_plan,
     one_shot_trajectory,
     prepare_units,
@@ -26,20 +28,33 @@ from prunekit.methods.depth.common import (
 )
 from prunekit.methods.depth.scores import Candidate
 from prunekit.methods.depth.search import SearchState, Target, label
-from prunekit.methods.registry import (
-    BATCHED,
-    CALIBRATION,
-    DEPTH_BLOCK_UNITS,
-    DEPTH_TARGET,
-    Method,
-    PruneSettings,
-    register,
-)
+from prunekit.methods.registry import Method, register
+from prunekit.methods.settings import AngularScore, BlockCandidates
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
 # (unit input, unit output) [T, d] fp32 -> per-token scores [T]
 TokenScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class OneShotSettings(DepthSettings):
+    """RM: one ranking of whole layers."""
+
+
+@dataclass
+class ShortGptSettings(AngularScore, OneShotSettings):
+    """ShortGPT: layers ranked by block influence (1 - cos, or angular)."""
+
+
+@dataclass
+class BlockRankingSettings(OneShotSettings, BlockCandidates):
+    """RM per block: blocks ranked by relative magnitude."""
+
+
+@dataclass
+class BiBlockSettings(AngularScore, BlockRankingSettings):
+    """BI per block: blocks ranked by block influence."""
 
 
 def cosine_influence(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -70,7 +85,7 @@ def lowest_until(
 
 
 def run_one_shot(
-    loaded: LoadedModel, settings: PruneSettings, method: str, unit: str, token_score: TokenScore
+    loaded: LoadedModel, settings: OneShotSettings, method: str, unit: str, token_score: TokenScore
 ) -> PruningPlan:
     setup = prepare_units(loaded, settings, unit, settings.protect_layers)
     runner, units, params, target = setup.runner, setup.units, setup.params, setup.target
@@ -87,47 +102,49 @@ def run_one_shot(
     }
     if is_streamed(loaded):
         extra["search"]["streamed"] = runner.summary()
-    expected = search_settings(method, settings, unit=unit, angular=settings.angular)
+    # Recorded by every one-shot method, as it always was (False where it takes no --angular).
+    angular = getattr(settings, "angular", False)
+    expected = search_settings(method, settings, unit=unit, angular=angular)
     return decided_plan(loaded, method, expected, state, extra, setup.identity)
 
 
-def prune_shortgpt(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def prune_shortgpt(loaded: LoadedModel, settings: ShortGptSettings) -> PruningPlan:
     score = angular_influence if settings.angular else cosine_influence
     return run_one_shot(loaded, settings, "shortgpt", "layer", score)
 
 
-def prune_bi_block(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def prune_bi_block(loaded: LoadedModel, settings: BiBlockSettings) -> PruningPlan:
     score = angular_influence if settings.angular else cosine_influence
     return run_one_shot(loaded, settings, "bi-block", "block", score)
 
 
-def prune_rm(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def prune_rm(loaded: LoadedModel, settings: OneShotSettings) -> PruningPlan:
     return run_one_shot(loaded, settings, "rm", "layer", relative_magnitude)
 
 
-def prune_rm_block(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def prune_rm_block(loaded: LoadedModel, settings: BlockRankingSettings) -> PruningPlan:
     return run_one_shot(loaded, settings, "rm-block", "block", relative_magnitude)
 
 
-for _name, _summary, _fn, _takes in (
+for _name, _summary, _fn, _settings in (
     (
         "shortgpt",
         "ShortGPT: remove the layers with the lowest block influence (1-cos)",
         prune_shortgpt,
-        ("angular",),
+        ShortGptSettings,
     ),
-    ("rm", "RM: remove the layers with the lowest relative magnitude", prune_rm, ()),
+    ("rm", "RM: remove the layers with the lowest relative magnitude", prune_rm, OneShotSettings),
     (
         "rm-block",
         "RM per block: remove the blocks with the lowest relative magnitude",
         prune_rm_block,
-        DEPTH_BLOCK_UNITS,
+        BlockRankingSettings,
     ),
     (
         "bi-block",
         "BI per block: remove the blocks with the lowest block influence",
         prune_bi_block,
-        ("angular", *DEPTH_BLOCK_UNITS),
+        BiBlockSettings,
     ),
 ):
     register(
@@ -136,7 +153,7 @@ for _name, _summary, _fn, _takes in (
             "depth",
             _summary,
             _fn,
-            takes=DEPTH_TARGET + _takes + CALIBRATION + BATCHED,
+            settings_type=_settings,
             streams=True,
             passes=(ONE_SHOT_SCORES,),
         )

@@ -13,8 +13,8 @@ Design (two passes, which answers the chicken-and-egg of a sequential method):
    is divided by the energy of the residual stream the branch writes into
    (tokens × median_t ‖h_t‖², h the block's input): the next norm sees a perturbation relative to
    the hidden state, and the median keeps attention-sink tokens (100× norms) from setting the
-   scale. ``options={"allocation_cost": "output"}`` divides by the group's own output energy
-   ‖W X‖² instead (the restoration's relative error; an ablation).
+   scale. ``allocation_cost="output"`` (a FaspSettings field) divides by the group's own output
+   energy ‖W X‖² instead (the restoration's relative error; an ablation).
 2. **A global allocation** (``allocate``): each curve is made convex (running maximum, then the
    lower convex hull) and cut into steps of one kernel-friendly unit (``--multiple-of`` channels
    per kv head); the steps of all groups are taken cheapest cost-per-removed-parameter first

@@ -12,11 +12,11 @@ as final. A streamed model so holds one layer at a time in both passes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -27,7 +27,12 @@ from prunekit.engine.executor import default_batch_size
 from prunekit.engine.residency import Resident
 from prunekit.engine.sequential import SequentialMethod, prune_without_data, sequential_pass
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import PruneSettings
+from prunekit.methods.settings import (
+    CalibrationSettings,
+    ExecutionSettings,
+    UniformWidth,
+    WidthTarget,
+)
 from prunekit.methods.width.selection import kept_count
 from prunekit.methods.width.structure import LayerUnits, layer_units
 from prunekit.models.loading import LoadedModel, count_parameters
@@ -36,11 +41,20 @@ from prunekit.surgery.width import RESTORED_FILE
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("mlp", "attn")
 # Below this many calibration tokens per restored column the least squares overfits
 # (docs/algorithms.md, "FASP (width)": 4×1024 tokens made restoration worse than none on
 # SmolLM2).
 MIN_TOKENS_PER_COLUMN = 10.0
+
+
+@dataclass
+class CalibratedWidthSettings(WidthTarget, CalibrationSettings, ExecutionSettings):
+    """What a width method that measures calibration statistics takes (FLAP's settings)."""
+
+
+@dataclass
+class UniformWidthSettings(WidthTarget, UniformWidth):
+    """What a width method with one uniform column ratio and no data takes (magnitude's)."""
 
 
 class GlobalMethod(SequentialMethod, Protocol):
@@ -54,7 +68,7 @@ class GlobalMethod(SequentialMethod, Protocol):
 class WidthRun:
     """The records of one width run: kept indices, rewritten consumers, per-layer notes."""
 
-    def __init__(self, loaded: LoadedModel, settings: PruneSettings, sparsity: float | None):
+    def __init__(self, loaded: LoadedModel, settings: WidthTarget, sparsity: float | None):
         self.loaded = loaded
         self.settings = settings
         self.sparsity = sparsity
@@ -107,20 +121,17 @@ class WidthRun:
         return tensors
 
 
-def validate_width_settings(settings: PruneSettings) -> None:
-    unknown = [t for t in settings.targets if t not in TARGETS]
-    if unknown or not settings.targets:
-        raise SettingsError(f"--targets must be a subset of mlp,attn, got {settings.targets}")
+def validate_width_settings(settings: WidthTarget) -> None:
+    """The settings' own checks (types, ranges), then the target: one of sparsity and ratio."""
+    settings.validate()
     if settings.sparsity is None and settings.ratio is None:
         raise SettingsError("width pruning needs --sparsity (column ratio) or --ratio (of params)")
     if settings.sparsity is not None and settings.ratio is not None:
         raise SettingsError("give --sparsity or --ratio, not both")
-    if settings.damping < 0:
-        raise SettingsError(f"--damping must be >= 0, got {settings.damping}")
 
 
 def removed_uniform(
-    units: list[LayerUnits], sparsity: float, settings: PruneSettings, attn_unit: str
+    units: list[LayerUnits], sparsity: float, settings: UniformWidthSettings, attn_unit: str
 ) -> int:
     """Parameters a uniform per-layer column ratio removes (the same rounding as the methods)."""
     m, removed = settings.multiple_of, 0
@@ -136,7 +147,9 @@ def removed_uniform(
     return removed
 
 
-def sparsity_for_ratio(loaded: LoadedModel, settings: PruneSettings, attn_unit: str) -> float:
+def sparsity_for_ratio(
+    loaded: LoadedModel, settings: UniformWidthSettings, attn_unit: str
+) -> float:
     """The smallest column ratio s whose achieved ratio_total reaches ``settings.ratio``."""
     units, total = layer_units(loaded), count_parameters(loaded.model)
     target = settings.ratio * total
@@ -157,7 +170,7 @@ def sparsity_for_ratio(loaded: LoadedModel, settings: PruneSettings, attn_unit: 
     return high
 
 
-def calibration_data(loaded: LoadedModel, settings: PruneSettings) -> torch.Tensor:
+def calibration_data(loaded: LoadedModel, settings: CalibrationSettings) -> torch.Tensor:
     check_seqlen(settings.seqlen, loaded.model.config)
     tokens = corpus_tokens(loaded.tokenizer, settings.calib)
     bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
@@ -169,7 +182,7 @@ def calibration_data(loaded: LoadedModel, settings: PruneSettings) -> torch.Tens
 def run_width_method(
     name: str,
     loaded: LoadedModel,
-    settings: PruneSettings,
+    settings: WidthTarget,
     make: Callable[[WidthRun], SequentialMethod | GlobalMethod],
     attn_unit: str,
     needs_data: bool = True,
@@ -232,7 +245,7 @@ def build_plan(name: str, run: WidthRun, seconds: float) -> PruningPlan:
     plan = PruningPlan(
         method=name,
         model=run.identity,
-        settings=dataclasses.asdict(settings),
+        settings=settings.record(),
         kept_channels=run.kept,
         extra=extra,
     )

@@ -16,6 +16,7 @@ layer from the shards and releases it unchanged; the pruning pass then reads it 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,16 +24,12 @@ from prunekit.engine.executor import default_batch_size
 from prunekit.engine.passes import RESTORATION_SOLVE, SLICING, WIDTH_REPLAY, WIDTH_STATS
 from prunekit.engine.sequential import sequential_pass
 from prunekit.errors import SettingsError
-from prunekit.methods.registry import (
-    BATCHED,
-    CALIBRATION,
-    RESTORATION,
-    UNIFORM_WIDTH,
-    WIDTH_ALLOCATION,
-    WIDTH_TARGET,
-    Method,
-    PruneSettings,
-    register,
+from prunekit.methods.registry import Method, register
+from prunekit.methods.settings import (
+    API_ONLY,
+    RestorationSettings,
+    UniformWidth,
+    WidthAllocation,
 )
 from prunekit.methods.width.allocation import (
     COST_NORMALISERS,
@@ -41,6 +38,7 @@ from prunekit.methods.width.allocation import (
     target_removal,
 )
 from prunekit.methods.width.common import (
+    CalibratedWidthSettings,
     WidthRun,
     removed_uniform,
     run_width_method,
@@ -52,7 +50,24 @@ from prunekit.models.loading import LoadedModel, count_parameters
 from prunekit.plan import PruningPlan
 
 
-def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+@dataclass
+class FaspSettings(WidthAllocation, RestorationSettings, UniformWidth, CalibratedWidthSettings):
+    """FASP: uniform or cost-allocated widths, restoration."""
+
+    # ``--allocation cost``: what a group's reconstruction error is divided by (allocation.py,
+    # COST_NORMALISERS): the residual stream's energy, or the group's own output's.
+    allocation_cost: str = field(default="residual", metadata=API_ONLY)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.allocation_cost not in COST_NORMALISERS:
+            raise SettingsError(
+                f"allocation_cost must be one of {', '.join(COST_NORMALISERS)}, "
+                f"got {self.allocation_cost!r}"
+            )
+
+
+def prune_fasp(loaded: LoadedModel, settings: FaspSettings) -> PruningPlan:
     # The plan records the allocation that ran, never None (the default: cost).
     settings = dataclasses.replace(settings, allocation=settings.allocation or "cost")
     return run_width_method(
@@ -65,7 +80,7 @@ def prune_fasp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
     )
 
 
-def non_stock_shapes(settings: PruneSettings) -> str | None:
+def non_stock_shapes(settings: FaspSettings) -> str | None:
     """Why FASP's plan gives the layers shapes no stock config describes (None: it keeps them
     stock): per-layer widths, or value heads narrower than the query/key heads."""
     if settings.allocation in (None, "cost"):
@@ -81,12 +96,7 @@ def non_stock_shapes(settings: PruneSettings) -> str | None:
 def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:
     """Pass 1 on the dense model: cost curves; then per-group widths meeting the target."""
     settings = run.settings
-    normaliser = settings.options.get("allocation_cost", "residual")
-    if normaliser not in COST_NORMALISERS:
-        raise SettingsError(
-            f"options allocation_cost must be one of {', '.join(COST_NORMALISERS)}, "
-            f"got {normaliser!r}"
-        )
+    normaliser = settings.allocation_cost
     probe = CostProbe(run, normaliser)
     # The probe changes nothing: a streamed layer is read, measured and released, not final.
     sequential_pass(
@@ -114,7 +124,7 @@ def allocate_by_cost(run: WidthRun, windows: torch.Tensor) -> None:
     }
 
 
-def removal_target(loaded: LoadedModel, settings: PruneSettings) -> int:
+def removal_target(loaded: LoadedModel, settings: FaspSettings) -> int:
     """Parameters to remove: ceil(ratio · total) for ``--ratio``; for ``--sparsity``, what the
     uniform column ratio would remove (the same budget, spent elsewhere)."""
     if settings.ratio is not None:
@@ -128,7 +138,7 @@ register(
         family="width",
         summary="FASP: coupled MLP/value channels, Wanda-style score, least-squares restoration",
         prune=prune_fasp,
-        takes=WIDTH_TARGET + UNIFORM_WIDTH + WIDTH_ALLOCATION + RESTORATION + CALIBRATION + BATCHED,
+        settings_type=FaspSettings,
         streams=True,
         non_stock_shapes=non_stock_shapes,
         passes=(WIDTH_STATS, WIDTH_REPLAY, RESTORATION_SOLVE, SLICING),

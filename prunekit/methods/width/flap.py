@@ -20,15 +20,8 @@ from torch import nn
 
 from prunekit.engine.passes import SLICING, WIDTH_STATS
 from prunekit.engine.sequential import InputStatistics
-from prunekit.methods.registry import (
-    BATCHED,
-    CALIBRATION,
-    WIDTH_TARGET,
-    Method,
-    PruneSettings,
-    register,
-)
-from prunekit.methods.width.common import WidthRun, run_width_method
+from prunekit.methods.registry import Method, register
+from prunekit.methods.width.common import CalibratedWidthSettings, WidthRun, run_width_method
 from prunekit.methods.width.scoring import fluctuation, per_kv_group
 from prunekit.methods.width.selection import removal_order
 from prunekit.methods.width.structure import group_unit_params, mlp_unit_params
@@ -202,7 +195,12 @@ def compensate(consumer: nn.Linear, columns: list[int], input_mean: torch.Tensor
     set_consumer(consumer, weight, bias)
 
 
-def prune_flap(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+@dataclass
+class FlapSettings(CalibratedWidthSettings):
+    """FLAP: a parameter target met by one global threshold (adaptive widths)."""
+
+
+def prune_flap(loaded: LoadedModel, settings: FlapSettings) -> PruningPlan:
     return run_width_method("flap", loaded, settings, FlapPruner, attn_unit="global")
 
 
@@ -212,7 +210,7 @@ register(
         family="width",
         summary="FLAP: fluctuation scores, global threshold (adaptive widths), bias compensation",
         prune=prune_flap,
-        takes=WIDTH_TARGET + CALIBRATION + BATCHED,
+        settings_type=FlapSettings,
         streams=True,
         passes=(WIDTH_STATS, SLICING),
         non_stock_shapes=lambda settings: "its global threshold gives each layer its own widths",

@@ -6,21 +6,15 @@ Same coupled groups and uniform ratio as FASP (MLP channels, value channels); no
 from __future__ import annotations
 
 from prunekit.engine.passes import SLICING
-from prunekit.methods.registry import (
-    UNIFORM_WIDTH,
-    WIDTH_TARGET,
-    Method,
-    PruneSettings,
-    register,
-)
-from prunekit.methods.width.common import run_width_method
+from prunekit.methods.registry import Method, register
+from prunekit.methods.width.common import UniformWidthSettings, run_width_method
 from prunekit.methods.width.scoring import magnitude
 from prunekit.methods.width.uniform import UniformPruner
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
 
-def prune_magnitude(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+def prune_magnitude(loaded: LoadedModel, settings: UniformWidthSettings) -> PruningPlan:
     return run_width_method(
         "magnitude",
         loaded,
@@ -37,7 +31,7 @@ register(
         family="width",
         summary="Magnitude: consumer column norms, no calibration data",
         prune=prune_magnitude,
-        takes=WIDTH_TARGET + UNIFORM_WIDTH,
+        settings_type=UniformWidthSettings,
         streams=True,
         passes=(SLICING,),
     )

@@ -7,24 +7,24 @@ restoration.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prunekit.engine.passes import SLICING, WIDTH_REPLAY, WIDTH_STATS
-from prunekit.methods.registry import (
-    BATCHED,
-    CALIBRATION,
-    UNIFORM_WIDTH,
-    WIDTH_TARGET,
-    Method,
-    PruneSettings,
-    register,
-)
-from prunekit.methods.width.common import run_width_method
+from prunekit.methods.registry import Method, register
+from prunekit.methods.settings import UniformWidth
+from prunekit.methods.width.common import CalibratedWidthSettings, run_width_method
 from prunekit.methods.width.scoring import wanda_mean
 from prunekit.methods.width.uniform import UniformPruner
 from prunekit.models.loading import LoadedModel
 from prunekit.plan import PruningPlan
 
 
-def prune_wanda_sp(loaded: LoadedModel, settings: PruneSettings) -> PruningPlan:
+@dataclass
+class WandaSpSettings(UniformWidth, CalibratedWidthSettings):
+    """Wanda-sp: one uniform column ratio, no restoration."""
+
+
+def prune_wanda_sp(loaded: LoadedModel, settings: WandaSpSettings) -> PruningPlan:
     return run_width_method(
         "wanda-sp",
         loaded,
@@ -40,7 +40,7 @@ register(
         family="width",
         summary="Wanda-sp: |W|·‖X‖ channel scores, whole attention heads, no restoration",
         prune=prune_wanda_sp,
-        takes=WIDTH_TARGET + UNIFORM_WIDTH + CALIBRATION + BATCHED,
+        settings_type=WandaSpSettings,
         streams=True,
         passes=(WIDTH_STATS, WIDTH_REPLAY, SLICING),
     )
