@@ -106,7 +106,7 @@ def with_default_batch(
     batch at most the device's default whose run still fits ``budget`` in the chosen mode
     (``engine.executor.default_batch_size``); the choice's prediction is for that batch. The
     plan's settings and the engine's summary record it."""
-    if options.batch_size is not None or "batch_size" not in method.takes:
+    if "batch_size" not in method.takes or options.batch_size is not None:
         return choice
     fits = batch_fits(config, choice.plan.settings, budget)
     options.batch_size = default_batch_size(device, options.n_samples, fits)
