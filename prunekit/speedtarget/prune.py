@@ -254,8 +254,9 @@ def prune_for_speed(
             "profile it again (more --runs, a quieter machine)"
         )
 
-    # The depth search runs on a copy and only its prefix is kept: no checkpoint or plots of it
-    # in the run directory (they would show blocks the chosen split does not remove).
+    # The depth search only decides (the model stays as it was) and only its prefix is kept: no
+    # checkpoint or plots of it in the run directory (they would show blocks the chosen split
+    # does not remove).
     search = search_for_speed(
         loaded,
         dataclasses.replace(settings, run_dir=None),
