@@ -76,8 +76,8 @@ class SpeedRequest:
     phase: str = DEFAULT_PHASE
     latency_table: str | Path | None = None  # None: profile one on the fly
     workload: dict = dataclasses.field(default_factory=dict)  # batch, prompt_len, gen_len
-    # Time the pruned model against the dense one once built (in memory only: the pruned one is
-    # built beside the dense one, sharing the weights it does not change).
+    # Time the pruned model against the dense one once built (in memory only; the dense side is
+    # a skeleton keeping the weights the pruning replaced, not a copy).
     measure: bool = True
 
     def check(self) -> None:
@@ -316,23 +316,22 @@ def build_chosen(
     """Prune ``loaded`` to the chosen split; (its plan, the measured speed-up or None).
 
     Streamed, the stages run like any streamed combined method's (the last one writes the
-    export). In memory with a measurement, the split is built on a skeleton sharing the dense
-    weights (``losses.shared_skeleton``), the two are timed side by side, and ``loaded`` takes
-    the pruned modules: no dense copy is made. Without one it is pruned in place."""
+    export). In memory ``loaded`` is pruned in place; to time it against the dense model, a
+    skeleton of the dense model (``losses.shared_skeleton``: its own modules, the weights
+    shared) is kept aside first. Pruning replaces ``loaded``'s parameters, so the skeleton keeps
+    the dense ones it shares: the dense model is timed without a copy of its weights (only the
+    tensors pruning replaced stay alive, until the timing is done)."""
     if is_streamed(loaded):
         with StreamedStages(loaded, len(stages)) as streamed:
             plan = run_stages(
                 loaded, SPEED_METHOD, stages, record_settings, None, run_stage=streamed.run_stage
             )
         return plan, None
-    if not request.measure:
-        plan = run_stages(loaded, SPEED_METHOD, stages, record_settings, None, run_stage=run_stage)
+    dense = shared_skeleton(loaded) if request.measure else None
+    plan = run_stages(loaded, SPEED_METHOD, stages, record_settings, None, run_stage=run_stage)
+    if dense is None:
         return plan, None
-    pruned = shared_skeleton(loaded)
-    plan = run_stages(pruned, SPEED_METHOD, stages, record_settings, None, run_stage=run_stage)
-    measurement = measure_speedup(loaded, pruned, table, request.phase)
-    loaded.model = pruned.model  # the dense modules go; the weights they shared stay in use
-    return plan, measurement
+    return plan, measure_speedup(dense, loaded, table, request.phase)
 
 
 def chosen_record(chosen: Split, request: SpeedRequest) -> dict:
