@@ -123,13 +123,13 @@ def prune(
     states wait on the host. report.json's ``memory`` records the mode, the budget, the
     predicted and the measured peaks.
 
-    ``target_speedup`` S (``method`` blockpruner+fasp, its default; in memory only): the split
-    of removed blocks and narrowed widths predicted S× faster in ``phase`` (decode or prefill)
+    ``target_speedup`` S (``method`` blockpruner+fasp, its default; in memory or streamed): the
+    split of removed blocks and narrowed widths predicted S× faster in ``phase`` (decode or prefill)
     by ``latency_table`` (a ``prunekit profile`` file; None: profiled now with
     ``latency_workload``, saved as RUN/latency.json) at the lowest calibration loss
     (docs/speed_target.md); report.json's ``speed_target`` records it, with the speed-up
-    measured against the dense model on this machine (``measure_speedup=False``: not timed, no
-    dense copy kept meanwhile).
+    measured against the dense model on this machine (in memory; ``measure_speedup=False``: not
+    timed). Streamed, the table is profiled from one layer and nothing is timed.
     """
     from prunekit.speedtarget.prune import SPEED_METHOD, check_speed_request
 
@@ -148,7 +148,7 @@ def prune(
             model, chosen, settings, budget, dtype, device, offload_activations, save
         )
     if stream:
-        check_streamed_run(model, chosen, save, save_format, eval_datasets, speed)
+        check_streamed_run(model, chosen, save, save_format, eval_datasets)
     if speed is not None:
         check_speed_request(chosen, settings, speed)
     options = checked_settings(chosen, settings, out, overwrite)
@@ -179,7 +179,7 @@ def prune(
         offload_activations,
     )
     if stream:
-        return prune_streamed_run(model, chosen, options, run)
+        return prune_streamed_run(model, chosen, options, run, speed=speed)
     return prune_resident(model, chosen, options, run, speed=speed)
 
 
@@ -210,7 +210,7 @@ def stream_needed(
     return choice.streamed
 
 
-def check_streamed_run(model, chosen, save, save_format, eval_datasets, speed) -> None:
+def check_streamed_run(model, chosen, save, save_format, eval_datasets) -> None:
     """The refusals of ``stream=True`` that need no model."""
     refusal = streaming_refusal(chosen)
     if refusal:
@@ -219,8 +219,6 @@ def check_streamed_run(model, chosen, save, save_format, eval_datasets, speed) -
         raise SettingsError("stream=True reads the model from its files: pass its spec")
     if save is None:
         raise SettingsError("stream=True needs save: the pruned model is written as it is made")
-    if speed is not None:
-        raise SettingsError("target_speedup does not stream yet; run it in memory")
     if eval_datasets and save_format == "prunekit":
         raise SettingsError(
             "streamed perplexity reads stock-format (hf) exports only, not save_format "

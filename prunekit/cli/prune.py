@@ -76,7 +76,7 @@ def prune_command(
     measure_speedup: bool = typer.Option(
         True,
         help="--target-speedup: time the pruned model against the dense one once built "
-        "(keeps a dense copy meanwhile).",
+        "(in memory; a streamed run times nothing).",
     ),
     calib: str = typer.Option(
         setting_default("calib"), help="Calibration text: c4, wikitext2, ptb or a file."
@@ -154,8 +154,8 @@ def prune_command(
     stream: bool = typer.Option(
         False,
         "--stream",
-        help="One layer in memory at a time, read from the shards (every method and combined "
-        "method; not --target-speedup); needs --save.",
+        help="One layer in memory at a time, read from the shards (every method, combined "
+        "method and --target-speedup); needs --save.",
     ),
     max_memory: str = typer.Option(
         None,
@@ -199,7 +199,7 @@ def prune_command(
     ppl_seqlen = deprecated_option(ctx, "--eval-seqlen", "--ppl-seqlen")
     ppl_max_windows = deprecated_option(ctx, "--eval-max-windows", "--ppl-max-windows")
     if stream:
-        _check_stream(chosen, save, save_format, split_commas(ppl), target_speedup)
+        _check_stream(chosen, save, save_format, split_commas(ppl))
     not_a_file(out, "--out")
     not_a_file(task_data, "--task-data")
     check_device(device)
@@ -290,10 +290,10 @@ def _check_save_gguf(path: Path, gguf_type: str, overwrite: bool, stream: bool) 
     check_gguf_target(path, overwrite)
 
 
-def _check_stream(chosen, save: Path | None, save_format: str, ppl: list[str], target) -> None:
+def _check_stream(chosen, save: Path | None, save_format: str, ppl: list[str]) -> None:
     """--stream is a run option: refused for methods that cannot stream, without --save (the
-    pruned model exists only as the export), with --target-speedup, and with a perplexity of
-    a prunekit-format export (streamed perplexity reads stock-format directories only)."""
+    pruned model exists only as the export), and with a perplexity of a prunekit-format export
+    (streamed perplexity reads stock-format directories only)."""
     from prunekit.api import streaming_refusal
 
     refusal = streaming_refusal(chosen)
@@ -301,8 +301,6 @@ def _check_stream(chosen, save: Path | None, save_format: str, ppl: list[str], t
         raise SettingsError(f"--stream: {refusal}")
     if save is None:
         raise SettingsError("--stream needs --save DIR: the pruned model is written as it is made")
-    if target is not None:
-        raise SettingsError("--target-speedup does not stream yet; run it without --stream")
     if ppl and save_format == "prunekit":
         raise SettingsError(
             "--stream --ppl reads a stock-format export only; use --save-format auto or hf, or "

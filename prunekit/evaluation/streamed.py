@@ -91,16 +91,8 @@ def perplexity_streamed(
     bos = loaded.tokenizer.bos_token_id if loaded.adapter.bos_per_window else None
     windows = eval_windows(tokens, seqlen, max_windows, bos_token_id=bos)
     count = windows.shape[0]
-    executor = LayerExecutor(loaded, windows, batch_size, max_memory, residency=residency)
-    chunk = executor.layer_chunk_windows()
     started = time.perf_counter()
-    nll = _NllTotal(loaded)
-    chunks = list(executor.chunks(0, size=chunk))
-    for windows_of_chunk in progress(chunks, desc="layer-major forward", unit="chunk"):
-        hidden = executor.run_layers(windows_of_chunk)
-        with executor.head():
-            nll(_final_batches(executor, executor.batch_ids(windows_of_chunk), hidden))
-        del hidden
+    nll, chunk = _streamed_nll_total(loaded, windows, residency, batch_size, max_memory)
     return PerplexityResult(
         dataset=dataset,
         ppl=math.exp(nll.total / nll.count),
@@ -115,3 +107,40 @@ def perplexity_streamed(
         nll_head=nll.head,
         streamed={"chunk_windows": chunk, "chunks": -(-count // chunk), "max_memory": max_memory},
     )
+
+
+@torch.inference_mode()
+def streamed_windows_nll(
+    loaded: LoadedModel,
+    windows: torch.Tensor,
+    residency: Streamed | None = None,
+    batch_size: int = 1,
+    max_memory: int | None = None,
+) -> tuple[float, int]:
+    """``perplexity.windows_nll`` of a lazily loaded model (total NLL, predicted tokens), layer
+    by layer; ``residency`` instead of the model's own."""
+    nll, _ = _streamed_nll_total(
+        loaded, windows, residency or streamed_residency(loaded), batch_size, max_memory
+    )
+    return nll.total, nll.count
+
+
+def _streamed_nll_total(
+    loaded: LoadedModel,
+    windows: torch.Tensor,
+    residency: Streamed,
+    batch_size: int,
+    max_memory: int | None,
+) -> tuple[_NllTotal, int]:
+    """The NLL summed over ``windows`` in chunks of the size ``max_memory`` allows (and that
+    size)."""
+    executor = LayerExecutor(loaded, windows, batch_size, max_memory, residency=residency)
+    chunk = executor.layer_chunk_windows()
+    nll = _NllTotal(loaded)
+    chunks = list(executor.chunks(0, size=chunk))
+    for windows_of_chunk in progress(chunks, desc="layer-major forward", unit="chunk"):
+        hidden = executor.run_layers(windows_of_chunk)
+        with executor.head():
+            nll(_final_batches(executor, executor.batch_ids(windows_of_chunk), hidden))
+        del hidden
+    return nll, chunk

@@ -44,6 +44,7 @@ from prunekit.latency.table import (
     predict_latency,
 )
 from prunekit.models.adapters import BlockRef
+from prunekit.models.lazy import EMBEDDINGS, HEAD, REST
 from prunekit.models.loading import LoadedModel
 from prunekit.surgery.depth import CONFIG_KEY, remove_blocks
 from prunekit.surgery.width import slice_mlp, slice_value_channels
@@ -352,10 +353,16 @@ def _cpu_name() -> str:
 
 
 def profile_model(
-    loaded: LoadedModel, settings: ProfileSettings, progress: Progress | None = None
+    loaded: LoadedModel,
+    settings: ProfileSettings,
+    progress: Progress | None = None,
+    anchor: bool = True,
 ) -> LatencyTable:
     """Time the fixed part, a stock layer and every grid width of one attention and one MLP
-    block of ``loaded`` (on its device and dtype), for each phase of ``settings``."""
+    block of ``loaded`` (on its device and dtype), for each phase of ``settings``.
+
+    ``anchor=False``: the whole model is not timed and the entries stay as the probes measured
+    them (``profile_streamed``: the model is not in memory)."""
     settings.validate()
     started = time.perf_counter()
     if loaded.residency is not None:
@@ -368,18 +375,40 @@ def profile_model(
         for phase in settings.phases
         for label, probe in probes.items()
     }
-    runners.update(
-        {f"{phase}/model": phase_runner(loaded, phase, settings) for phase in settings.phases}
-    )
+    if anchor:
+        runners.update(
+            {f"{phase}/model": phase_runner(loaded, phase, settings) for phase in settings.phases}
+        )
     medians = time_round_robin(runners, loaded.device, settings, progress)
     raw = {phase: phase_table(specs, medians, phase, copies) for phase in settings.phases}
     table = _table(loaded, settings, raw, copies)
     structure = structure_of(loaded)
     for phase in settings.phases:
+        if not anchor:
+            table.phases[phase].anchor = {"applied": False, "reason": NOT_ANCHORED}
+            continue
         measured = medians[f"{phase}/model"]
         table.phases[phase] = anchor_on_model(table, structure, phase, measured)
     table.settings["seconds"] = round(time.perf_counter() - started, 2)
     return table
+
+
+NOT_ANCHORED = "streamed: the whole model was not in memory to be timed"
+
+
+def profile_streamed(
+    loaded: LoadedModel, settings: ProfileSettings, progress: Progress | None = None
+) -> LatencyTable:
+    """``profile_model`` of a model whose weights stay in their shards (``loaded.residency`` is
+    ``Streamed``): a probe needs only the embeddings, the final norm, the LM head and copies of
+    one layer, so those are onloaded (on the run's device, in its dtype) while the probes are
+    built and timed. A block's time depends on its shapes, not its values, so the probes time
+    what the model's own layers would. Not anchored: the whole model never sits in memory."""
+    lazy = loaded.residency.lazy
+    source = source_layer_index(loaded)
+    with lazy.onloaded(EMBEDDINGS, REST, HEAD, source):
+        in_memory = replace(loaded, residency=None)
+        return profile_model(in_memory, settings, progress, anchor=False)
 
 
 def _table(

@@ -122,6 +122,7 @@ class LazyModel:
 
         self.directory = Path(directory)
         self.spec = spec or str(directory)
+        self.attn_implementation = attn_implementation
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, str(self.device))
         self.config = AutoConfig.from_pretrained(str(self.directory))
@@ -160,6 +161,17 @@ class LazyModel:
             device=device,
             attn_implementation=attn_implementation,
             spec=spec,
+        )
+
+    def reopen(self) -> LazyModel:
+        """A new lazy model of the same files, dtype and device: a skeleton of its own, which a
+        trial build can prune (and follow) while this one stays as it is."""
+        return LazyModel(
+            self.directory,
+            dtype=self.dtype,
+            device=self.device,
+            attn_implementation=self.attn_implementation,
+            spec=self.spec,
         )
 
     # ---- structure -------------------------------------------------------------------------

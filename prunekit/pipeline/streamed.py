@@ -36,13 +36,16 @@ log = logging.getLogger(__name__)
 
 
 def prune_streamed_run(
-    model: str, chosen: Method, options: MethodSettings, run: RunRequest
+    model: str, chosen: Method, options: MethodSettings, run: RunRequest, *, speed=None
 ) -> PruneResult:
     """``prunekit.api.prune(stream=True)``, its inputs already checked (``pipeline.checks``);
-    ``run.save`` is required (the pruned model exists only as the export).
+    ``run.save`` is required (the pruned model exists only as the export). ``speed``: a
+    ``--target-speedup`` request (``speedtarget/prune.py``), which chooses the plan.
 
     The measured memory peaks cover the pruning only: the evaluations before and after it hold
     one layer and a chunk of windows (``max_memory``) of their own."""
+    from prunekit.speedtarget.prune import prune_for_speed, save_profiled_table
+
     save, budget, evals = run.save, run.budget, run.evals
     check_streamed_export(load_config(model), chosen, options, save.format)
     device = run.device or default_device()
@@ -90,9 +93,15 @@ def prune_streamed_run(
                 )
                 loaded.residency = residency
                 log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
-                plan = run_streamed_method(chosen, loaded, options)
+                if speed is not None:
+                    speed_run = prune_for_speed(loaded, options, speed)
+                    plan = speed_run.plan
+                else:
+                    speed_run, plan = None, run_streamed_method(chosen, loaded, options)
                 residency.finish_outside_layers()
             timings["prune"] = time.perf_counter() - started
+            if speed_run and speed_run.profiled:
+                timings["profile"] = speed_run.profile_s
             after = parameter_counts(loaded.model, loaded.adapter)
             params = pruning_ratios(before, after)
             memory = memory_record("streamed", choice, budget, peaks.stop(), shard_size)
@@ -101,6 +110,8 @@ def prune_streamed_run(
             )
             if plan.stages:  # a combined method: the split and each stage's settings and ratios
                 report.update(combined_record(plan))
+            if speed_run:
+                report["speed_target"] = speed_run.record
             shapes = describe_layers(loaded.model, loaded.adapter)
             written = writer.close()
             fmt = write_beside_weights(
@@ -118,6 +129,8 @@ def prune_streamed_run(
                 write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
     weight_bytes = sum(p.stat().st_size for p in Path(save.path).glob("*.safetensors"))
     saved = ExportResult(Path(save.path), fmt, dtype_name(torch_dtype), weight_bytes, shapes)
+    if speed_run:
+        save_profiled_table(speed_run, run.out)
     run_dir = write_run_dir(run.out, plan, report) if run.out else None
     if unevaluated:
         raise SettingsError(unevaluated)

@@ -52,9 +52,13 @@ def run_streamed_method(
 class StreamedStages:
     """``with StreamedStages(loaded, n) as stages:`` then ``stages.run_stage`` for each of the
     ``n`` stages in order; the pipeline's residency is back on ``loaded`` and the spill removed
-    however the block ends."""
+    however the block ends.
 
-    def __init__(self, loaded: LoadedModel, count: int):
+    ``n`` None: no stage is the last, so every stage spills and the skeleton follows each one
+    (the speed target's trial builds: the pruned layers are read back from the spill to be
+    scored inside the block, never written to an export)."""
+
+    def __init__(self, loaded: LoadedModel, count: int | None):
         self.loaded = loaded
         self.count = count
         self.started = 0

@@ -12,6 +12,12 @@
    first k steps of the depth search replayed, then FASP at s_k on what they left. The result
    is one combined plan (plan.json ``stages``; a split with k = 0 or s = 0 has one stage), so
    the run replays, exports and evaluates like any ``blockpruner+fasp`` run.
+
+The same three steps run streamed (the model's weights in their shards, ``--stream``): the
+table is profiled from one layer and the embeddings and head (``profile_streamed``), the depth
+search and the width stages stream as every method does, each scored split is built on a lazy
+skeleton of its own (``losses.py``), and the chosen one is written to the export as it is made.
+No step copies the model's weights.
 """
 
 from __future__ import annotations
@@ -26,18 +32,20 @@ from typing import Any
 
 import torch
 
+from prunekit.engine.residency import is_streamed
 from prunekit.errors import SettingsError
-from prunekit.latency.profile import ProfileSettings, profile_model
+from prunekit.latency.profile import ProfileSettings, profile_model, profile_streamed
 from prunekit.latency.structure import structure_of
 from prunekit.latency.table import LatencyModelError, LatencyTable, predict_latency
 from prunekit.methods.catalogue import get_method
 from prunekit.methods.combined import SEPARATOR, run_stages, stage_settings
-from prunekit.methods.registry import Method
+from prunekit.methods.registry import Method, StageRunner
 from prunekit.methods.settings import MethodSettings, flag
 from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.apply import run_stage
+from prunekit.pipeline.streamed_stages import StreamedStages
 from prunekit.plan import PruningPlan
-from prunekit.speedtarget.losses import depth_prefix_plan, fresh_copy
+from prunekit.speedtarget.losses import depth_prefix_plan, shared_skeleton
 from prunekit.speedtarget.measure import measure_speedup
 from prunekit.speedtarget.report import speed_target_record
 from prunekit.speedtarget.run import search_for_speed
@@ -69,7 +77,8 @@ class SpeedRequest:
     phase: str = DEFAULT_PHASE
     latency_table: str | Path | None = None  # None: profile one on the fly
     workload: dict = dataclasses.field(default_factory=dict)  # batch, prompt_len, gen_len
-    # Time the pruned model against the dense one once built (a dense copy is kept meanwhile).
+    # Time the pruned model against the dense one once built (in memory only; the dense side is
+    # a skeleton keeping the weights the pruning replaced, not a copy).
     measure: bool = True
 
     def check(self) -> None:
@@ -158,7 +167,8 @@ def latency_table(loaded: LoadedModel, request: SpeedRequest) -> tuple[LatencyTa
         loaded.device,
         loaded.dtype_name,
     )
-    # The profile builds probes from the model's own layers; it needs the model in memory.
+    if is_streamed(loaded):  # the probes need one layer, the embeddings and the head only
+        return profile_streamed(loaded, settings), True
     return profile_model(dataclasses.replace(loaded, residency=None), settings), True
 
 
@@ -210,11 +220,17 @@ def split_stages(
     return stages
 
 
-def build_split(settings: MethodSettings) -> Callable[[LoadedModel, Split, PruningPlan], None]:
-    """``build(copy, split, depth_plan)`` for the search: the split's stages on a copy (nothing
-    written to the run directory)."""
+def build_split(settings: MethodSettings) -> Callable[..., None]:
+    """``build(candidate, split, depth_plan[, run_stage=])`` for the search: the split's stages
+    on a candidate (``losses.py``: never a copy of the weights; nothing written to the run
+    directory)."""
 
-    def build(candidate: LoadedModel, split: Split, depth_plan: PruningPlan) -> None:
+    def build(
+        candidate: LoadedModel,
+        split: Split,
+        depth_plan: PruningPlan,
+        run_stage: StageRunner = run_stage,
+    ) -> None:
         stages = split_stages(split, depth_plan, settings, None)
         run_stages(candidate, SPEED_METHOD, stages, {}, None, run_stage=run_stage)
 
@@ -239,8 +255,9 @@ def prune_for_speed(
             "profile it again (more --runs, a quieter machine)"
         )
 
-    # The depth search runs on a copy and only its prefix is kept: no checkpoint or plots of it
-    # in the run directory (they would show blocks the chosen split does not remove).
+    # The depth search only decides (the model stays as it was) and only its prefix is kept: no
+    # checkpoint or plots of it in the run directory (they would show blocks the chosen split
+    # does not remove).
     search = search_for_speed(
         loaded,
         dataclasses.replace(settings, run_dir=None),
@@ -266,13 +283,9 @@ def prune_for_speed(
         "target_speedup": request.target,
         "phase": request.phase,
     }
-    dense_copy = fresh_copy(loaded) if request.measure else None
-    plan = run_stages(loaded, SPEED_METHOD, stages, record_settings, None, run_stage=run_stage)
+    plan, measurement = build_chosen(loaded, stages, record_settings, table, request)
     plan.extra["speed_target"] = chosen_record(search.result.chosen, request)
-    measurement = None
-    if dense_copy is not None:
-        measurement = measure_speedup(dense_copy, loaded, table, request.phase)
-        del dense_copy
+    if measurement is not None:
         log.info(
             "measured %.3fx %s (predicted %.3fx)",
             measurement["speedup"],
@@ -281,8 +294,45 @@ def prune_for_speed(
         )
     record = speed_target_record(search.result, measurement and measurement["speedup"])
     record["measurement"] = measurement
+    if request.measure and measurement is None:
+        record["measurement_note"] = NOT_MEASURED_STREAMED
     record["latency_table"] = table_record(table, request, profiled)
     return SpeedPrune(plan, record, table, profiled, profile_s)
+
+
+# A streamed run times nothing: neither the dense nor the pruned model may fit in memory.
+NOT_MEASURED_STREAMED = (
+    "not timed: a streamed run holds neither model in memory; time the export with "
+    "`prunekit bench-speed`"
+)
+
+
+def build_chosen(
+    loaded: LoadedModel,
+    stages: list[tuple[Method, MethodSettings]],
+    record_settings: dict,
+    table: LatencyTable,
+    request: SpeedRequest,
+) -> tuple[PruningPlan, dict | None]:
+    """Prune ``loaded`` to the chosen split; (its plan, the measured speed-up or None).
+
+    Streamed, the stages run like any streamed combined method's (the last one writes the
+    export). In memory ``loaded`` is pruned in place; to time it against the dense model, a
+    skeleton of the dense model (``losses.shared_skeleton``: its own modules, the weights
+    shared) is kept aside first. Pruning replaces ``loaded``'s parameters, so the skeleton keeps
+    the dense ones it shares: the dense model is timed without a copy of its weights (only the
+    tensors pruning replaced stay alive, until the timing is done)."""
+    if is_streamed(loaded):
+        with StreamedStages(loaded, len(stages)) as streamed:
+            plan = run_stages(
+                loaded, SPEED_METHOD, stages, record_settings, None, run_stage=streamed.run_stage
+            )
+        return plan, None
+    dense = shared_skeleton(loaded) if request.measure else None
+    plan = run_stages(loaded, SPEED_METHOD, stages, record_settings, None, run_stage=run_stage)
+    if dense is None:
+        return plan, None
+    return plan, measure_speedup(dense, loaded, table, request.phase)
 
 
 def chosen_record(chosen: Split, request: SpeedRequest) -> dict:
@@ -341,6 +391,8 @@ def speed_summary(record: dict) -> list[str]:
         f"  width only: {describe(record['width_only'])}",
     ]
     measured = record.get("measurement")
+    if record.get("measurement_note"):
+        lines.append(f"  measured:   {record['measurement_note']}")
     if measured:
         lines.append(
             f"  measured:   {measured['speedup']:.3f}x (dense {measured['dense_s']:.4g} s, "

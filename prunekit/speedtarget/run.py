@@ -2,8 +2,9 @@
 
 The caller (``api.prune``) supplies what other parts of issue 16 own: the dense model's
 ``ModelStructure`` and a ``predict`` for the phase (the latency table), and
-``build(copy, split, depth_plan)`` (the combined plan: ``depth_prefix_plan(depth_plan, split.k)``
-then the width method at ``split.sparsity``, in place on the copy). It then applies
+``build(candidate, split, depth_plan)`` (the combined plan: ``depth_prefix_plan(depth_plan,
+split.k)`` then the width method at ``split.sparsity``, in place on the candidate: a skeleton
+sharing the dense model's weights, or a streamed one; ``losses.py``). It then applies
 ``result.chosen`` to the model itself the same way and records ``speed_target_record(result)``
 in the report.
 """
@@ -27,7 +28,6 @@ from prunekit.speedtarget.search import (
     PHASES,
     Predictor,
     SpeedTargetResult,
-    Split,
     WidthRule,
     check_target,
     depth_blocks_bound,
@@ -40,8 +40,9 @@ BLOCK_CANDIDATES = {None: ("attn", "mlp"), "blocks": ("attn", "mlp"), "both": ("
 BLOCK_CANDIDATES |= {"attn": ("attn",), "mlp": ("mlp",)}
 
 
-# (copy of the dense model, split, the whole depth plan) -> None: prunes the copy to the split.
-SplitBuild = Callable[[LoadedModel, Split, PruningPlan], None]
+# (candidate, split, the whole depth plan[, run_stage=]) -> None: prunes the candidate (beside
+# the dense model, never a copy of its weights: ``losses.py``) to the split.
+SplitBuild = Callable[..., None]
 
 
 @dataclass
@@ -112,7 +113,9 @@ def choose_split(
     # Scored on held-out windows: FASP restores on the calibration ones and would fit them.
     windows = held_out_settings_windows(loaded, settings)
     loss_of = calibration_loss_fn(
-        loaded, windows, lambda copy, split: build(copy, split, depth_plan)
+        loaded,
+        windows,
+        lambda candidate, split, **runner: build(candidate, split, depth_plan, **runner),
     )
     steps = depth_steps(depth_plan.trajectory)
     return search_speed_target(dense, steps, predict, target, phase, loss_of, rule)
