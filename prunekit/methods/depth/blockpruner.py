@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 from prunekit.engine.passes import DEPTH_SEARCH
-from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
     DepthSettings,
     checkpointer,
@@ -116,8 +115,6 @@ def run_greedy(
             "engine": runner.summary(),
         },
     }
-    if is_streamed(loaded):
-        extra["search"]["streamed"] = runner.summary()
     return decided_plan(loaded, method, expected, state, extra, setup.identity)
 
 

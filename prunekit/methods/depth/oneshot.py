@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from prunekit.engine.passes import ONE_SHOT_SCORES
-from prunekit.engine.residency import is_streamed
 from prunekit.methods.depth.common import (
     DepthSettings,
     decided_plan,
@@ -98,10 +97,9 @@ def run_one_shot(
     extra = {
         "unit": unit,
         "scores": {label(u): scores[u] for u in sorted(scores, key=lambda u: (scores[u], u))},
-        "search": {"seconds": seconds, "calib_tokens": runner.tokens},
+        # How the layers were run (streamed, batch, chunks), as the greedy searches record it.
+        "search": {"seconds": seconds, "calib_tokens": runner.tokens, "engine": runner.summary()},
     }
-    if is_streamed(loaded):
-        extra["search"]["streamed"] = runner.summary()
     # Recorded by every one-shot method, as it always was (False where it takes no --angular).
     angular = getattr(settings, "angular", False)
     expected = search_settings(method, settings, unit=unit, angular=angular)
