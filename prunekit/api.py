@@ -27,8 +27,8 @@ from prunekit.pipeline.lazy import lazy_loaded
 from prunekit.pipeline.mode import (
     choose_mode,
     import_model_code,
-    stream_for_budget,
     streaming_refusal,
+    streams_for_budget,
 )
 from prunekit.pipeline.requests import EvalRequest, PruneResult, RunRequest, SaveRequest
 from prunekit.pipeline.resident import prune_resident
@@ -188,24 +188,19 @@ def stream_needed(
 ) -> bool:
     """``stream=None``: whether ``budget`` needs the run streamed (predicted from the config
     before any weight is read, as the CLI decides it); logs the line saying so."""
-    if isinstance(model, LoadedModel) or not budget.given:
-        return False  # skip parsing the settings twice: nothing to decide
-    options = chosen.make_settings(settings)
-    choice = stream_for_budget(
+    choice = streams_for_budget(
         model,
         chosen,
-        options,
+        settings,
         budget,
+        save=save,
+        save_name="save",
         dtype=dtype,
         device=device,
         offload_activations=offload_activations,
     )
     if choice is None:
         return False
-    if choice.streamed and save is None:
-        raise SettingsError(
-            f"{choice.message} needs save (the pruned model is written as it is made)"
-        )
     log.info(choice.message)
     return choice.streamed
 

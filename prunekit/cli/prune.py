@@ -89,7 +89,8 @@ def prune_command(
     batch_size: int | None = typer.Option(
         setting_default("batch_size"),
         help="Calibration windows per forward (the width statistics and the depth search); "
-        "default: 1 on a CPU, 8 on a GPU. The plan does not depend on it.",
+        "default: 1 on a CPU; on a GPU the largest up to 8 that fits --max-memory. The plan does "
+        "not depend on it.",
     ),
     candidates: str = typer.Option(
         setting_default("candidates"),
@@ -101,7 +102,7 @@ def prune_command(
         setting_default("criterion"),
         help="Greedy depth search: ppl (the papers'; SLEB's default), ppl-per-param, kl (KL "
         "from the dense model's next-token distribution) or kl-per-param (BlockPruner's "
-        "default; ppl-per-param when streaming).",
+        "default, in memory and streamed).",
     ),
     exhaustive: bool = typer.Option(
         False, help="Greedy depth search: score every candidate on every window (no bound)."
@@ -313,24 +314,21 @@ def _stream_for_budget(
 ) -> bool:
     """Whether the run must stream to fit ``budget`` (predicted from the config, before any
     weight is read); prints the one line saying so. Streaming needs --save."""
-    from prunekit.pipeline.mode import stream_for_budget
+    from prunekit.pipeline.mode import streams_for_budget
 
-    options = chosen.make_settings(settings)
-    choice = stream_for_budget(
+    choice = streams_for_budget(
         model,
         chosen,
-        options,
+        settings,
         budget,
+        save=save,
+        save_name="--save DIR",
         dtype=dtype,
         device=device,
         offload_activations=offload_activations,
     )
     if choice is None:
         return False
-    if choice.streamed and save is None:
-        raise SettingsError(
-            f"{choice.message} needs --save DIR (the pruned model is written as it is made)"
-        )
     logging.getLogger("prunekit.cli").info(choice.message)
     console.print(choice.message, soft_wrap=True)
     return choice.streamed

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from prunekit.engine.executor import default_batch_size
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, SettingsError
 from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE, parse_shard_size
 from prunekit.memory import (
     MemoryBudget,
@@ -143,6 +143,40 @@ def stream_for_budget(
     )
     if choice is None or choice.message is None:
         return None
+    return choice
+
+
+def streams_for_budget(
+    model: str | LoadedModel,
+    method: Method,
+    settings: dict[str, Any],
+    budget: MemoryBudget,
+    *,
+    save: object | None,
+    save_name: str,
+    dtype: str = "auto",
+    device: str | None = None,
+    offload_activations: bool | None = None,
+) -> RunChoice | None:
+    """``stream_for_budget`` from the caller's flat ``settings``, refusing in one line a run the
+    budget streams without ``save`` (named ``save_name``: the API's keyword or the CLI's flag),
+    since a streamed run writes the pruned model as it is made. The API and the CLI share it so
+    that they decide, and refuse, alike."""
+    if isinstance(model, LoadedModel) or not budget.given:
+        return None  # nothing to decide: skip parsing the settings a second time
+    choice = stream_for_budget(
+        model,
+        method,
+        method.make_settings(settings),
+        budget,
+        dtype=dtype,
+        device=device,
+        offload_activations=offload_activations,
+    )
+    if choice is not None and choice.streamed and save is None:
+        raise SettingsError(
+            f"{choice.message} needs {save_name} (the pruned model is written as it is made)"
+        )
     return choice
 
 
