@@ -443,7 +443,7 @@ def _usage_section(fmt: str, name: str) -> list[str]:
     note = (
         "The layers differ in shape, so the directory carries its own modeling file: transformers "
         "loads it with `trust_remote_code=True` (the tokenizer too: without it, AutoTokenizer "
-        "reads config.json and asks whether to run that file); `prunekit.load_pruned` loads it "
+        "reads config.json and asks whether to run that file); `prunekit.load` loads it "
         "without running that file."
         if remote
         else "Every layer has the same shape, so this is the stock architecture: transformers "
@@ -466,7 +466,7 @@ def _usage_section(fmt: str, name: str) -> list[str]:
         "```python",
         "import prunekit",
         "",
-        f'loaded = prunekit.load_pruned("{name}")  # validates the directory, no remote code',
+        f'loaded = prunekit.load("{name}")  # validates the directory, no remote code',
         "model, tokenizer = loaded.model, loaded.tokenizer",
         "```",
         "",

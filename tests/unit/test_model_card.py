@@ -211,7 +211,7 @@ def test_depth_card_says_how_to_load_its_format(depth_export):
     assert 'AutoModelForCausalLM.from_pretrained("exported"' in text
     trusted = ", trust_remote_code=True" if remote else ""
     assert f'tokenizer = AutoTokenizer.from_pretrained("exported"{trusted})\n' in text
-    assert 'prunekit.load_pruned("exported")' in text
+    assert 'prunekit.load("exported")' in text
     assert "llama-cli" not in text
 
 
@@ -249,7 +249,7 @@ def test_streamed_export_has_a_card_written_before_the_rename(tmp_path):
     )
     front, text, report = read_card(tmp_path / "pruned")
     assert report["mode"] == "streamed" and "streamed, one layer at a time" in text
-    assert 'prunekit.load_pruned("pruned")' in text  # the final name, not the staging one
+    assert 'prunekit.load("pruned")' in text  # the final name, not the staging one
     assert "license" not in front  # the base has no card: no license invented
     assert "## Perplexity\n\nNot measured" in text
     check_numbers_equal_report(text, report, {})
