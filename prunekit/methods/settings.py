@@ -120,7 +120,8 @@ class ExecutionSettings(MethodSettings):
     """How the executor runs a method's calibration passes: the method decides nothing from
     them (the same plan at any value, engine/executor.py)."""
 
-    # Calibration windows per forward; None: the device's default (engine.default_batch_size).
+    # Calibration windows per forward; None: the largest up to the device's default that fits
+    # the run's budget (engine.default_batch_size, filled in by pipeline.mode before the run).
     batch_size: int | None = None
 
     def validate(self) -> None:
