@@ -22,7 +22,6 @@ from prunekit.models.loading import load_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 from prunekit.pipeline.mode import choose_mode
 from prunekit.replay import load_run
-from tests.unit.cli_helpers import run_main
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -192,21 +191,6 @@ def test_prune_stream_none_streams_under_a_small_budget(wide, text, tmp_path):
             **SHORTGPT,
             **CPU,
         )
-
-
-def test_cli_refuses_a_budget_that_streams_without_save_as_the_api_does(
-    wide, text, tmp_path, monkeypatch, capsys
-):
-    # The CLI and the API share the decision (pipeline.mode.streams_for_budget); only the name of
-    # the missing output differs: the API's keyword, the CLI's flag.
-    directory, budget = wide
-    args = ["prune", "--model", str(directory), "--method", "shortgpt", "--blocks", "2"]
-    args += ["--n-samples", "2", "--seqlen", "32", "--calib", text, "--dtype", "fp32"]
-    args += ["--device", "cpu", "--max-memory", str(budget), "--out", str(tmp_path / "run")]
-    code, _, err = run_main(monkeypatch, capsys, args)
-    assert code != 0 and len(err.strip().splitlines()) == 1
-    assert "streaming layer by layer needs --save DIR" in err
-    assert not (tmp_path / "run").exists()
 
 
 def test_prune_stream_none_stays_in_memory_without_a_budget_or_when_loaded(wide, text):
