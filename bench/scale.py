@@ -238,13 +238,14 @@ def _mib(value: int | None) -> float | None:
     return None if value is None else value / MiB
 
 
-# Rows measured before the bench recorded their provenance (stop 13, 2026-11-30): bf16 on an
-# AMX CPU, 2 threads, and the streamed runs' settings of the time (not recorded per row).
+# Rows measured before the bench recorded their provenance (stop 13, 2026-11-30): bf16, 2 threads,
+# on a CPU with bf16 kernels (its kind was not recorded; bf16 at those speeds rules out AVX2-only),
+# with the settings of the time (the streamed ones then fell back to ppl-per-param / uniform).
 OLD_ROW = {
     "setting": "not recorded",
     "dtype": "bf16",
     "threads": 2,
-    "cpu": "AMX",
+    "cpu": "bf16 CPU",
     "date": "2026-11-30",
 }
 
@@ -305,22 +306,29 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--only takes model:method pairs with a method in {list(METHODS)}")
     started = time.perf_counter()
-    fresh = measure(pairs, args.repeats, args.dtype)
-    wall = time.perf_counter() - started
     kept = []
-    if args.only and OUT_JSON.exists():  # the pairs not rerun keep their rows, in their order
+    if OUT_JSON.exists():  # the pairs not (yet) rerun keep their rows, in their order
         kept = json.loads(OUT_JSON.read_text())["rows"]
+    fresh: list[dict] = []
+    for pair in pairs:  # the table is written after each pair: a long run keeps what it measured
+        fresh += measure([pair], args.repeats, args.dtype)
+        write_table(merged(kept, fresh), time.perf_counter() - started)
+
+
+def merged(kept: list[dict], fresh: list[dict]) -> list[dict]:
+    """The fresh rows in place of the kept rows of the same (model, method), in the kept order."""
     rerun = {(row["model"], row["method"]) for row in fresh}
-    rows = [row for row in kept if (row["model"], row["method"]) not in rerun]
     order = [(row["model"], row["method"]) for row in kept]
-    rows = sorted(
-        rows + fresh,
-        key=lambda row: (
-            order.index((row["model"], row["method"]))
-            if (row["model"], row["method"]) in order
-            else len(order)
-        ),
-    )
+
+    def position(row: dict) -> int:
+        key = (row["model"], row["method"])
+        return order.index(key) if key in order else len(order)
+
+    rows = [row for row in kept if (row["model"], row["method"]) not in rerun]
+    return sorted(rows + fresh, key=position)
+
+
+def write_table(rows: list[dict], wall: float) -> None:
     text = render(rows, wall)
     print(text)
     sys.path.insert(0, str(ROOT / "bench"))
