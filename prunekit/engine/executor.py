@@ -28,6 +28,12 @@ depend on when or beside which other branches they were computed: the fast searc
 oracle see bit-identical numbers within one run. Across batch sizes sums round differently
 (docs/algorithms.md, "Batched windows").
 
+Under many processes (``engine/world.py``) every rank runs a share of the windows, whole batches
+of the run's fixed batches (``mine``): the chunks are global (the same sequence on every rank,
+``world.size`` times a rank's chunk), each rank runs its share of each chunk, and the callers
+gather the per-window values or sum the statistics through ``world`` (the only places where
+ranks meet). A window's values are bit-identical whichever rank ran it.
+
 Memory: one decoder layer onloaded at a time when streamed, plus (branches + 2) states per
 window of the chunk; ``chunk_windows`` sizes the chunk from a byte budget (``layer_chunk_windows``
 for a whole-layer trunk pass: one state per window). What a chunk holds besides its states has one
@@ -56,6 +62,7 @@ from prunekit.engine.layerwise import (
     run_layer,
 )
 from prunekit.engine.residency import Residency, Resident, Streamed
+from prunekit.engine.world import SINGLE, World
 from prunekit.models.adapters import BlockRef
 from prunekit.models.lazy import EMBEDDINGS, HEAD, REST
 from prunekit.models.loading import LoadedModel
@@ -134,6 +141,7 @@ class LayerExecutor(CalibrationBlocks):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.loaded = loaded
+        self.world: World = loaded.world or SINGLE
         self.model = loaded.model
         self.adapter = loaded.adapter
         self.residency: Residency = residency or loaded.residency or Resident()
@@ -216,13 +224,23 @@ class LayerExecutor(CalibrationBlocks):
         self, branches: int, windows: Sequence[int] | None = None, size: int | None = None
     ) -> Iterator[list[int]]:
         """Consecutive windows, whole batches at a time, ``size`` (default
-        ``chunk_windows(branches)``) per chunk."""
+        ``chunk_windows(branches)``) per rank per chunk: every rank gets the same chunks and
+        runs its share of each (``mine``)."""
         windows = list(range(self.num_windows)) if windows is None else list(windows)
-        size = size or self.chunk_windows(branches)
+        size = (size or self.chunk_windows(branches)) * self.world.size
         for start in range(0, len(windows), size):
             chunk = windows[start : start + size]
-            self.largest_chunk = max(self.largest_chunk, len(chunk))
+            self.largest_chunk = max(self.largest_chunk, len(self.mine(chunk)))
             yield chunk
+
+    def mine(self, windows: Sequence[int] | None = None) -> list[int]:
+        """This rank's share of ``windows`` (default: all): consecutive whole batches, the
+        first ranks one batch more when they do not divide evenly (all of them in one process)."""
+        windows = list(range(self.num_windows)) if windows is None else list(windows)
+        if not self.world.distributed:
+            return windows
+        batches = self.batches_of(windows)
+        return [w for batch in self.world.share(batches) for w in batch]
 
     def batches_of(self, windows: Sequence[int]) -> list[list[int]]:
         """``windows`` split along the run's fixed batches (each batch whole in ``windows``)."""

@@ -49,6 +49,8 @@ class LoadedModel:
     # prunekit.engine.residency.Streamed when the weights stay in their shards (a LazyModel's
     # skeleton on meta, onloaded part by part); None: the model is in memory.
     residency: Any = None
+    # prunekit.engine.world.World when several processes share the run (torchrun); None: one.
+    world: Any = None
     # What the spec named (``prunekit.load``): "model", "export" or "run", and the directory of
     # an export or a run.
     origin: str = "model"

@@ -1,0 +1,166 @@
+"""The processes that share one run: its rank, its size, and the few collectives the engine needs.
+
+A run under ``torchrun`` (or any launcher that sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``) is
+``size`` processes that each hold (or stream) the whole model and run a share of the calibration
+windows. They meet in exactly two kinds of place, both in the engine:
+
+- *window values* (``gather``): each rank's per-window scalars (a depth candidate's loss or
+  bound on its windows, a window's NLL) become everybody's, so every rank sums them in window
+  order exactly as one process would: a depth plan is bit-identical whatever the number of ranks;
+- *statistics* (``sum_``): tensors summed over windows (Gram matrices, column sums, the dense
+  vocabulary mass) are added across ranks, reduced onto rank 0 then broadcast from it, so every
+  rank holds the same bits (an all-reduce may round differently on different ranks) and every
+  rank takes the same decision. The sum is the one-process sum in another order: width plans
+  match the one-process plan to float tolerance (docs/algorithms.md, "Many processes").
+
+A ``World`` is a value handed down with the model (``LoadedModel.world``), never a module global:
+the single-process world does no communication at all, and two worlds in one process (tests) do
+not see each other. Every collective runs under the group's timeout, so a rank that died ends the
+others with an error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+# How long a collective waits for the other ranks before the run fails (--dist-timeout).
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class RankFailure(RuntimeError):
+    """Another rank failed (or the collective timed out): this rank stops too."""
+
+
+@dataclass(frozen=True)
+class World:
+    """``size`` processes, this one ``rank``; ``group`` is their torch.distributed process group
+    (None for one process)."""
+
+    rank: int = 0
+    size: int = 1
+    group: Any = field(default=None, compare=False)
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """The rank that writes files, logs and progress bars."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    # ---- sharding ------------------------------------------------------------------------------
+    def share(self, items: Sequence[T], rank: int | None = None) -> list[T]:
+        """``rank``'s (default: this rank's) consecutive share of ``items``: the first
+        ``len % size`` ranks take one more, so shares differ by at most one and may be empty."""
+        rank = self.rank if rank is None else rank
+        base, extra = divmod(len(items), self.size)
+        start = rank * base + min(rank, extra)
+        return list(items[start : start + base + (1 if rank < extra else 0)])
+
+    # ---- collectives ---------------------------------------------------------------------------
+    def gather(self, values: Mapping[Any, T]) -> dict[Any, T]:
+        """Every rank's ``values`` merged (keys are disjoint across ranks: each rank reports the
+        windows it ran); the same dict on every rank."""
+        if not self.distributed:
+            return dict(values)
+        shares: list[Any] = [None] * self.size
+        self._collective(
+            torch.distributed.all_gather_object, shares, dict(values), group=self.group
+        )
+        merged: dict[Any, T] = {}
+        for share in shares:
+            merged.update(share)
+        return merged
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Add ``tensor`` over the ranks in place (reduce onto rank 0, broadcast from it: the
+        same bits everywhere); returns it."""
+        if not self.distributed:
+            return tensor
+        dist = torch.distributed
+        # gloo reduces CPU tensors only; a CUDA tensor under gloo (never under nccl) goes via host.
+        staged = tensor.cpu() if self.backend == "gloo" and tensor.device.type != "cpu" else tensor
+        self._collective(dist.reduce, staged, dst=self._global(0), group=self.group)
+        self._collective(dist.broadcast, staged, src=self._global(0), group=self.group)
+        if staged is not tensor:
+            tensor.copy_(staged)
+        return tensor
+
+    def sum_int(self, value: int) -> int:
+        """An integer summed over the ranks (token counts)."""
+        if not self.distributed:
+            return value
+        return int(self.sum_(torch.tensor([value], dtype=torch.int64)).item())
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (a latency profile measured on rank 0)."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        self._collective(
+            torch.distributed.broadcast_object_list, box, src=self._global(0), group=self.group
+        )
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            self._collective(torch.distributed.barrier, group=self.group)
+
+    def _global(self, rank: int) -> int:
+        """A group rank as the global rank torch.distributed's src/dst arguments want."""
+        if self.group is None:
+            return rank
+        return torch.distributed.get_global_rank(self.group, rank)
+
+    def _collective(self, function, *args, **kwargs) -> None:
+        try:
+            function(*args, **kwargs)
+        except (RuntimeError, ValueError) as error:  # gloo: "Connection closed by peer", timeouts
+            raise RankFailure(
+                f"rank {self.rank}: another rank of the {self.size} failed or did not answer "
+                f"in time ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+            ) from error
+
+
+SINGLE = World()
+
+
+def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the launcher set the torch.distributed environment for more than one process."""
+    environ = os.environ if environ is None else environ
+    return all(name in environ for name in LAUNCHER_VARIABLES) and int(environ["WORLD_SIZE"]) > 1
+
+
+def backend_for(device: str | torch.device) -> str:
+    """nccl for CUDA, gloo for the CPU."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def join_world(device: str | torch.device, timeout: timedelta = DEFAULT_TIMEOUT) -> World:
+    """The launcher's world (one process when none was launched): joins the default process
+    group, created here with the device's backend and ``timeout`` unless the caller made one."""
+    if not launched_by_torchrun():
+        return SINGLE
+    dist = torch.distributed
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend_for(device), timeout=timeout)
+    return World(
+        rank=dist.get_rank(), size=dist.get_world_size(), backend=dist.get_backend(), group=None
+    )
+
+
+def leave_world(world: World) -> None:
+    """Destroy the default process group ``join_world`` made (at the end of a command)."""
+    if world.distributed and world.group is None and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
