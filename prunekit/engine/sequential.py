@@ -38,6 +38,7 @@ from prunekit.engine.memory_terms import (
     layer_context_term,
 )
 from prunekit.engine.residency import Residency
+from prunekit.engine.world import World
 from prunekit.errors import NumericalError
 from prunekit.models.adapters import BLOCK_KINDS, BlockKind, BlockRef
 from prunekit.models.loading import LoadedModel
@@ -128,6 +129,16 @@ class InputStatistics:
         """‖X_j‖₂ per column."""
         return self.sum_sq.sqrt()
 
+    def add_ranks(self, world: World) -> None:
+        """Add the other ranks' statistics to this rank's (``engine/world.py``): every rank then
+        holds the sums over every window, in the same bits."""
+        if not world.distributed:
+            return
+        self.count = world.sum_int(self.count)
+        for total in (self._gram, self.sum, self._sum_sq):
+            if total is not None:
+                world.sum_(total)
+
     def check_finite(self, name: str) -> None:
         # A NaN/Inf input shows on the diagonal (its column's sum of squares), and by
         # Cauchy-Schwarz |H_ij| <= sqrt(H_ii H_jj) the rest of H is finite when it is.
@@ -199,7 +210,9 @@ def sequential_pass(
     another order (docs/algorithms.md, "Batched statistics").
     """
     executor = LayerExecutor(loaded, windows, batch_size, residency=residency, finalizes=finalizes)
-    hidden = executor.embed_windows(stored=True)
+    # Under many processes each rank runs its share of the windows; the statistics are summed
+    # over the ranks before every decision, so every rank decides the same.
+    hidden = executor.embed_windows(executor.mine(), stored=True)
     with closing(executor.each_layer(desc="calibrate+prune")) as layers:
         for index, _layer in layers:
             final = index == len(executor.layers) - 1
@@ -256,6 +269,7 @@ def _process_layer(
             for handle in handles:
                 handle.remove()
         for name, stat in stats.items():
+            stat.add_ranks(executor.world)
             stat.check_finite(f"layer {index} {name}")
         change = method.decide(index, layer, kind, stats) if watched else False
         if final:

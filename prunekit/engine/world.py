@@ -83,6 +83,14 @@ class World:
             merged.update(share)
         return merged
 
+    def concat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` (CPU) concatenated along dim 0, in rank order (values whose
+        order does not matter: a median over every token)."""
+        if not self.distributed:
+            return tensor
+        shares = self.gather({self.rank: tensor.cpu()})
+        return torch.cat([shares[rank] for rank in range(self.size)])
+
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Add ``tensor`` over the ranks in place (reduce onto rank 0, broadcast from it: the
         same bits everywhere); returns it."""

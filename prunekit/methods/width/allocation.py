@@ -120,7 +120,11 @@ class CostProbe:
         if self.normaliser == "output":
             w = weight.detach().float()
             return max(float(((w @ stat.gram) * w).sum(dtype=torch.float64)), 1e-30)
+        # The median over every calibration token: under many processes, every rank's tokens.
+        world = self.run.loaded.world
         energy = torch.cat(self._energy)
+        if world is not None:
+            energy = world.concat(energy)
         return max(float(energy.median()) * energy.numel(), 1e-30)
 
     def _error(self, weight: torch.Tensor, stat: InputStatistics, kept: list[int], name: str):
