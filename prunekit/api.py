@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from prunekit.engine.world import World
 from prunekit.errors import SettingsError
 from prunekit.export.save import check_target
 from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE
@@ -30,6 +31,7 @@ from prunekit.pipeline.mode import (
     streaming_refusal,
     streams_for_budget,
 )
+from prunekit.pipeline.ranks import rank_device, run_world
 from prunekit.pipeline.requests import EvalRequest, PruneResult, RunRequest, SaveRequest
 from prunekit.pipeline.resident import prune_resident
 from prunekit.pipeline.run_report import run_report
@@ -87,6 +89,7 @@ def prune(
     latency_table: str | Path | None = None,
     latency_workload: dict | None = None,
     measure_speedup: bool = True,
+    world: World | None = None,
     **settings: Any,
 ) -> PruneResult:
     """Prune ``model`` with ``method`` and return the pruned model, its plan and its report.
@@ -130,6 +133,11 @@ def prune(
     (docs/speed_target.md); report.json's ``speed_target`` records it, with the speed-up
     measured against the dense model on this machine (in memory; ``measure_speedup=False``: not
     timed). Streamed, the table is profiled from one layer and nothing is timed.
+
+    ``world`` (``prunekit.engine.world.World``): the processes sharing the run; None: the
+    launcher's (``torchrun``: each rank runs its share of the calibration windows, the plan is
+    the one-process plan, rank 0 alone writes ``out`` and ``save``; docs/design.md, "Many
+    processes"), else one process.
     """
     from prunekit.speedtarget.prune import SPEED_METHOD, check_speed_request
 
@@ -143,6 +151,8 @@ def prune(
             "prune the export"
         )
     budget = budget or MemoryBudget()
+    world = run_world(model, device, world)
+    device = rank_device(device, world)
     if stream is None:
         stream = stream_needed(
             model, chosen, settings, budget, dtype, device, offload_activations, save
@@ -177,6 +187,7 @@ def prune(
         attn_implementation,
         budget,
         offload_activations,
+        world,
     )
     if stream:
         return prune_streamed_run(model, chosen, options, run, speed=speed)

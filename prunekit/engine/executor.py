@@ -255,6 +255,8 @@ class LayerExecutor(CalibrationBlocks):
         ``stored`` each goes to the activation store as it is made. A finalizing pass hands the
         embeddings to the residency (nothing changes them)."""
         windows = range(self.num_windows) if windows is None else windows
+        if self.world.distributed:
+            self.world.ran.update(windows)
         with self.residency.onloaded(EMBEDDINGS, REST):
             states = self._embed(windows, stored)
             if self.finalizes:

@@ -49,6 +49,9 @@ class World:
     size: int = 1
     group: Any = field(default=None, compare=False)
     backend: str | None = None
+    # The calibration windows this rank ran (the executor notes them, under many processes only):
+    # report.json records every rank's.
+    ran: set[int] = field(default_factory=set, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from prunekit.data import check_seqlen, corpus_source, corpus_tokens, eval_windows
+from prunekit.engine.world import SINGLE
 from prunekit.evaluation.nll import LogitsFn, eval_logits_fn, nll_from_final_hidden
 from prunekit.models.loading import LoadedModel
 from prunekit.progress import progress
@@ -49,26 +50,34 @@ def windows_nll(
 ) -> tuple[float, int]:
     """Total NLL and predicted-token count over ``windows`` with the model's own forward.
 
-    The LM head runs in fp32 (``eval_logits_fn``) unless ``logits_fn`` says otherwise.
+    The LM head runs in fp32 (``eval_logits_fn``) unless ``logits_fn`` says otherwise. Under
+    many processes (``loaded.world``) each rank runs its share of the batches and the batch sums
+    are gathered, then added in batch order on every rank: the one-process total, bit for bit.
     """
     model, adapter = loaded.model, loaded.adapter
+    world = loaded.world or SINGLE
     if logits_fn is None:
         logits_fn, _ = eval_logits_fn(model, adapter)
     decoder = adapter.decoder(model)
     skip = 1 if adapter.bos_per_window else 0
-    total, count = 0.0, 0
-    starts = range(0, windows.shape[0], batch_size)
-    for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
+    starts = list(range(0, windows.shape[0], batch_size))
+    mine = world.share(starts)
+    sums: dict[int, float] = {}
+    for start in progress(mine, desc=desc, total=len(mine), unit="batch"):
         batch = windows[start : start + batch_size].to(loaded.device)
         hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state
-        total += (
+        sums[start] = (
             nll_from_final_hidden(
                 model, adapter, hidden, batch, skip_first=skip, logits_fn=logits_fn
             )
             .sum()
             .item()
         )
-        count += batch.shape[0] * (batch.shape[1] - 1 - skip)
+    sums = world.gather(sums)
+    total = 0.0
+    for start in starts:
+        total += sums[start]
+    count = windows.shape[0] * (windows.shape[1] - 1 - skip)
     return total, count
 
 

@@ -19,23 +19,26 @@ import torch
 from prunekit.data import check_seqlen, corpus_source, corpus_tokens, eval_windows
 from prunekit.engine.executor import LayerExecutor
 from prunekit.engine.residency import Streamed
+from prunekit.engine.world import World
 from prunekit.errors import SettingsError
 from prunekit.evaluation.nll import eval_logits_fn, nll_from_final_hidden
 from prunekit.evaluation.perplexity import PerplexityResult
 from prunekit.models.loading import LoadedModel
 from prunekit.progress import progress
 
-# (token ids of a batch, its final hidden states): what a chunk hands to ``_NllTotal``.
-FinalBatches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+# What a chunk hands to ``_NllTotal``: (a batch's first window, its token ids, its final states).
+FinalBatches = Iterator[tuple[int, torch.Tensor, torch.Tensor]]
 
 
 class _NllTotal:
-    """Sums token NLL over the chunks the engine hands over, exactly as ``windows_nll`` does."""
+    """Sums token NLL over the chunks the engine hands over, exactly as ``windows_nll`` does:
+    one sum per batch, added in batch order at the end (after the other ranks' batches are
+    gathered, under many processes)."""
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
         self.skip = 1 if loaded.adapter.bos_per_window else 0
-        self.total = 0.0
+        self.batch_sums: dict[int, float] = {}  # by the batch's first window
         self.count = 0
         self.head = "fp32"
 
@@ -43,22 +46,29 @@ class _NllTotal:
         model, adapter = self.loaded.model, self.loaded.adapter
         # Built per chunk: the head is onloaded only while the chunk's batches are consumed.
         logits_fn, self.head = eval_logits_fn(model, adapter)
-        for batch, final in chunk:
+        for first, batch, final in chunk:
             nll = nll_from_final_hidden(
                 model, adapter, final, batch, skip_first=self.skip, logits_fn=logits_fn
             )
-            self.total += nll.sum().item()
-            self.count += batch.shape[0] * (batch.shape[1] - 1 - self.skip)
+            self.batch_sums[first] = nll.sum().item()
+
+    def finish(self, world: World, windows: torch.Tensor) -> None:
+        sums = world.gather(self.batch_sums)
+        self.total = 0.0
+        for first in sorted(sums):
+            self.total += sums[first]
+        self.count = windows.shape[0] * (windows.shape[1] - 1 - self.skip)
 
 
 def _final_batches(
-    executor: LayerExecutor, ids: list[torch.Tensor], hidden: list[torch.Tensor]
+    executor: LayerExecutor, windows: list[int], hidden: list[torch.Tensor]
 ) -> FinalBatches:
-    """(ids, final hidden) per batch, made as the consumer iterates; each batch's pre-norm states
-    are dropped once normed (they are not needed again)."""
-    for i, batch in enumerate(ids):
+    """(first window, ids, final hidden) per batch of ``windows``, made as the consumer iterates;
+    each batch's pre-norm states are dropped once normed (they are not needed again)."""
+    batches = executor.batches_of(windows)
+    for i, (batch, ids) in enumerate(zip(batches, executor.batch_ids(windows), strict=True)):
         states, hidden[i] = hidden[i], None
-        yield batch, executor.final_hidden(states)
+        yield batch[0], ids, executor.final_hidden(states)
 
 
 def streamed_residency(loaded: LoadedModel) -> Streamed:
@@ -139,8 +149,10 @@ def _streamed_nll_total(
     nll = _NllTotal(loaded)
     chunks = list(executor.chunks(0, size=chunk))
     for windows_of_chunk in progress(chunks, desc="layer-major forward", unit="chunk"):
-        hidden = executor.run_layers(windows_of_chunk)
+        mine = executor.mine(windows_of_chunk)  # under many processes, this rank's share
+        hidden = executor.run_layers(mine)
         with executor.head():
-            nll(_final_batches(executor, executor.batch_ids(windows_of_chunk), hidden))
+            nll(_final_batches(executor, mine, hidden))
         del hidden
+    nll.finish(executor.world, windows)
     return nll, chunk

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunekit.engine.world import SINGLE, World
 from prunekit.export.save import ExportResult
 from prunekit.export.shards import DEFAULT_MAX_SHARD_SIZE
 from prunekit.memory import MemoryBudget
@@ -57,6 +58,7 @@ class RunRequest:
     attn_implementation: str | None = None
     budget: MemoryBudget = field(default_factory=MemoryBudget)
     offload_activations: bool | None = None
+    world: World = SINGLE  # the processes sharing the run (pipeline/ranks.py)
 
     def load_options(self) -> dict[str, Any]:
         """The keyword arguments of ``prunekit.load`` (and of the streamed evaluation)."""

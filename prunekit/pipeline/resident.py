@@ -17,6 +17,7 @@ from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.apply import run_method
 from prunekit.pipeline.evaluation import evaluate_loaded
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads, run_device
+from prunekit.pipeline.ranks import rank_settings, world_record
 from prunekit.pipeline.requests import PruneResult, RunRequest
 from prunekit.pipeline.run_report import run_report
 from prunekit.report.accounting import parameter_counts, pruning_ratios
@@ -33,7 +34,9 @@ def prune_resident(
     *,
     speed=None,
 ) -> PruneResult:
-    """``prunekit.api.prune`` in memory, its inputs already checked (``pipeline.checks``)."""
+    """``prunekit.api.prune`` in memory, its inputs already checked (``pipeline.checks``).
+    Under many processes (``run.world``) every rank prunes its own copy the same way; rank 0
+    alone writes the run directory and the export (pipeline/ranks.py)."""
     from prunekit.speedtarget.prune import prune_for_speed, save_profiled_table
 
     choice = choose_mode(
@@ -52,10 +55,12 @@ def prune_resident(
         if not isinstance(model, LoadedModel):
             log.info("loading %s", model)
         loaded = model if isinstance(model, LoadedModel) else load(model, **run.load_options())
-        residency_before = loaded.residency
+        residency_before, world = loaded.residency, run.world
+        loaded.world = world if world.distributed else loaded.world
+        options = rank_settings(options, world)
         if residency_before is None:
             loaded.residency = Resident(offloads(choice, run.offload_activations))
-        if run.overwrite and run.out is not None:
+        if run.overwrite and run.out is not None and world.is_main:
             clear_run(run.out)
         timings: dict[str, float] = {}
         before = parameter_counts(loaded.model, loaded.adapter)
@@ -71,12 +76,14 @@ def prune_resident(
             run_eval("dense")
         log.info("pruning %s with %s", loaded.spec, chosen.name)
         started = time.perf_counter()
+        world.ran.clear()
         try:
             speed_run = prune_for_speed(loaded, options, speed) if speed else None
             plan = speed_run.plan if speed_run else run_method(chosen, loaded, options)
         finally:
             loaded.residency = residency_before
         timings["prune"] = time.perf_counter() - started
+        distributed = world_record(world) if world.distributed else None
         if speed_run and speed_run.profiled:
             timings["profile"] = speed_run.profile_s
         after = parameter_counts(loaded.model, loaded.adapter)
@@ -91,6 +98,10 @@ def prune_resident(
         from prunekit.methods.combined import combined_record
 
         report.update(combined_record(plan))
+    if distributed:
+        report["distributed"] = distributed
+    if not world.is_main:  # the same plan as rank 0's; rank 0 writes it
+        return PruneResult(loaded, plan, report, None)
     if speed_run:
         report["speed_target"] = speed_run.record
         save_profiled_table(speed_run, run.out)

@@ -1,0 +1,68 @@
+"""A run under many processes (``torchrun``): which world it is, which device each rank computes
+on, and what only rank 0 does.
+
+Every rank loads (or streams) the model and runs the same method on its share of the windows
+(``engine/world.py``); the decisions are the same on every rank. Rank 0 alone writes: the run
+directory, the checkpoints, the plots, the export and the logs; the others run with no run
+directory and no export, quietly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import torch
+
+from prunekit.engine.world import SINGLE, World, join_world
+from prunekit.methods.settings import MethodSettings
+from prunekit.models.loading import LoadedModel, default_device
+
+
+def run_world(model: str | LoadedModel, device: str | None, world: World | None) -> World:
+    """The caller's ``world``; else the launcher's (one process when none launched this one);
+    a model already loaded runs alone unless given a world."""
+    if world is not None:
+        return world
+    if isinstance(model, LoadedModel):
+        return model.world or SINGLE
+    return join_world(device or default_device())
+
+
+def rank_device(device: str | None, world: World) -> str | None:
+    """The device this rank computes on: under many processes a bare ``cuda`` (or the default
+    on a GPU machine) becomes the rank's own GPU (``LOCAL_RANK``, as torchrun sets it)."""
+    if not world.distributed:
+        return device
+    chosen = torch.device(device or default_device())
+    if chosen.type != "cuda" or chosen.index is not None:
+        return device
+    local = int(os.environ.get("LOCAL_RANK", world.rank % max(torch.cuda.device_count(), 1)))
+    return f"cuda:{local}"
+
+
+def rank_settings(settings: MethodSettings, world: World) -> MethodSettings:
+    """What this rank's method may write: everything on rank 0, nothing elsewhere."""
+    if world.is_main or settings.run_dir is None:
+        return settings
+    return dataclasses.replace(settings, run_dir=None)
+
+
+def quiet_other_ranks(world: World) -> None:
+    """Logs and progress bars from rank 0 only (the others would print the same lines N times)."""
+    if world.is_main:
+        return
+    os.environ["PRUNEKIT_PROGRESS"] = "0"
+    logging.getLogger("prunekit").setLevel(logging.ERROR)
+
+
+def world_record(world: World) -> dict:
+    """report.json's ``distributed``: the world size, the backend and the calibration windows
+    each rank ran (a collective: every rank calls it)."""
+    ran = world.gather({world.rank: sorted(world.ran)})
+    return {
+        "world_size": world.size,
+        "backend": world.backend,
+        "windows_by_rank": [ran[rank] for rank in range(world.size)],
+    }
