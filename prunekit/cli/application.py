@@ -4,6 +4,7 @@ errors print one line and exit 2 (``--debug`` for tracebacks)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -22,7 +23,7 @@ app = typer.Typer(
 console = Console()
 
 
-state = {"debug": False, "verbose": False}
+state = {"debug": False, "verbose": False, "quiet_rank": False}
 
 
 @app.callback()
@@ -46,17 +47,22 @@ def configure_logging(verbose: bool) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.prunekit_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    level = logging.INFO if verbose else logging.WARNING
+    logger.setLevel(logging.ERROR if state["quiet_rank"] else level)
     logger.propagate = False
 
 
 def main() -> None:
+    rank = launched_rank()
+    if rank:  # under torchrun, rank 0 alone prints (pipeline/ranks.py); errors still show
+        quiet_this_rank()
+    prefix = "" if rank is None else f"[rank {rank}] "
     try:
         app(standalone_mode=False)
     except PrunekitError as exc:
         if state["debug"]:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {prefix}{exc}", file=sys.stderr)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
@@ -74,10 +80,40 @@ def main() -> None:
         if state["debug"]:
             raise
         print(
-            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            f"error: {prefix}unexpected {type(exc).__name__}: {exc} (run with --debug for the "
+            "traceback)",
             file=sys.stderr,
         )
         sys.exit(1)
+    finally:
+        leave_launched_world()
+
+
+def launched_rank() -> int | None:
+    """This process's rank when a launcher (torchrun) started several, else None."""
+    from prunekit.engine.world import launched_by_torchrun
+
+    return int(os.environ["RANK"]) if launched_by_torchrun() else None
+
+
+def quiet_this_rank() -> None:
+    """No tables, progress bars or INFO lines from a rank other than 0."""
+    import warnings
+
+    os.environ["PRUNEKIT_PROGRESS"] = "0"
+    warnings.simplefilter("ignore")  # rank 0 shows the same ones
+    console.quiet = True
+    state["quiet_rank"] = True
+
+
+def leave_launched_world() -> None:
+    """Close the process group a command joined under torchrun (torch warns otherwise)."""
+    if "torch" not in sys.modules:  # a command that never imported torch joined nothing
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _is_usage_error(exc: Exception) -> bool:

@@ -241,6 +241,8 @@ def prune_command(
         measure_speedup=measure_speedup,
         **settings,
     )
+    if result.loaded.world is not None and not result.loaded.world.is_main:
+        return  # rank 0 prints and writes the GGUF file
     print_params(f"{method} (streamed)" if stream else method, result.report["params"])
     if "speed_target" in result.report:
         from prunekit.speedtarget.prune import speed_summary

@@ -4,13 +4,12 @@ on, and what only rank 0 does.
 Every rank loads (or streams) the model and runs the same method on its share of the windows
 (``engine/world.py``); the decisions are the same on every rank. Rank 0 alone writes: the run
 directory, the checkpoints, the plots, the export and the logs; the others run with no run
-directory and no export, quietly.
+directory and no export (the CLI quiets their output: cli/application.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import torch
@@ -47,14 +46,6 @@ def rank_settings(settings: MethodSettings, world: World) -> MethodSettings:
     if world.is_main or settings.run_dir is None:
         return settings
     return dataclasses.replace(settings, run_dir=None)
-
-
-def quiet_other_ranks(world: World) -> None:
-    """Logs and progress bars from rank 0 only (the others would print the same lines N times)."""
-    if world.is_main:
-        return
-    os.environ["PRUNEKIT_PROGRESS"] = "0"
-    logging.getLogger("prunekit").setLevel(logging.ERROR)
 
 
 def world_record(world: World) -> dict:
