@@ -44,3 +44,7 @@ class NumericalError(PrunekitError):
 
 class ExportError(PrunekitError):
     """An export that cannot be written, or a model directory that cannot be loaded as written."""
+
+
+class RankFailure(PrunekitError):
+    """Under many processes, another rank failed or a collective timed out: this rank stops."""

@@ -29,15 +29,13 @@ from typing import Any, TypeVar
 
 import torch
 
+from prunekit.errors import RankFailure
+
 T = TypeVar("T")
 
 # How long a collective waits for the other ranks before the run fails (--dist-timeout).
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-class RankFailure(RuntimeError):
-    """Another rank failed (or the collective timed out): this rank stops too."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +136,11 @@ class World:
         try:
             function(*args, **kwargs)
         except (RuntimeError, ValueError) as error:  # gloo: "Connection closed by peer", timeouts
+            first_line = (str(error).splitlines() or [""])[0][:160]
             raise RankFailure(
-                f"rank {self.rank}: another rank of the {self.size} failed or did not answer "
-                f"in time ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+                f"another of the {self.size} ranks failed or did not answer within the "
+                f"collective timeout; this one (rank {self.rank}) stops too "
+                f"({type(error).__name__}: {first_line})"
             ) from error
 
 

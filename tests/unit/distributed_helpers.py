@@ -7,6 +7,7 @@ gets one thread: the ranks share the machine's cores.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import pickle
 import tempfile
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
 
 from prunekit.engine.world import World
 
@@ -28,30 +28,50 @@ def run_ranks(size: int, function: Callable[..., Any], *args: Any) -> list[Any]:
     """``function(world, *args)`` on ``size`` gloo ranks; each rank's result, in rank order.
     ``function`` must be importable (a module-level function): the ranks are spawned. A rank
     that raised re-raises here, with its traceback in the message."""
+    results = start_ranks(size, function, *args)
+    for rank, outcome in enumerate(results):
+        if isinstance(outcome, Failed):
+            raise AssertionError(f"rank {rank} failed:\n{outcome.text}")
+    return results
+
+
+def start_ranks(
+    size: int, function: Callable[..., Any], *args: Any, timeout: timedelta = TIMEOUT
+) -> list[Any]:
+    """Each rank's result, or ``Failed`` (its traceback, or the exit code of a rank that died):
+    one rank's failure does not stop the others, so a test sees what they did about it."""
+    context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="prunekit-ranks-") as scratch:
         scratch_dir = Path(scratch)
-        mp.start_processes(
-            _rank_main,
-            args=(size, str(scratch_dir), function, args),
-            nprocs=size,
-            start_method="spawn",
-            join=True,
-        )
+        processes = [
+            context.Process(target=_rank_main, args=(rank, size, scratch, timeout, function, args))
+            for rank in range(size)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=timeout.total_seconds() * 3)
+            if process.is_alive():
+                process.kill()
+                process.join()
         results = []
-        for rank in range(size):
-            outcome = pickle.loads((scratch_dir / f"rank{rank}.pkl").read_bytes())
-            if isinstance(outcome, _Failed):
-                raise AssertionError(f"rank {rank} failed:\n{outcome.text}")
-            results.append(outcome)
+        for rank, process in enumerate(processes):
+            path = scratch_dir / f"rank{rank}.pkl"
+            if path.is_file():
+                results.append(pickle.loads(path.read_bytes()))
+            else:
+                results.append(Failed(f"exited with code {process.exitcode}"))
         return results
 
 
-class _Failed:
+class Failed:
     def __init__(self, text: str) -> None:
         self.text = text
 
 
-def _rank_main(rank: int, size: int, scratch: str, function: Callable, args: tuple) -> None:
+def _rank_main(
+    rank: int, size: int, scratch: str, timeout: timedelta, function: Callable, args: tuple
+) -> None:
     os.environ.setdefault("PRUNEKIT_PROGRESS", "0")
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
@@ -59,14 +79,14 @@ def _rank_main(rank: int, size: int, scratch: str, function: Callable, args: tup
         init_method=f"file://{scratch}/store",
         rank=rank,
         world_size=size,
-        timeout=TIMEOUT,
+        timeout=timeout,
     )
     try:
         world = World(rank=rank, size=size, backend="gloo")
         try:
             outcome = function(world, *args)
         except Exception:  # reported by the parent, with the rank's traceback
-            outcome = _Failed(traceback.format_exc())
+            outcome = Failed(traceback.format_exc())
         (Path(scratch) / f"rank{rank}.pkl").write_bytes(pickle.dumps(outcome))
     finally:
         torch.distributed.destroy_process_group()
