@@ -249,6 +249,7 @@ def evaluate(
     dtype: str = "auto",
     device: str | None = None,
     attn_implementation: str | None = None,
+    world: World | None = None,
 ) -> dict:
     """{"ppl": {dataset: ...}, "zeroshot": {...}} of one model: the report's ``eval`` entry.
 
@@ -266,7 +267,12 @@ def evaluate(
     ``device``, the rest offloaded: read from the checkpoint or written to ``offload_folder``,
     a temporary directory by default). A model loaded with ``residency="streamed"`` is
     evaluated layer by layer as well, within ``max_memory``.
+
+    ``world``: as ``prune``'s (None: the launcher's). Each rank computes the perplexity of its
+    share of the windows and every rank gets the one-process sums; zero-shot runs on rank 0.
     """
+    world = run_world(model, device, world)
+    device = rank_device(device, world)
     request = EvalRequest(
         datasets=list(ppl or []),
         seqlen=seqlen,
@@ -288,12 +294,15 @@ def evaluate(
             request,
             max_memory=max_memory,
             offload_folder=offload_folder,
+            world=world,
             **load_options,
         )
     if offload_folder is not None:
         raise SettingsError("offload_folder applies to a streamed evaluation only")
     if not isinstance(model, LoadedModel):
         model = load(model, **load_options)
+    if world.distributed:
+        model.world = world
     return evaluate_loaded(model, request, max_memory=max_memory)
 
 

@@ -33,8 +33,9 @@ from prunekit.errors import RankFailure
 
 T = TypeVar("T")
 
-# How long a collective waits for the other ranks before the run fails (--dist-timeout).
-DEFAULT_TIMEOUT = timedelta(minutes=10)
+# How long a collective waits for the other ranks before the run fails: long enough for rank 0's
+# zero-shot evaluation, which the others wait for (PRUNEKIT_DIST_TIMEOUT, minutes).
+DEFAULT_TIMEOUT = timedelta(minutes=30)
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -160,11 +161,15 @@ def backend_for(device: str | torch.device) -> str:
 
 def join_world(device: str | torch.device, timeout: timedelta = DEFAULT_TIMEOUT) -> World:
     """The launcher's world (one process when none was launched): joins the default process
-    group, created here with the device's backend and ``timeout`` unless the caller made one."""
+    group, created here with the device's backend and ``timeout`` (``PRUNEKIT_DIST_TIMEOUT``
+    minutes when set) unless the caller made one."""
     if not launched_by_torchrun():
         return SINGLE
     dist = torch.distributed
     if not dist.is_initialized():
+        minutes = os.environ.get("PRUNEKIT_DIST_TIMEOUT")
+        if minutes:
+            timeout = timedelta(minutes=float(minutes))
         dist.init_process_group(backend=backend_for(device), timeout=timeout)
     return World(
         rank=dist.get_rank(), size=dist.get_world_size(), backend=dist.get_backend(), group=None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunekit.engine.residency import is_streamed
+from prunekit.engine.world import World
 from prunekit.errors import SettingsError
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.loader import load
@@ -72,6 +73,7 @@ def evaluate_from_files(
     dtype: str = "auto",
     device: str | None = None,
     attn_implementation: str | None = None,
+    world: World | None = None,
 ) -> dict:
     """``evaluate_loaded``'s entries for a model bigger than memory (a spec or an exported
     directory), computed without ever holding the whole model.
@@ -92,6 +94,7 @@ def evaluate_from_files(
     if request.datasets:
         check_streamable(model)
         streamed = load(model, residency="streamed", **options)
+        streamed.world = world
         result["ppl"] = _perplexities(streamed, request, budget)
     if request.tasks:
         with tempfile.TemporaryDirectory(prefix="prunekit-offload-") as scratch:
@@ -102,6 +105,7 @@ def evaluate_from_files(
                 offload_folder=offload_folder or scratch,
                 **options,
             )
+            dispatched.world = world
             result["zeroshot"] = _zeroshot(dispatched, request)
     return result
 
@@ -124,17 +128,29 @@ def _perplexities(loaded: LoadedModel, request: EvalRequest, max_memory) -> dict
     )
 
 
+# Zero-shot under many processes: lm-eval spreads its requests over processes only under its
+# own launcher (accelerate), not inside a torchrun job of ours, so rank 0 alone runs it.
+ZEROSHOT_ON_RANK_ZERO = "zero-shot ran on rank 0 alone (the other ranks waited)"
+
+
 def _zeroshot(loaded: LoadedModel, request: EvalRequest) -> dict:
     from prunekit.evaluation.zeroshot import zeroshot
 
+    world = loaded.world
+    if world is not None and world.distributed and not world.is_main:
+        world.barrier()  # while rank 0 runs it
+        return {"note": ZEROSHOT_ON_RANK_ZERO}
     scores = zeroshot(
         loaded,
         request.tasks,
         limit=request.limit,
         batch_size=request.batch_size,
         task_data=request.task_data,
-    )
-    return scores.to_dict()
+    ).to_dict()
+    if world is not None and world.distributed:
+        scores["note"] = ZEROSHOT_ON_RANK_ZERO
+        world.barrier()
+    return scores
 
 
 def check_streamable(model: str) -> None:

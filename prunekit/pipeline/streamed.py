@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from prunekit.engine.residency import Streamed
@@ -26,6 +27,7 @@ from prunekit.models.loading import default_device, load_config
 from prunekit.pipeline.evaluation import evaluate_from_files
 from prunekit.pipeline.export_check import check_streamed_export
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads
+from prunekit.pipeline.ranks import rank_settings, world_record
 from prunekit.pipeline.requests import EvalRequest, PruneResult, RunRequest
 from prunekit.pipeline.run_report import run_report
 from prunekit.pipeline.streamed_stages import run_streamed_method
@@ -70,34 +72,46 @@ def prune_streamed_run(
     results: dict[str, dict] = {}
     if evals.wanted:
         started = time.perf_counter()
-        results["dense"] = evaluate_from_files(model, evals, **eval_options)
+        results["dense"] = evaluate_from_files(model, evals, world=run.world, **eval_options)
         timings["eval_dense"] = time.perf_counter() - started
     import_model_code(model)
     unevaluated = None  # the refusal of a pruned model streamed perplexity cannot read
+    world = run.world
     with PeakMemory(device) as peaks:  # stopped on any exit, read once the pruning is done
         loaded = load(model, residency="streamed", **load_options)
+        if world.distributed:
+            loaded.world = world
+            options = rank_settings(options, world)
         lazy = loaded.residency.lazy
-        if run.overwrite and run.out is not None:
+        if run.overwrite and run.out is not None and world.is_main:
             clear_run(run.out)
         save_dtype = save.dtype
         torch_dtype = lazy.dtype if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
         before = parameter_counts(loaded.model, loaded.adapter)
         started = time.perf_counter()
-        with staging_dir(Path(save.path), run.overwrite) as tmp:
-            with ShardWriter(tmp, dtype=torch_dtype, max_shard_size=shard_size) as writer:
-                residency = Streamed(
-                    lazy,
-                    PartWriter(lazy, writer),
-                    row_slice_bytes=row_slice_bytes_for(budget, device),
-                    offload_activations=offloads(choice, run.offload_activations),
+        # Rank 0 alone writes the export; the other ranks prune the same way, writing nothing.
+        with ExitStack() as staged:
+            tmp = writer = None
+            if world.is_main:
+                tmp = staged.enter_context(staging_dir(Path(save.path), run.overwrite))
+                writer = staged.enter_context(
+                    ShardWriter(tmp, dtype=torch_dtype, max_shard_size=shard_size)
                 )
-                loaded.residency = residency
-                log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
-                if speed is not None:
-                    speed_run = prune_for_speed(loaded, options, speed)
-                    plan = speed_run.plan
-                else:
-                    speed_run, plan = None, run_streamed_method(chosen, loaded, options)
+            residency = Streamed(
+                lazy,
+                None if writer is None else PartWriter(lazy, writer),
+                row_slice_bytes=row_slice_bytes_for(budget, device),
+                offload_activations=offloads(choice, run.offload_activations),
+            )
+            loaded.residency = residency
+            log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
+            world.ran.clear()
+            if speed is not None:
+                speed_run = prune_for_speed(loaded, options, speed)
+                plan = speed_run.plan
+            else:
+                speed_run, plan = None, run_streamed_method(chosen, loaded, options)
+            if writer is not None:
                 residency.finish_outside_layers()
             timings["prune"] = time.perf_counter() - started
             if speed_run and speed_run.profiled:
@@ -112,21 +126,36 @@ def prune_streamed_run(
                 report.update(combined_record(plan))
             if speed_run:
                 report["speed_target"] = speed_run.record
+            if world.distributed:
+                report["distributed"] = world_record(world)
             shapes = describe_layers(loaded.model, loaded.adapter)
-            written = writer.close()
-            fmt = write_beside_weights(
-                tmp, loaded, shapes, save.format, torch_dtype, written, plan, report
-            )
-            if evals.wanted:
-                unevaluated = pruned_eval_refusal(fmt, evals, save.path)
+            fmt = None
+            if writer is not None:
+                written = writer.close()
+                fmt = write_beside_weights(
+                    tmp, loaded, shapes, save.format, torch_dtype, written, plan, report
+                )
+                if evals.wanted:
+                    unevaluated = pruned_eval_refusal(fmt, evals, save.path)
+            # Every rank evaluates its share of the pruned model's windows from rank 0's staged
+            # export (a directory every rank must see: one host, or a shared filesystem).
+            staged_export, unevaluated = world.broadcast((tmp and str(tmp), unevaluated))
             if evals.wanted and unevaluated is None:
                 # The staged export is a complete model directory: evaluated before it is
                 # renamed, so its report.json and model card hold the pruned numbers too.
                 started = time.perf_counter()
-                results["pruned"] = evaluate_from_files(str(tmp), evals, **eval_options)
+                results["pruned"] = evaluate_from_files(
+                    staged_export, evals, world=world, **eval_options
+                )
                 timings["eval_pruned"] = time.perf_counter() - started
                 report.update(eval=results, timings=timings)
-                write_beside_weights(tmp, loaded, shapes, fmt, torch_dtype, written, plan, report)
+                if writer is not None:
+                    write_beside_weights(
+                        tmp, loaded, shapes, fmt, torch_dtype, written, plan, report
+                    )
+            world.barrier()  # the others have read the staged export before it is renamed
+    if not world.is_main:
+        return PruneResult(loaded, plan, report, None)
     weight_bytes = sum(p.stat().st_size for p in Path(save.path).glob("*.safetensors"))
     saved = ExportResult(Path(save.path), fmt, dtype_name(torch_dtype), weight_bytes, shapes)
     if speed_run:
