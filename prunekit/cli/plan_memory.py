@@ -31,6 +31,13 @@ def plan_memory_command(
     max_memory: str | None = typer.Option(
         None, help="The budget the default batch size must fit (as prune --max-memory)."
     ),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Processes sharing the calibration windows (torchrun --nproc-per-node x nodes): "
+        "the peak is one rank's.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead."),
 ) -> None:
     """Predict peak host and device memory of a prune run from the model's config (no weights)."""
@@ -53,6 +60,7 @@ def plan_memory_command(
         device=device,
         sparsity=sparsity,
         max_shard_size=parse_shard_size(max_shard_size),
+        nproc=nproc,
     )
     if batch_size is None and takes_batch:  # the default prune would pick
         fits = batch_fits(config, settings, budget)
@@ -66,7 +74,9 @@ def plan_memory_command(
 
 def _memory_table(model: str, plan) -> Table:
     mode = "streamed" if plan.settings.streamed else "in memory"
-    table = Table(title=f"{model}: {plan.settings.method}, {mode}")
+    ranks = plan.settings.nproc
+    per_rank = f", each of {ranks} ranks" if ranks > 1 else ""
+    table = Table(title=f"{model}: {plan.settings.method}, {mode}{per_rank}")
     for col in ("term", "where", "phase", "GiB", "what"):
         table.add_column(col, justify="right" if col == "GiB" else "left")
     for term in plan.terms:

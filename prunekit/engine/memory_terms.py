@@ -51,6 +51,14 @@ class MemorySettings:
     # Rows of the embedding/head read at a time where a streamed run reads them whole otherwise
     # (the weight fingerprint): bytes of one row slice.
     row_slice_bytes: int = 64 * 2**20  # DEFAULT_ROW_SLICE_BYTES
+    # Processes sharing the calibration windows (torchrun): each holds its share's states.
+    nproc: int = 1
+
+    @property
+    def rank_samples(self) -> int:
+        """Windows the busiest rank holds: its share of the fixed batches (engine/world.py)."""
+        batches = -(-self.n_samples // self.batch_size)
+        return min(self.n_samples, -(-batches // self.nproc) * self.batch_size)
 
     @property
     def on_gpu(self) -> bool:

@@ -403,6 +403,12 @@ def restoration_terms(s: ModelShapes, settings: MemorySettings) -> list[MemoryTe
         terms.append(
             MemoryTerm("restoration solve", solve, settings.compute, phase, "fp32 Cholesky")
         )
+        if settings.nproc > 1 and not settings.on_gpu:
+            # World.sum_ reduces the Gram matrix in place; gloo's reduction works on a copy of
+            # it (nccl reduces on the GPU within its own fixed buffers).
+            terms.append(
+                MemoryTerm("Gram sum over ranks", 4 * width * width, "host", phase, "gloo copy")
+            )
     return terms
 
 

@@ -129,6 +129,9 @@ def plan_memory(config: Any, settings: MemorySettings) -> MemoryPlan:
     dtype_bytes(settings.dtype)  # a bad dtype: one line, before any term
     shapes = model_shapes(config)
     plan = MemoryPlan(settings, shapes)
+    # Under many processes every term is one rank's: its share of the windows (the settings
+    # shown keep the whole run's n_samples).
+    settings = replace(settings, n_samples=settings.rank_samples)
     declared = [pass_memory(name) for name in method.passes]
     layer_phases = tuple(dict.fromkeys(p for d in declared for p in d.layer_phases))
     sink_phases = tuple(dict.fromkeys(p for d in declared for p in d.sink_phases))

@@ -48,3 +48,25 @@ def test_two_ranks_hold_the_same_results():
     assert first["sum"] == [[3.0, 3.0], [3.0, 3.0]]
     assert first["gathered"] == {0: 0, 10: 1}
     assert first["broadcast"] == "from 0" and first["tokens"] == 11
+
+
+def test_plan_memory_predicts_one_ranks_share():
+    from dataclasses import replace
+
+    from prunekit.memory import MemorySettings, plan_memory
+    from prunekit.models.tiny import tiny_config
+
+    config = tiny_config("llama")
+    alone = MemorySettings(method="fasp", n_samples=3, seqlen=64, dtype="fp32")
+    two = replace(alone, nproc=2)
+    assert (alone.rank_samples, two.rank_samples) == (3, 2)  # 3 windows over 2 ranks
+    assert replace(alone, n_samples=16, batch_size=4, nproc=3).rank_samples == 8  # whole batches
+
+    def states(plan) -> int:
+        return sum(t.bytes for t in plan.terms if t.name == "calibration states (in)")
+
+    one_plan, two_plan = plan_memory(config, alone), plan_memory(config, two)
+    assert states(two_plan) * 3 == states(one_plan) * 2
+    assert two_plan.settings.n_samples == 3  # shown as asked
+    grams = [t for t in two_plan.terms if t.name == "Gram sum over ranks"]
+    assert grams and not [t for t in one_plan.terms if t.name == "Gram sum over ranks"]
