@@ -22,6 +22,8 @@ others with an error instead of a hang.
 from __future__ import annotations
 
 import os
+import pickle
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -51,6 +53,8 @@ class World:
     # The calibration windows this rank ran (the executor notes them, under many processes only):
     # report.json records every rank's.
     ran: set[int] = field(default_factory=set, compare=False, repr=False)
+    # What this rank sent: collectives and payload bytes by kind (report.json, the benchmark).
+    traffic: Counter = field(default_factory=Counter, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -77,6 +81,7 @@ class World:
         if not self.distributed:
             return dict(values)
         shares: list[Any] = [None] * self.size
+        self._count("gather", len(pickle.dumps(dict(values))))
         self._collective(
             torch.distributed.all_gather_object, shares, dict(values), group=self.group
         )
@@ -101,6 +106,7 @@ class World:
         dist = torch.distributed
         # gloo reduces CPU tensors only; a CUDA tensor under gloo (never under nccl) goes via host.
         staged = tensor.cpu() if self.backend == "gloo" and tensor.device.type != "cpu" else tensor
+        self._count("sum", 2 * tensor.numel() * tensor.element_size())  # reduce + broadcast
         self._collective(dist.reduce, staged, dst=self._global(0), group=self.group)
         self._collective(dist.broadcast, staged, src=self._global(0), group=self.group)
         if staged is not tensor:
@@ -118,6 +124,7 @@ class World:
         if not self.distributed:
             return obj
         box = [obj if self.is_main else None]
+        self._count("broadcast", len(pickle.dumps(obj)) if self.is_main else 0)
         self._collective(
             torch.distributed.broadcast_object_list, box, src=self._global(0), group=self.group
         )
@@ -126,6 +133,15 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             self._collective(torch.distributed.barrier, group=self.group)
+
+    def forget(self) -> None:
+        """Clear the records (windows run, traffic): a new pass whose own are wanted."""
+        self.ran.clear()
+        self.traffic.clear()
+
+    def _count(self, kind: str, payload: int) -> None:
+        self.traffic[f"{kind}_calls"] += 1
+        self.traffic[f"{kind}_bytes"] += payload
 
     def _global(self, rank: int) -> int:
         """A group rank as the global rank torch.distributed's src/dst arguments want."""

@@ -49,11 +49,13 @@ def rank_settings(settings: MethodSettings, world: World) -> MethodSettings:
 
 
 def world_record(world: World) -> dict:
-    """report.json's ``distributed``: the world size, the backend and the calibration windows
-    each rank ran (a collective: every rank calls it)."""
-    ran = world.gather({world.rank: sorted(world.ran)})
+    """report.json's ``distributed``: the world size, the backend, the calibration windows each
+    rank ran and what each sent (collectives and payload bytes; a collective: every rank calls
+    it)."""
+    ran = world.gather({world.rank: (sorted(world.ran), dict(world.traffic))})
     return {
         "world_size": world.size,
         "backend": world.backend,
-        "windows_by_rank": [ran[rank] for rank in range(world.size)],
+        "windows_by_rank": [ran[rank][0] for rank in range(world.size)],
+        "sent_by_rank": [ran[rank][1] for rank in range(world.size)],
     }

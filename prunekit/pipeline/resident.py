@@ -76,7 +76,7 @@ def prune_resident(
             run_eval("dense")
         log.info("pruning %s with %s", loaded.spec, chosen.name)
         started = time.perf_counter()
-        world.ran.clear()
+        world.forget()  # the pruning's own records
         try:
             speed_run = prune_for_speed(loaded, options, speed) if speed else None
             plan = speed_run.plan if speed_run else run_method(chosen, loaded, options)

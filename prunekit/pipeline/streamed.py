@@ -105,7 +105,7 @@ def prune_streamed_run(
             )
             loaded.residency = residency
             log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
-            world.ran.clear()
+            world.forget()  # the pruning's own records
             if speed is not None:
                 speed_run = prune_for_speed(loaded, options, speed)
                 plan = speed_run.plan

@@ -142,7 +142,15 @@ def check_speed_request(method: Method, given: Mapping[str, Any], request: Speed
 
 def latency_table(loaded: LoadedModel, request: SpeedRequest) -> tuple[LatencyTable, bool]:
     """(the table, whether it was profiled now): the given file, or this machine's profile of
-    ``loaded`` on its own device and dtype for the requested phase."""
+    ``loaded`` on its own device and dtype for the requested phase. Under many processes rank 0
+    reads or profiles it and the others receive it (every rank searches with the same prices)."""
+    world = loaded.world
+    if world is not None and world.distributed:
+        return world.broadcast(_latency_table(loaded, request) if world.is_main else None)
+    return _latency_table(loaded, request)
+
+
+def _latency_table(loaded: LoadedModel, request: SpeedRequest) -> tuple[LatencyTable, bool]:
     if request.latency_table is not None:
         table = LatencyTable.load(request.latency_table)
         table.phase(request.phase)  # a table without the phase: one line, before any search
@@ -328,7 +336,9 @@ def build_chosen(
                 loaded, SPEED_METHOD, stages, record_settings, None, run_stage=streamed.run_stage
             )
         return plan, None
-    dense = shared_skeleton(loaded) if request.measure else None
+    # Rank 0 alone times the models (the others' timings would not be recorded).
+    timed = request.measure and (loaded.world is None or loaded.world.is_main)
+    dense = shared_skeleton(loaded) if timed else None
     plan = run_stages(loaded, SPEED_METHOD, stages, record_settings, None, run_stage=run_stage)
     if dense is None:
         return plan, None
