@@ -13,6 +13,9 @@ the step's bookkeeping at every chunking, including a rank that stops a candidat
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,12 +23,15 @@ from prunekit.api import lazy_loaded
 from prunekit.engine.residency import Streamed
 from prunekit.engine.world import World
 from prunekit.methods.catalogue import get_method
+from prunekit.methods.depth import blockpruner as blockpruner_module
 from prunekit.methods.depth.scores import Criterion
 from prunekit.methods.depth.step import score_step
 from prunekit.models.lazy import LazyModel
 from prunekit.models.loading import from_model
 from prunekit.models.tiny import ALL_TINY_FAMILIES, tiny_config, tiny_model, tiny_tokenizer
 from prunekit.pipeline.apply import run_method
+from prunekit.pipeline.checkpoints import RunCheckpoints
+from prunekit.report.run_dir import PARTIAL_PLAN_FILE
 from tests.unit.depth_helpers import one_thread  # noqa: F401  (as the ranks: one thread)
 from tests.unit.distributed_helpers import run_ranks
 from tests.unit.test_depth_search import LOWER, TABLE, FakeRunner, _c
@@ -147,10 +153,58 @@ def fake_steps(world: World | None) -> dict:
     return results
 
 
-def every_case(world: World, sources: dict[str, str]) -> dict:
+class Interrupted(Exception):
+    pass
+
+
+MARK = -7.0
+
+
+def resumed_search(world: World, run_dir: str) -> dict:
+    """BlockPruner interrupted after its first step on every rank, then resumed: rank 0 keeps
+    the checkpoints (the others get none, as the pipeline lends them to rank 0 only)."""
+    method = get_method("blockpruner")
+    checkpoints = RunCheckpoints(run_dir) if world.is_main else None
+    real_checkpointer = blockpruner_module.checkpointer
+
+    def interrupting_checkpointer(*args, **kwargs):
+        save = real_checkpointer(*args, **kwargs)
+
+        def save_then_stop(state):
+            save(state)
+            raise Interrupted
+
+        return save_then_stop
+
+    loaded = loaded_for("llama", False, {})
+    loaded.world = world
+    blockpruner_module.checkpointer = interrupting_checkpointer
+    try:
+        method.prune(loaded, method.make_settings(**CALIB), checkpoints=checkpoints)
+    except Interrupted:
+        pass
+    finally:
+        blockpruner_module.checkpointer = real_checkpointer
+    if world.is_main:  # a mark in the saved step that only rank 0's file can pass on
+        partial = Path(run_dir) / PARTIAL_PLAN_FILE
+        saved = json.loads(partial.read_text())
+        saved["trajectory"][0]["seconds"] = MARK
+        partial.write_text(json.dumps(saved))
+    settings = method.make_settings(resume=True, **CALIB)
+    plan = method.prune(loaded, settings, checkpoints=checkpoints)
+    trajectory = [{k: v for k, v in s.items() if k != "seconds"} for s in plan.trajectory]
+    return {
+        "removed_blocks": plan.removed_blocks,
+        "trajectory": trajectory,
+        "first_seconds": plan.trajectory[0]["seconds"],
+    }
+
+
+def every_case(world: World, sources: dict[str, str], run_dir: str) -> dict:
     torch.manual_seed(0)
     results = {case[0]: plan_of(world, case, sources) for case in CASES}
     results["fake"] = fake_steps(world)
+    results["resume"] = resumed_search(world, run_dir)
     deaf = DeafWorld(rank=world.rank, size=world.size, backend=world.backend)
     try:
         results["deaf"] = plan_of(deaf, CASES[0], sources)
@@ -167,8 +221,13 @@ def sources(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ranks(sources) -> list[dict]:
-    return run_ranks(2, every_case, sources)
+def run_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("distributed-resume")
+
+
+@pytest.fixture(scope="module")
+def ranks(sources, run_dir) -> list[dict]:
+    return run_ranks(2, every_case, sources, str(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +286,14 @@ def test_a_rank_that_stopped_early_drops_the_candidate(ranks):
     # One process sees every window: the candidate settles at its exact loss (11).
     _, _, one_exact, one_values = fake_steps(None)["stopped", 4]
     assert one_exact[_c(1)] and one_values[_c(1)] == 11.0
+
+
+def test_resumed_search_plans_as_one_process(ranks, one_process, run_dir):
+    """Rank 0 alone read the checkpoint and handed the resumed state to rank 1."""
+    expected = one_process["blockpruner/llama"]
+    assert (run_dir / PARTIAL_PLAN_FILE).is_file()
+    for rank in ranks:
+        assert rank["resume"]["removed_blocks"] == expected["removed_blocks"]
+        assert trajectory_losses(rank["resume"]) == trajectory_losses(expected)
+        assert rank["resume"]["first_seconds"] == MARK  # the step came from rank 0's file
+    assert ranks[0]["resume"] == ranks[1]["resume"]
