@@ -7,8 +7,10 @@ the arithmetic is the one-process arithmetic). 3 calibration windows over 2 rank
 two, rank 1 one (uneven). The cases cover every family for BlockPruner's default and paper
 settings, SLEB and ShortGPT; llama and qwen2 for layer-PPL, RM, rm-block and bi-block; the
 two-pass step (chunks of one batch per rank), a dense pass chunked unlike the steps, batches of
-2 windows, and streamed models (one under a state budget). Stand-in candidates (FakeRunner) check
-the step's bookkeeping at every chunking, including a rank that stops a candidate early.
+2 windows, the naive oracle and the exhaustive step, and streamed models (one under a state
+budget); and a search interrupted and resumed from rank 0's checkpoint. Stand-in candidates
+(FakeRunner) check the step's bookkeeping at every chunking, including a rank that stops a
+candidate early.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ CASES = (
         # Batches {0, 1} and {2}: rank 0 runs the first batch, rank 1 the second.
         ("batch-2/llama", "llama", "blockpruner", dict(batch_size=2), False),
         ("batch-2-paper/mistral", "mistral", "blockpruner", dict(batch_size=2, **PAPER), False),
+        # The oracle (every candidate on every window) and the exhaustive step (no bound).
+        ("naive/llama", "llama", "blockpruner", dict(naive=True), False),
+        ("exhaustive/qwen2", "qwen2", "blockpruner", dict(exhaustive=True, **PAPER), False),
         # Streamed from small shards, chunks of one window (the two-pass step).
         ("streamed/llama", "llama", "blockpruner", dict(state_bytes=1), True),
         ("streamed-shortgpt/qwen2", "qwen2", "shortgpt", {}, True),
