@@ -87,12 +87,11 @@ def run_greedy(
         expected["windows"] = settings.windows
     # Under many processes rank 0 alone reads and writes the checkpoints (its run directory,
     # perhaps on another host than the others'); the other ranks get the resumed state from it.
-    world = runner.world
-    if not world.is_main:
-        checkpoints = None
-    resumed = None
+    world, resumed = runner.world, None
     if world.is_main:
         resumed = resume_state(loaded, settings, checkpoints, method, expected, setup.identity)
+    else:
+        checkpoints = None
     state = world.broadcast(resumed)
     started = time.perf_counter()
     state = greedy_search(
