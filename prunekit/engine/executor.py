@@ -29,7 +29,8 @@ oracle see bit-identical numbers within one run. Across batch sizes sums round d
 (docs/algorithms.md, "Batched windows").
 
 Under many processes (``engine/world.py``) every rank runs a share of the windows, whole batches
-of the run's fixed batches (``mine``): the chunks are global (the same sequence on every rank,
+of the run's fixed batches, each batch owned by one rank for the whole run (``mine``,
+``owner``): the chunks are global (the same sequence on every rank,
 ``world.size`` times a rank's chunk), each rank runs its share of each chunk, and the callers
 gather the per-window values or sum the statistics through ``world`` (the only places where
 ranks meet). A window's values are bit-identical whichever rank ran it.
@@ -234,13 +235,20 @@ class LayerExecutor(CalibrationBlocks):
             yield chunk
 
     def mine(self, windows: Sequence[int] | None = None) -> list[int]:
-        """This rank's share of ``windows`` (default: all): consecutive whole batches, the
-        first ranks one batch more when they do not divide evenly (all of them in one process)."""
+        """This rank's share of ``windows`` (default: all): the whole batches it owns (all of
+        them in one process)."""
         windows = list(range(self.num_windows)) if windows is None else list(windows)
         if not self.world.distributed:
             return windows
-        batches = self.batches_of(windows)
-        return [w for batch in self.world.share(batches) for w in batch]
+        return [w for w in windows if self.owner(w) == self.world.rank]
+
+    def owner(self, window: int) -> int:
+        """The rank that runs ``window`` in every pass of the run: its batch's index modulo the
+        number of ranks. Fixed for the run, so what a rank keeps per window (the KL criteria's
+        dense finals) is there whatever the chunking of a later pass; and a global chunk (a
+        whole number of batches per rank, starting at a multiple of it) gives every rank the
+        same number of batches, the last chunk the first ranks one more."""
+        return (window // self.batch_size) % self.world.size
 
     def batches_of(self, windows: Sequence[int]) -> list[list[int]]:
         """``windows`` split along the run's fixed batches (each batch whole in ``windows``)."""

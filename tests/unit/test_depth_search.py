@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prunekit.data import calibration_windows, tokenize_text
+from prunekit.engine.world import SINGLE
 from prunekit.errors import SettingsError
 from prunekit.methods.depth.common import block_units, layer_units, unit_parameters
 from prunekit.methods.depth.runner import DepthRunner
@@ -123,6 +124,14 @@ class FakeRunner:
         self.tokens = 100 * self.num_windows
         self.heads: list[tuple[Candidate, int]] = []
         self.passes = self.largest_chunk = 0
+
+    world = SINGLE  # one process: every window is this rank's
+
+    def mine(self, windows: Sequence[int]) -> list[int]:
+        return list(windows)
+
+    def prepare(self) -> None:
+        pass
 
     def chunk_windows(self, branches: int) -> int:
         return self.chunk

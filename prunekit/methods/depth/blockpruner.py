@@ -85,7 +85,14 @@ def run_greedy(
     )
     if settings.windows is not None:  # a half of the calibration (the held-out check)
         expected["windows"] = settings.windows
-    state = resume_state(loaded, settings, checkpoints, method, expected, setup.identity)
+    # Under many processes rank 0 alone reads and writes the checkpoints (its run directory,
+    # perhaps on another host than the others'); the other ranks get the resumed state from it.
+    world, resumed = runner.world, None
+    if world.is_main:
+        resumed = resume_state(loaded, settings, checkpoints, method, expected, setup.identity)
+    else:
+        checkpoints = None
+    state = world.broadcast(resumed)
     started = time.perf_counter()
     state = greedy_search(
         runner,

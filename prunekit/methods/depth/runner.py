@@ -10,6 +10,11 @@ The dense pass: the bound's vocabulary subset (the dense model's most likely tok
 the KL criteria the dense model's final hidden states (d per token, kept; the dense logits are
 recomputed chunk by chunk beside the candidate's) and its log-normalizers, are computed once, on
 first use.
+
+Under many processes (``engine/world.py``) each rank runs the windows it owns (``mine``) and
+keeps the dense finals of those only; per-window values are gathered and summed in window order
+(so every total is the one-process total, bit for bit), the vocabulary mass is summed over the
+ranks (``world.sum_``: the same subset on every rank).
 """
 
 from __future__ import annotations
@@ -55,8 +60,9 @@ class DepthRunner(LayerExecutor):
         super().__init__(loaded, windows, batch_size, max_memory, state_bytes)
         self.divergence = is_divergence(criterion)
         self._rows: torch.Tensor | None = None
-        self._dense_finals: list[torch.Tensor] = []  # KL: after the final norm, per window
-        self._dense_lse: list[torch.Tensor] = []
+        # KL: after the final norm, and their log-normalizers, per window this rank owns.
+        self._dense_finals: dict[int, torch.Tensor] = {}
+        self._dense_lse: dict[int, torch.Tensor] = {}
         self._head: Fp32Head | None = None  # in memory: built once
 
     def chunk_windows(self, branches: int) -> int:
@@ -78,27 +84,34 @@ class DepthRunner(LayerExecutor):
 
     @torch.inference_mode()
     def prepare(self) -> None:
-        """The dense pass (module docstring), once."""
+        """The dense pass (module docstring), once (on every rank at the same point: it sums
+        the vocabulary mass over the ranks)."""
         if self._rows is not None:
             return
         dense = self.blocks()
         mass = None
-        size = 0
         for chunk in self.chunks(0):
-            states = self.run_chunk(dense, {}, chunk, keep_trunk=True)[None]
+            mine = self.mine(chunk)
+            if not mine:
+                continue
+            states = self.run_chunk(dense, {}, mine, keep_trunk=True)[None]
             with self.fp32_head() as head:
                 if mass is None:
                     mass = torch.zeros(head.vocab_size, dtype=torch.float64, device=self.device)
-                    size = subset_size(head.vocab_size)
-                for state in self.per_window(states):
+                for state, w in zip(self.per_window(states), mine, strict=True):
                     final = self.final_hidden(state)
                     add_predicted_mass(mass, head, final, self.skip_first)
                     if self.divergence:
-                        self._dense_finals.append(final)
-                        self._dense_lse.append(dense_log_normalizers(head, final, self.skip_first))
+                        self._dense_finals[w] = final
+                        self._dense_lse[w] = dense_log_normalizers(head, final, self.skip_first)
                 del head
             del states
-        self._rows = torch.topk(mass, size).indices.sort().values
+        if mass is None:  # this rank owns no window: its share of the sum is zero
+            with self.fp32_head() as head:
+                mass = torch.zeros(head.vocab_size, dtype=torch.float64, device=self.device)
+                del head
+        self.world.sum_(mass)
+        self._rows = torch.topk(mass, subset_size(mass.numel())).indices.sort().values
 
     @contextmanager
     def scorer(self) -> Iterator[WindowScorer]:
@@ -113,38 +126,53 @@ class DepthRunner(LayerExecutor):
         self, active: Sequence[BlockRef], candidates: Sequence[Candidate], windows: Sequence[int]
     ) -> dict[Hashable, list[torch.Tensor]]:
         """Each candidate's last-layer states on ``windows``, one [1, T, d] per window."""
+        if not windows:  # a rank without windows in this chunk runs nothing
+            return {c: [] for c in candidates}
         branches = {c: frozenset(c) for c in candidates}
         finals = self.run_chunk(active, branches, windows)
         return {c: self.per_window(states) for c, states in finals.items()}
 
     def model_finals(self, active: Sequence[BlockRef], windows: Sequence[int]) -> list:
         """The last-layer states of the model running ``active``, one per window."""
+        if not windows:
+            return []
         return self.per_window(self.run_chunk(active, {}, windows, keep_trunk=True)[None])
 
     def model_nll(self, active: Sequence[BlockRef]) -> list[float]:
-        """Per-window calibration NLL of the model that runs only ``active``."""
-        nll: list[float] = []
+        """Per-window calibration NLL of the model that runs only ``active`` (every window's,
+        on every rank)."""
+        nll: dict[int, float] = {}
         for chunk in self.chunks(0):
-            finals = self.model_finals(active, chunk)
+            mine = self.mine(chunk)
+            if not mine:
+                continue
+            finals = self.model_finals(active, mine)
             with self.fp32_head() as head:
-                nll += [
-                    head.nll(self.final_hidden(f), self.window_ids(w), self.skip_first)
-                    for f, w in zip(finals, chunk, strict=True)
-                ]
+                for f, w in zip(finals, mine, strict=True):
+                    nll[w] = head.nll(self.final_hidden(f), self.window_ids(w), self.skip_first)
                 del head
-        return nll
+        return self.in_window_order(nll)
 
     def model_losses(self, active: Sequence[BlockRef], bounds: bool = False) -> list:
         """Per-window search losses of the model running ``active`` (with ``bounds``: (bound,
         loss) pairs): what the naive oracle sums, and what the tests compare."""
-        losses: list = []
+        self.prepare()  # on every rank, before any rank may skip a chunk
+        losses: dict[int, object] = {}
         for chunk in self.chunks(0):
-            finals = self.model_finals(active, chunk)
+            mine = self.mine(chunk)
+            if not mine:
+                continue
+            finals = self.model_finals(active, mine)
             with self.scorer() as score:
-                for f, w in zip(finals, chunk, strict=True):
+                for f, w in zip(finals, mine, strict=True):
                     exact = score.exact(f, w)
-                    losses.append((score.bound(f, w), exact) if bounds else exact)
-        return losses
+                    losses[w] = (score.bound(f, w), exact) if bounds else exact
+        return self.in_window_order(losses)
+
+    def in_window_order(self, values: dict[int, object]) -> list:
+        """Every rank's per-window ``values`` gathered, as one list in window order."""
+        gathered = self.world.gather(values)
+        return [gathered[w] for w in range(self.num_windows)]
 
     def reported_nll(self, active: Sequence[BlockRef], loss: float) -> float:
         """The calibration NLL of the model that runs only ``active``, given its search loss
@@ -159,13 +187,14 @@ class DepthRunner(LayerExecutor):
         """Mean per-token score of every unit, from one pass of the dense model over the windows.
 
         A unit's input is the state before its first block and its output the state after its
-        last (units are contiguous in the dense model: one block or one layer). Sums are taken
-        window by window in window order.
+        last (units are contiguous in the dense model: one block or one layer). Each window's
+        score sums are gathered from the rank that ran it, then summed in window order.
         """
-        first = {u[0]: u for u in units}
-        last = {u[-1]: u for u in units}
-        sums = dict.fromkeys(units, 0.0)
-        inputs: dict[Candidate, list[torch.Tensor]] = {}
+        first = {u[0]: i for i, u in enumerate(units)}
+        last = {u[-1]: i for i, u in enumerate(units)}
+        per_window: dict[int, dict[int, float]] = {}  # window -> unit index -> its score sum
+        inputs: dict[int, list[torch.Tensor]] = {}
+        mine: list[int] = []
 
         def on_block(block: BlockRef, before: list, after: list) -> None:
             if block in first:
@@ -173,13 +202,21 @@ class DepthRunner(LayerExecutor):
             if block in last:
                 unit = last[block]
                 pairs = zip(self.per_window(inputs.pop(unit)), self.per_window(after), strict=True)
-                for x, y in pairs:
-                    sums[unit] += float(token_score(x[0].float(), y[0].float()).sum().item())
+                for w, (x, y) in zip(mine, pairs, strict=True):
+                    score = float(token_score(x[0].float(), y[0].float()).sum().item())
+                    per_window.setdefault(w, {})[unit] = score
 
         for chunk in self.chunks(0):
-            self.run_chunk(self.blocks(), {}, chunk, on_block=on_block)
+            mine = self.mine(chunk)
+            if mine:
+                self.run_chunk(self.blocks(), {}, mine, on_block=on_block)
+        windows = self.in_window_order(per_window)
         count = self.num_windows * self.windows.shape[1]
-        return {u: s / count for u, s in sums.items()}
+        sums = [0.0] * len(units)
+        for scores in windows:
+            for i in range(len(units)):
+                sums[i] += scores[i]
+        return {u: s / count for u, s in zip(units, sums, strict=True)}
 
 
 class WindowScorer:
