@@ -1,4 +1,4 @@
-"""Width methods on 2 gloo ranks plan as one process does (every tiny family).
+"""Width and combined methods on 2 gloo ranks plan as one process does (every tiny family).
 
 Each rank runs its share of the calibration windows (3 windows over 2 ranks: uneven); the
 statistics (Gram matrices, sums, counts, FASP's per-token energies) are summed over the ranks
@@ -28,6 +28,8 @@ METHODS = {
     "fasp-uniform": ("fasp", dict(allocation="uniform")),
     "wanda-sp": ("wanda-sp", {}),
     "flap": ("flap", {}),
+    "depth-then-width": ("blockpruner+fasp", dict(ratio=0.3)),
+    "width-then-depth": ("fasp+blockpruner", dict(ratio=0.3)),
 }
 # Every family with FASP's default; the other methods on two families (their statistics are
 # the same sums on every family).
@@ -44,9 +46,13 @@ def prune_case(family: str, variant: str, world: World | None) -> dict:
     method, extra = METHODS[variant]
     loaded = from_model(tiny_model(family), tiny_tokenizer(), spec=f"tiny-{family}")
     loaded.world = world
-    plan = run_method(
-        get_method(method), loaded, get_method(method).make_settings(**CALIBRATION, **extra)
-    )
+    settings = get_method(method).make_settings(**{**CALIBRATION, **extra})
+    plan = run_method(get_method(method), loaded, settings)
+    if plan.stages:  # a combined method: each stage's decision
+        plan.kept_channels = [
+            s.get("removed_blocks") or s.get("kept_channels") for s in plan.stages
+        ]
+        plan.extra["calibration_tokens"] = None
     layers = loaded.adapter.layers(loaded.model)
     return {
         "kept_channels": plan.kept_channels,
