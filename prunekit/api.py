@@ -155,7 +155,7 @@ def prune(
     device = rank_device(device, world)
     if stream is None:
         stream = stream_needed(
-            model, chosen, settings, budget, dtype, device, offload_activations, save
+            model, chosen, settings, budget, dtype, device, offload_activations, save, world.size
         )
     if stream:
         check_streamed_run(model, chosen, save, save_format, eval_datasets)
@@ -195,7 +195,7 @@ def prune(
 
 
 def stream_needed(
-    model, chosen, settings, budget, dtype, device, offload_activations, save
+    model, chosen, settings, budget, dtype, device, offload_activations, save, nproc=1
 ) -> bool:
     """``stream=None``: whether ``budget`` needs the run streamed (predicted from the config
     before any weight is read, as the CLI decides it); logs the line saying so."""
@@ -209,6 +209,7 @@ def stream_needed(
         dtype=dtype,
         device=device,
         offload_activations=offload_activations,
+        nproc=nproc,
     )
     if choice is None:
         return False

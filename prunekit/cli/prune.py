@@ -328,6 +328,7 @@ def _stream_for_budget(
         dtype=dtype,
         device=device,
         offload_activations=offload_activations,
+        nproc=launched_world_size(),
     )
     if choice is None:
         return False
@@ -360,3 +361,12 @@ def _parse_settings(raw: dict) -> dict:
     if "restore" in settings:
         settings["restore"] = not settings["restore"]
     return settings
+
+
+def launched_world_size() -> int:
+    """Ranks the launcher started (torchrun): each prices its own share of the windows."""
+    import os
+
+    from prunekit.engine.world import launched_by_torchrun
+
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1

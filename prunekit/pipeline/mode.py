@@ -47,9 +47,11 @@ def choose_mode(
     stream: bool | None = None,
     offload_activations: bool | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    nproc: int = 1,
 ) -> RunChoice | None:
     """In memory or streamed, calibration states offloaded or not: decided from the config and
-    the memory model before any weight is read (``prunekit.memory.choose_run``).
+    the memory model before any weight is read (``prunekit.memory.choose_run``). ``nproc``:
+    ranks sharing the windows (torchrun): each rank's own share is priced.
 
     ``stream``/``offload_activations``: True or False force, None lets the budget decide. A model
     already in memory runs in memory. None when the memory model cannot describe the model and no
@@ -82,6 +84,7 @@ def choose_mode(
         targets=tuple(_setting(options, "targets")),
         max_shard_size=shard_size_for(budget, device, parse_shard_size(max_shard_size)),
         row_slice_bytes=row_slice_bytes_for(budget, device),
+        nproc=nproc,
     )
     try:
         choice = choose_run(
@@ -125,6 +128,7 @@ def stream_for_budget(
     dtype: str = "auto",
     device: str | None = None,
     offload_activations: bool | None = None,
+    nproc: int = 1,
 ) -> RunChoice | None:
     """What a run that did not say (``stream=None``, the CLI without ``--stream``) does under
     ``budget``: the choice when the budget changed it (its ``message`` says how: streamed, or
@@ -140,6 +144,7 @@ def stream_for_budget(
         dtype=dtype,
         device=device,
         offload_activations=offload_activations,
+        nproc=nproc,
     )
     if choice is None or choice.message is None:
         return None
@@ -157,6 +162,7 @@ def streams_for_budget(
     dtype: str = "auto",
     device: str | None = None,
     offload_activations: bool | None = None,
+    nproc: int = 1,
 ) -> RunChoice | None:
     """``stream_for_budget`` from the caller's flat ``settings``, refusing in one line a run the
     budget streams without ``save`` (named ``save_name``: the API's keyword or the CLI's flag),
@@ -172,6 +178,7 @@ def streams_for_budget(
         dtype=dtype,
         device=device,
         offload_activations=offload_activations,
+        nproc=nproc,
     )
     if choice is not None and choice.streamed and save is None:
         raise SettingsError(

@@ -48,6 +48,7 @@ def prune_resident(
         device=run.device,
         stream=False,
         offload_activations=run.offload_activations,
+        nproc=run.world.size,
     )
     if not isinstance(model, LoadedModel):
         import_model_code(model)

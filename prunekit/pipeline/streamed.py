@@ -64,6 +64,7 @@ def prune_streamed_run(
         stream=True,
         offload_activations=run.offload_activations,
         max_shard_size=save.max_shard_size,
+        nproc=run.world.size,
     )
     shard_size = shard_size_for(budget, device, parse_shard_size(save.max_shard_size))
     load_options = {**run.load_options(), "device": device}
