@@ -17,3 +17,19 @@ def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
         code = exc.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def invoke_quietly(args: list[str]) -> str:
+    """``prunekit ARGS`` in process (typer's runner), warnings silenced (a tiny run has few
+    tokens per restored column); its output, after asserting it exited 0."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from prunekit import cli
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(cli.app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output

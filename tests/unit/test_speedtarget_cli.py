@@ -9,10 +9,8 @@ import warnings
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import prunekit
-from prunekit import cli
 from prunekit.errors import SettingsError
 from prunekit.evaluation.perplexity import windows_nll
 from prunekit.export.load import load_pruned
@@ -31,7 +29,7 @@ from prunekit.speedtarget.losses import depth_prefix_plan
 from prunekit.speedtarget.prune import SPEED_METHOD, split_stages
 from prunekit.speedtarget.search import Split, WidthRule, narrow, remove_blocks
 from prunekit.surgery import apply_plan
-from tests.unit.cli_helpers import run_main
+from tests.unit.cli_helpers import invoke_quietly, run_main
 from tests.unit.depth_helpers import one_thread  # noqa: F401
 
 LAYERS = 6
@@ -98,14 +96,6 @@ def calib_args(calib: str) -> list[str]:
     return ["--calib", calib, *(f"--{k.replace('_', '-')}={v}" for k, v in CALIB.items())]
 
 
-def invoke(args: list[str]):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # few tokens per restored column on a tiny run
-        result = CliRunner().invoke(cli.app, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 @pytest.fixture(scope="module")
 def hand_run(tiny_dir, calib, tmp_path_factory):
     """`prunekit prune --target-speedup 1.4 --latency-table hand.json --save` (prunekit format).
@@ -121,7 +111,7 @@ def hand_run(tiny_dir, calib, tmp_path_factory):
     args += ["--latency-table", str(table), "--out", str(out), "--save", str(save)]
     args += ["--save-format", "prunekit", "--device", "cpu", "--dtype", "float32"]
     args += ["--candidates", "attn"]
-    output = invoke([*args, *calib_args(calib)])
+    output = invoke_quietly([*args, *calib_args(calib)])
     return {"out": out, "save": save, "table": LatencyTable.load(table), "output": output}
 
 
@@ -253,7 +243,7 @@ def test_a_table_profiled_on_the_fly_is_saved_in_the_run(tiny_dir, calib, tmp_pa
     out = tmp_path / "run"
     args = ["prune", "--model", tiny_dir, "--target-speedup", "1.2", "--phase", "prefill"]
     args += ["--prompt-len", "16", "--out", str(out), "--device", "cpu", "--dtype", "float32"]
-    output = invoke([*args, "--no-measure-speedup", *calib_args(calib)])
+    output = invoke_quietly([*args, "--no-measure-speedup", *calib_args(calib)])
     assert "latency table: profiled now" in output and "measured:" not in output
     table = LatencyTable.load(out / "latency.json")
     assert list(table.phases) == ["prefill"]

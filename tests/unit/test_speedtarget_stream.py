@@ -9,10 +9,8 @@ import warnings
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import prunekit
-from prunekit import cli
 from prunekit.export.load import load_pruned
 from prunekit.latency.table import LatencyTable
 from prunekit.methods.catalogue import get_method
@@ -22,6 +20,7 @@ from prunekit.plan import PruningPlan
 from prunekit.speedtarget.losses import shared_skeleton
 from prunekit.speedtarget.prune import NOT_MEASURED_STREAMED, SPEED_METHOD, build_split
 from prunekit.speedtarget.search import Split
+from tests.unit.cli_helpers import invoke_quietly
 from tests.unit.depth_helpers import one_thread  # noqa: F401
 from tests.unit.test_speedtarget_cli import CALIB, HAND_TABLE, IDS, LAYERS, TARGET
 
@@ -43,14 +42,6 @@ def inputs(tmp_path_factory) -> dict:
 
 def calib_args(calib: str) -> list[str]:
     return ["--calib", calib, *(f"--{k.replace('_', '-')}={v}" for k, v in CALIB.items())]
-
-
-def invoke(args: list[str]) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # few tokens per restored column on a tiny run
-        result = CliRunner().invoke(cli.app, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +68,7 @@ def runs(inputs) -> dict:
     args += ["--latency-table", inputs["table"], "--candidates", "attn"]
     args += ["--out", str(root / "streamed"), "--save", str(root / "streamed-model")]
     args += ["--device", "cpu", "--dtype", "float32"]
-    output = invoke([*args, *calib_args(inputs["calib"])])
+    output = invoke_quietly([*args, *calib_args(inputs["calib"])])
     return {"memory": memory, "streamed": root / "streamed", "output": output, "root": root}
 
 
@@ -138,7 +129,7 @@ def test_a_streamed_run_profiles_its_table_from_one_layer(inputs, tmp_path):
     args = ["prune", "--model", inputs["model"], "--target-speedup", "1.2", "--stream"]
     args += ["--phase", "prefill", "--prompt-len", "16", "--out", str(out)]
     args += ["--save", str(tmp_path / "model"), "--device", "cpu", "--dtype", "float32"]
-    output = invoke([*args, *calib_args(inputs["calib"])])
+    output = invoke_quietly([*args, *calib_args(inputs["calib"])])
     assert "latency table: profiled now" in output
     table = LatencyTable.load(out / "latency.json")
     assert list(table.phases) == ["prefill"] and table.prompt_len == 16
