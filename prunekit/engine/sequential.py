@@ -138,6 +138,10 @@ class InputStatistics:
         for total in (self._gram, self.sum, self._sum_sq):
             if total is not None:
                 world.sum_(total)
+        if self._gram is not None:
+            # The sum holds the other ranks' upper blocks: mirror them (a rank that ran no
+            # window never accumulated, and would read the lower blocks as zeros).
+            self._mirrored = False
 
     def check_finite(self, name: str) -> None:
         # A NaN/Inf input shows on the diagonal (its column's sum of squares), and by

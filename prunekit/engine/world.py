@@ -65,6 +65,13 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+    @property
+    def device(self) -> torch.device:
+        """Where the collectives' tensors live: this rank's GPU under nccl, else the host."""
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     # ---- sharding ------------------------------------------------------------------------------
     def share(self, items: Sequence[T], rank: int | None = None) -> list[T]:
         """``rank``'s (default: this rank's) consecutive share of ``items``: the first
@@ -104,8 +111,8 @@ class World:
         if not self.distributed:
             return tensor
         dist = torch.distributed
-        # gloo reduces CPU tensors only; a CUDA tensor under gloo (never under nccl) goes via host.
-        staged = tensor.cpu() if self.backend == "gloo" and tensor.device.type != "cpu" else tensor
+        # gloo reduces CPU tensors, nccl CUDA ones: a tensor elsewhere is staged (and copied back).
+        staged = tensor if tensor.device == self.device else tensor.to(self.device)
         self._count("sum", 2 * tensor.numel() * tensor.element_size())  # reduce + broadcast
         self._collective(dist.reduce, staged, dst=self._global(0), group=self.group)
         self._collective(dist.broadcast, staged, src=self._global(0), group=self.group)
@@ -117,7 +124,7 @@ class World:
         """An integer summed over the ranks (token counts)."""
         if not self.distributed:
             return value
-        return int(self.sum_(torch.tensor([value], dtype=torch.int64)).item())
+        return int(self.sum_(torch.tensor([value], dtype=torch.int64, device=self.device)).item())
 
     def broadcast(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (a latency profile measured on rank 0)."""
@@ -152,7 +159,9 @@ class World:
     def _collective(self, function, *args, **kwargs) -> None:
         try:
             function(*args, **kwargs)
-        except (RuntimeError, ValueError) as error:  # gloo: "Connection closed by peer", timeouts
+        except RuntimeError as error:
+            if not _peer_failure(error):
+                raise  # this rank's own error (a bad tensor, a misuse): its own message
             first_line = (str(error).splitlines() or [""])[0][:160]
             raise RankFailure(
                 f"another of the {self.size} ranks failed or did not answer within the "
@@ -162,6 +171,23 @@ class World:
 
 
 SINGLE = World()
+
+# What the transports say when a peer went away or never answered (gloo, nccl, the store).
+PEER_FAILURE_MARKERS = (
+    "connection closed",
+    "connection reset",
+    "timed out",
+    "timeout",
+    "broken pipe",
+)
+
+
+def _peer_failure(error: RuntimeError) -> bool:
+    dist_error = getattr(torch.distributed, "DistError", ())
+    if dist_error and isinstance(error, dist_error):
+        return True
+    message = str(error).lower()
+    return any(marker in message for marker in PEER_FAILURE_MARKERS)
 
 
 def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
@@ -182,17 +208,14 @@ def join_world(device: str | torch.device, timeout: timedelta = DEFAULT_TIMEOUT)
     if not launched_by_torchrun():
         return SINGLE
     dist = torch.distributed
+    backend = backend_for(device)
+    if backend == "nccl":  # each rank on its own GPU: nccl and its object collectives need it set
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         minutes = os.environ.get("PRUNEKIT_DIST_TIMEOUT")
         if minutes:
             timeout = timedelta(minutes=float(minutes))
-        dist.init_process_group(backend=backend_for(device), timeout=timeout)
+        dist.init_process_group(backend=backend, timeout=timeout)
     return World(
         rank=dist.get_rank(), size=dist.get_world_size(), backend=dist.get_backend(), group=None
     )
-
-
-def leave_world(world: World) -> None:
-    """Destroy the default process group ``join_world`` made (at the end of a command)."""
-    if world.distributed and world.group is None and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()

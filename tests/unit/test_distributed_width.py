@@ -28,6 +28,8 @@ METHODS = {
     "fasp-uniform": ("fasp", dict(allocation="uniform")),
     "wanda-sp": ("wanda-sp", {}),
     "flap": ("flap", {}),
+    # One window over 2 ranks: rank 1 runs nothing and still sums and decides with rank 0.
+    "fasp-one-window": ("fasp", dict(allocation="cost", n_samples=1)),
     "depth-then-width": ("blockpruner+fasp", dict(ratio=0.3)),
     "width-then-depth": ("fasp+blockpruner", dict(ratio=0.3)),
 }

@@ -74,3 +74,20 @@ def test_plan_memory_predicts_one_ranks_share():
     assert two_plan.settings.n_samples == 3  # shown as asked
     grams = [t for t in two_plan.terms if t.name == "Gram sum over ranks"]
     assert grams and not [t for t in one_plan.terms if t.name == "Gram sum over ranks"]
+
+
+def idle_rank_statistics(world: World) -> torch.Tensor:
+    """A 800-wide Gram matrix (three blocks: off-diagonal ones mirrored) that only rank 0 fed."""
+    from prunekit.engine.sequential import InputStatistics
+
+    stats = InputStatistics(800, gram=True, fast_products=False)
+    if world.rank == 0:
+        stats.add_batch(torch.randn(40, 800, generator=torch.Generator().manual_seed(0)))
+    stats.add_ranks(world)
+    return stats.gram
+
+
+def test_a_rank_without_windows_holds_the_whole_gram_matrix():
+    first, second = run_ranks(2, idle_rank_statistics)
+    assert torch.equal(first, second)
+    assert torch.equal(second, second.T)  # mirrored, not zero below the diagonal blocks

@@ -122,7 +122,9 @@ class CostProbe:
             return max(float(((w @ stat.gram) * w).sum(dtype=torch.float64)), 1e-30)
         # The median over every calibration token: under many processes, every rank's tokens.
         world = self.run.loaded.world
-        energy = torch.cat(self._energy)
+        energy = (
+            torch.cat(self._energy) if self._energy else torch.zeros(0)
+        )  # a rank with no window
         if world is not None:
             energy = world.concat(energy)
         return max(float(energy.median()) * energy.numel(), 1e-30)
