@@ -75,7 +75,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if _is_usage_error(exc):
             # One line, like prunekit's own errors ("Invalid value for '--ratio': ...").
-            print(f"error: {exc.format_message()}", file=sys.stderr)
+            print(f"error: {prefix}{exc.format_message()}", file=sys.stderr)
             sys.exit(exc.exit_code)
         if state["debug"]:
             raise

@@ -103,6 +103,14 @@ def eval_command(
         check_tasks(task_list, task_data)
     check_device(device)
     started = time.perf_counter()
+    # Under torchrun: every rank computes its share of the perplexity windows on its own device;
+    # rank 0 writes --json (pipeline/ranks.py).
+    from prunekit.pipeline.ranks import rank_device, run_world
+
+    world = run_world(spec, device, None)
+    device = rank_device(device, world)
+    if not world.is_main:
+        json_out = None
     if stream:
         _eval_streamed(
             spec,
@@ -122,6 +130,7 @@ def eval_command(
             attn_implementation=attn_implementation,
             json_out=json_out,
             started=started,
+            world=world,
         )
         return
     if offload_folder is not None:
@@ -144,6 +153,7 @@ def eval_command(
         limit=limit,
         batch_size=batch_size,
         task_data=task_data,
+        world=world,
     )
     print_eval(f"{loaded.spec} ({loaded.dtype_name}, {loaded.device})", result)
     if json_out:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,11 +85,15 @@ class Streamed:
         sink: PartSink | None = None,
         row_slice_bytes: int = DEFAULT_ROW_SLICE_BYTES,
         offload_activations: bool = False,
+        scratch_dir: str | Path | None = None,
     ):
         self.lazy = lazy
         self.sink = sink
         self.row_slice_bytes = row_slice_bytes
         self.offload_activations = offload_activations
+        # Where a combined method's stages spill pruned layers when the sink names no export
+        # directory (a rank other than 0 writes no export): beside the export, not in /tmp.
+        self.scratch_dir = scratch_dir
         self.done: set[Part] = set()
 
     def identity(self, loaded: LoadedModel) -> dict:

@@ -103,6 +103,8 @@ def perplexity_streamed(
     count = windows.shape[0]
     started = time.perf_counter()
     nll, chunk = _streamed_nll_total(loaded, windows, residency, batch_size, max_memory)
+    ranks = loaded.world.size if loaded.world is not None else 1
+    chunks = -(-count // (chunk * ranks))  # each chunk: a rank's share on every rank
     return PerplexityResult(
         dataset=dataset,
         ppl=math.exp(nll.total / nll.count),
@@ -115,7 +117,7 @@ def perplexity_streamed(
         source=corpus_source(dataset),
         seconds=time.perf_counter() - started,
         nll_head=nll.head,
-        streamed={"chunk_windows": chunk, "chunks": -(-count // chunk), "max_memory": max_memory},
+        streamed={"chunk_windows": chunk, "chunks": chunks, "max_memory": max_memory},
     )
 
 

@@ -96,7 +96,10 @@ def evaluate_from_files(
         streamed = load(model, residency="streamed", **options)
         streamed.world = world
         result["ppl"] = _perplexities(streamed, request, budget)
-    if request.tasks:
+    if request.tasks and world is not None and world.distributed and not world.is_main:
+        world.barrier()  # rank 0 runs the zero-shot alone (``_zeroshot``): nothing to load here
+        result["zeroshot"] = {"note": ZEROSHOT_ON_RANK_ZERO}
+    elif request.tasks:
         with tempfile.TemporaryDirectory(prefix="prunekit-offload-") as scratch:
             dispatched = load(
                 model,

@@ -111,7 +111,9 @@ def with_default_batch(
     plan's settings and the engine's summary record it."""
     if "batch_size" not in method.takes or options.batch_size is not None:
         return choice
-    fits = batch_fits(config, choice.plan.settings, budget)
+    # Priced for one process: the batch (and with it the float sums) must not depend on the
+    # number of ranks; a rank's share of the windows only holds less.
+    fits = batch_fits(config, replace(choice.plan.settings, nproc=1), budget)
     options.batch_size = default_batch_size(device, options.n_samples, fits)
     if options.batch_size == choice.plan.settings.batch_size:
         return choice

@@ -14,18 +14,18 @@ import os
 
 import torch
 
-from prunekit.engine.world import SINGLE, World, join_world
+from prunekit.engine.world import World, join_world
 from prunekit.methods.settings import MethodSettings
 from prunekit.models.loading import LoadedModel, default_device
 
 
 def run_world(model: str | LoadedModel, device: str | None, world: World | None) -> World:
-    """The caller's ``world``; else the launcher's (one process when none launched this one);
-    a model already loaded runs alone unless given a world."""
+    """The caller's ``world``; else a loaded model's own; else the launcher's (one process when
+    none launched this one: ``SINGLE``)."""
     if world is not None:
         return world
     if isinstance(model, LoadedModel):
-        return model.world or SINGLE
+        return model.world or join_world(model.device)
     return join_world(device or default_device())
 
 

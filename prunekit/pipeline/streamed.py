@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from prunekit.engine.residency import Streamed
+from prunekit.engine.world import World
 from prunekit.errors import SettingsError
 from prunekit.export.per_layer import describe_layers
 from prunekit.export.save import ExportResult, staging_dir, write_beside_weights
@@ -103,6 +104,7 @@ def prune_streamed_run(
                 None if writer is None else PartWriter(lazy, writer),
                 row_slice_bytes=row_slice_bytes_for(budget, device),
                 offload_activations=offloads(choice, run.offload_activations),
+                scratch_dir=Path(save.path).expanduser().resolve().parent,
             )
             loaded.residency = residency
             log.info("pruning %s with %s, streamed layer by layer", loaded.spec, chosen.name)
@@ -141,12 +143,13 @@ def prune_streamed_run(
             # Every rank evaluates its share of the pruned model's windows from rank 0's staged
             # export (a directory every rank must see: one host, or a shared filesystem).
             staged_export, unevaluated = world.broadcast((tmp and str(tmp), unevaluated))
-            if evals.wanted and unevaluated is None:
+            eval_world = world if everyone_sees(world, staged_export) else None  # else rank 0
+            if evals.wanted and unevaluated is None and (eval_world or world.is_main):
                 # The staged export is a complete model directory: evaluated before it is
                 # renamed, so its report.json and model card hold the pruned numbers too.
                 started = time.perf_counter()
                 results["pruned"] = evaluate_from_files(
-                    staged_export, evals, world=world, **eval_options
+                    staged_export, evals, world=eval_world, **eval_options
                 )
                 timings["eval_pruned"] = time.perf_counter() - started
                 report.update(eval=results, timings=timings)
@@ -165,6 +168,18 @@ def prune_streamed_run(
     if unevaluated:
         raise SettingsError(unevaluated)
     return PruneResult(loaded, plan, report, run_dir, saved)
+
+
+def everyone_sees(world: World, directory: str | None) -> bool:
+    """Whether every rank can read ``directory`` (rank 0's staged export): one host, or a
+    shared filesystem. When some cannot, rank 0 evaluates the pruned model alone."""
+    if not world.distributed or directory is None:
+        return True
+    seen = world.gather({world.rank: Path(directory).is_dir()})
+    if not all(seen.values()):
+        log.warning("the staged export is not visible on every rank: rank 0 evaluates it alone")
+        return False
+    return True
 
 
 def chunked_within(settings: MethodSettings, limit: int) -> MethodSettings:

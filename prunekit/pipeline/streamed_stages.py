@@ -104,6 +104,7 @@ class StreamedStages:
             sink,
             row_slice_bytes=self.final.row_slice_bytes,
             offload_activations=self.final.offload_activations,
+            scratch_dir=self.final.scratch_dir,
         )
 
     def end(self, last: bool) -> None:
@@ -118,7 +119,9 @@ class StreamedStages:
 
     def _spill_directory(self) -> Path:
         writer = getattr(self.final.sink, "writer", None)  # the export's, when it is a PartWriter
-        parent = writer.directory.parent if writer is not None else None
+        parent = writer.directory.parent if writer is not None else self.final.scratch_dir
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)  # where rank 0 will stage the export
         self._temporary = tempfile.TemporaryDirectory(prefix=".prunekit-stage-", dir=parent)
         return Path(self._temporary.name)
 

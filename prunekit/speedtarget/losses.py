@@ -101,6 +101,7 @@ def _streamed_loss(
     options = {
         "row_slice_bytes": run.row_slice_bytes,
         "offload_activations": run.offload_activations,
+        "scratch_dir": run.scratch_dir,
     }
     # The run's sink only tells the stages where the export is, so the spill goes beside it
     # (not to a /tmp that may be memory); no trial stage is the last, so nothing is written to it.
