@@ -62,7 +62,7 @@ def prune_command(ranks: int, method: str, args, out: Path) -> list[str]:
 
 
 def run(ranks: int, threads: int, method: str, args, scratch: Path) -> dict:
-    out = scratch / f"{method}-{ranks}"
+    out = scratch / f"{method}-{ranks}x{threads}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PRUNEKIT_PROGRESS": "0"}
     command = prune_command(ranks, method, args, out)
     started = time.perf_counter()
