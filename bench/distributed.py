@@ -173,7 +173,10 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     wall = time.perf_counter() - started
     text = render(rows, args, wall)
-    OUT_MD.write_text(text)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from results_notes import NOTES_MARKER, kept_notes
+
+    OUT_MD.write_text(f"{text}\n{NOTES_MARKER}\n\n{kept_notes(OUT_MD)}")
     OUT_JSON.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     print(text)
 
