@@ -103,3 +103,32 @@ def test_ranks_without_the_sum_plan_otherwise():
     first, second = run_ranks(2, unsummed_case)
     assert first["kept_channels"] != alone["kept_channels"]
     assert first["kept_channels"] != second["kept_channels"]
+
+
+def streamed_fasp(world: World, source: str) -> dict:
+    """FASP's default on a model streamed from its shards, each finished layer kept by a sink."""
+    from prunekit.api import lazy_loaded
+    from prunekit.engine.residency import Streamed
+    from prunekit.models.lazy import LazyModel
+    from tests.unit.test_width_parity import KeptLayers
+
+    lazy = LazyModel.open(source, dtype="fp32", device="cpu")
+    loaded = lazy_loaded(lazy, source)
+    loaded.world = world
+    layers = KeptLayers()
+    loaded.residency = Streamed(lazy, layers)
+    method, extra = METHODS["fasp-cost"]
+    settings = get_method(method).make_settings(**{**CALIBRATION, **extra})
+    plan = run_method(get_method(method), loaded, settings)
+    return {"kept_channels": plan.kept_channels, "layers": dict(layers)}
+
+
+def test_two_ranks_streamed_plan_as_one_process_in_memory(tmp_path):
+    from tests.unit.test_streamed_depth import save_small_shards
+
+    source = str(save_small_shards("llama", tmp_path / "llama"))
+    alone = prune_case("llama", "fasp-cost", None)
+    first, second = run_ranks(2, streamed_fasp, source)
+    for got in (first, second):
+        assert got["kept_channels"] == alone["kept_channels"]
+        assert_close_to_scale(got["layers"], alone["layers"], BATCH_RELATIVE)
