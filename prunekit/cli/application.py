@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from prunekit.errors import PrunekitError
+from prunekit.launcher import launched
 
 app = typer.Typer(
     add_completion=False,
@@ -53,7 +54,8 @@ def configure_logging(verbose: bool) -> None:
 
 
 def main() -> None:
-    rank = launched_rank()
+    launch = launched()
+    rank = launch.rank if launch else None
     if rank:  # under torchrun, rank 0 alone prints (pipeline/ranks.py); errors still show
         quiet_this_rank()
     prefix = "" if rank is None else f"[rank {rank}] "
@@ -87,13 +89,6 @@ def main() -> None:
         sys.exit(1)
     finally:
         leave_launched_world()
-
-
-def launched_rank() -> int | None:
-    """This process's rank when a launcher (torchrun) started several, else None."""
-    from prunekit.engine.world import launched_by_torchrun
-
-    return int(os.environ["RANK"]) if launched_by_torchrun() else None
 
 
 def quiet_this_rank() -> None:

@@ -26,6 +26,7 @@ from prunekit.cli.options import (
 )
 from prunekit.cli.tables import print_eval, print_gguf, print_params
 from prunekit.errors import SettingsError
+from prunekit.launcher import launched
 from prunekit.methods.settings import FLAG_NAMES, setting_default
 
 
@@ -318,6 +319,7 @@ def _stream_for_budget(
     weight is read); prints the one line saying so. Streaming needs --save."""
     from prunekit.pipeline.mode import streams_for_budget
 
+    launch = launched()
     choice = streams_for_budget(
         model,
         chosen,
@@ -328,7 +330,7 @@ def _stream_for_budget(
         dtype=dtype,
         device=device,
         offload_activations=offload_activations,
-        nproc=launched_world_size(),
+        nproc=launch.size if launch else 1,  # under torchrun each rank prices its share
     )
     if choice is None:
         return False
@@ -361,12 +363,3 @@ def _parse_settings(raw: dict) -> dict:
     if "restore" in settings:
         settings["restore"] = not settings["restore"]
     return settings
-
-
-def launched_world_size() -> int:
-    """Ranks the launcher started (torchrun): each prices its own share of the windows."""
-    import os
-
-    from prunekit.engine.world import launched_by_torchrun
-
-    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1

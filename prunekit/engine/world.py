@@ -1,8 +1,9 @@
 """The processes that share one run: its rank, its size, and the few collectives the engine needs.
 
-A run under ``torchrun`` (or any launcher that sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``) is
-``size`` processes that each hold (or stream) the whole model and run a share of the calibration
-windows. They meet in exactly two kinds of place, both in the engine:
+A run under ``torchrun`` (or any launcher that sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``:
+``prunekit/launcher.py``) is ``size`` processes that each hold (or stream) the whole model and
+run a share of the calibration windows. Their decisions meet in two kinds of place, both in the
+engine (besides, rank 0's objects are broadcast and the ranks wait for it at barriers):
 
 - *window values* (``gather``): each rank's per-window scalars (a depth candidate's loss or
   bound on its windows, a window's NLL) become everybody's, so every rank sums them in window
@@ -32,13 +33,13 @@ from typing import Any, TypeVar
 import torch
 
 from prunekit.errors import RankFailure
+from prunekit.launcher import launched
 
 T = TypeVar("T")
 
 # How long a collective waits for the other ranks before the run fails: long enough for rank 0's
 # zero-shot evaluation, which the others wait for (PRUNEKIT_DIST_TIMEOUT, minutes).
 DEFAULT_TIMEOUT = timedelta(minutes=30)
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -190,12 +191,6 @@ def _peer_failure(error: RuntimeError) -> bool:
     return any(marker in message for marker in PEER_FAILURE_MARKERS)
 
 
-def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the launcher set the torch.distributed environment for more than one process."""
-    environ = os.environ if environ is None else environ
-    return all(name in environ for name in LAUNCHER_VARIABLES) and int(environ["WORLD_SIZE"]) > 1
-
-
 def backend_for(device: str | torch.device) -> str:
     """nccl for CUDA, gloo for the CPU."""
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
@@ -205,12 +200,13 @@ def join_world(device: str | torch.device, timeout: timedelta = DEFAULT_TIMEOUT)
     """The launcher's world (one process when none was launched): joins the default process
     group, created here with the device's backend and ``timeout`` (``PRUNEKIT_DIST_TIMEOUT``
     minutes when set) unless the caller made one."""
-    if not launched_by_torchrun():
+    launch = launched()
+    if launch is None:
         return SINGLE
     dist = torch.distributed
     backend = backend_for(device)
     if backend == "nccl":  # each rank on its own GPU: nccl and its object collectives need it set
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(launch.local_rank)
     if not dist.is_initialized():
         minutes = os.environ.get("PRUNEKIT_DIST_TIMEOUT")
         if minutes:

@@ -10,11 +10,11 @@ directory and no export (the CLI quiets their output: cli/application.py).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 
 from prunekit.engine.world import World, join_world
+from prunekit.launcher import launched
 from prunekit.methods.settings import MethodSettings
 from prunekit.models.loading import LoadedModel, default_device
 
@@ -30,14 +30,16 @@ def run_world(model: str | LoadedModel, device: str | None, world: World | None)
 
 
 def rank_device(device: str | None, world: World) -> str | None:
-    """The device this rank computes on: under many processes a bare ``cuda`` (or the default
-    on a GPU machine) becomes the rank's own GPU (``LOCAL_RANK``, as torchrun sets it)."""
+    """The device this rank computes on: under a launcher a bare ``cuda`` (or the default on a
+    GPU machine) becomes the rank's own GPU (``LOCAL_RANK``, as torchrun sets it; the one
+    ``join_world`` made current), else its rank modulo the host's GPUs."""
     if not world.distributed:
         return device
     chosen = torch.device(device or default_device())
     if chosen.type != "cuda" or chosen.index is not None:
         return device
-    local = int(os.environ.get("LOCAL_RANK", world.rank % max(torch.cuda.device_count(), 1)))
+    launch = launched()
+    local = launch.local_rank if launch else world.rank % max(torch.cuda.device_count(), 1)
     return f"cuda:{local}"
 
 

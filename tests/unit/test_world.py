@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.engine.world import SINGLE, World, launched_by_torchrun
+from prunekit.engine.world import SINGLE, World
+from prunekit.launcher import launched
 from tests.unit.distributed_helpers import run_ranks
 
 
@@ -27,9 +28,9 @@ def test_one_process_does_not_communicate():
 
 def test_launcher_environment_is_recognised():
     env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}
-    assert launched_by_torchrun(env)
-    assert not launched_by_torchrun({**env, "WORLD_SIZE": "1"})
-    assert not launched_by_torchrun({"RANK": "0"})
+    assert launched(env) is not None
+    assert launched({**env, "WORLD_SIZE": "1"}) is None
+    assert launched({"RANK": "0"}) is None
 
 
 def collectives(world: World) -> dict:
