@@ -3,6 +3,7 @@ layer by layer, zero-shot on the model dispatched by accelerate)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prunekit.engine.residency import is_streamed
@@ -96,20 +97,20 @@ def evaluate_from_files(
         streamed = load(model, residency="streamed", **options)
         streamed.world = world
         result["ppl"] = _perplexities(streamed, request, budget)
-    if request.tasks and world is not None and world.distributed and not world.is_main:
-        world.barrier()  # rank 0 runs the zero-shot alone (``_zeroshot``): nothing to load here
-        result["zeroshot"] = {"note": ZEROSHOT_ON_RANK_ZERO}
-    elif request.tasks:
-        with tempfile.TemporaryDirectory(prefix="prunekit-offload-") as scratch:
-            dispatched = load(
-                model,
-                residency="dispatched",
-                max_memory=budget,
-                offload_folder=offload_folder or scratch,
-                **options,
-            )
-            dispatched.world = world
-            result["zeroshot"] = _zeroshot(dispatched, request)
+    if request.tasks:
+
+        def dispatched_zeroshot() -> dict:
+            with tempfile.TemporaryDirectory(prefix="prunekit-offload-") as scratch:
+                dispatched = load(
+                    model,
+                    residency="dispatched",
+                    max_memory=budget,
+                    offload_folder=offload_folder or scratch,
+                    **options,
+                )
+                return _scores(dispatched, request)
+
+        result["zeroshot"] = _on_rank_zero(world, dispatched_zeroshot)
     return result
 
 
@@ -137,23 +138,29 @@ ZEROSHOT_ON_RANK_ZERO = "zero-shot ran on rank 0 alone (the other ranks waited)"
 
 
 def _zeroshot(loaded: LoadedModel, request: EvalRequest) -> dict:
+    return _on_rank_zero(loaded.world, lambda: _scores(loaded, request))
+
+
+def _on_rank_zero(world: World | None, score: Callable[[], dict]) -> dict:
+    """``score()``; under many processes on rank 0 alone (the others load nothing and wait at a
+    barrier), its result noted so."""
+    if world is None or not world.distributed:
+        return score()
+    scores = score() if world.is_main else {}
+    world.barrier()
+    return {**scores, "note": ZEROSHOT_ON_RANK_ZERO}
+
+
+def _scores(loaded: LoadedModel, request: EvalRequest) -> dict:
     from prunekit.evaluation.zeroshot import zeroshot
 
-    world = loaded.world
-    if world is not None and world.distributed and not world.is_main:
-        world.barrier()  # while rank 0 runs it
-        return {"note": ZEROSHOT_ON_RANK_ZERO}
-    scores = zeroshot(
+    return zeroshot(
         loaded,
         request.tasks,
         limit=request.limit,
         batch_size=request.batch_size,
         task_data=request.task_data,
     ).to_dict()
-    if world is not None and world.distributed:
-        scores["note"] = ZEROSHOT_ON_RANK_ZERO
-        world.barrier()
-    return scores
 
 
 def check_streamable(model: str) -> None:
