@@ -43,8 +43,13 @@ def rank_device(device: str | None, world: World) -> str | None:
     return f"cuda:{local}"
 
 
-def rank_settings(settings: MethodSettings, world: World) -> MethodSettings:
-    """What this rank's method may write: everything on rank 0, nothing elsewhere."""
+def join_run(loaded: LoadedModel, settings: MethodSettings, world: World) -> MethodSettings:
+    """Under many processes: ``loaded`` runs in ``world`` (its executors share the windows), and
+    the settings this rank's method gets, which let it write only on rank 0 (no run directory
+    elsewhere). One process: ``loaded`` keeps its own world, the settings are unchanged."""
+    if not world.distributed:
+        return settings
+    loaded.world = world
     if world.is_main or settings.run_dir is None:
         return settings
     return dataclasses.replace(settings, run_dir=None)

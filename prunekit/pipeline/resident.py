@@ -17,7 +17,7 @@ from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.apply import run_method
 from prunekit.pipeline.evaluation import evaluate_loaded
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads, run_device
-from prunekit.pipeline.ranks import rank_settings, world_record
+from prunekit.pipeline.ranks import join_run, world_record
 from prunekit.pipeline.requests import PruneResult, RunRequest
 from prunekit.pipeline.run_report import run_report
 from prunekit.report.accounting import parameter_counts, pruning_ratios
@@ -57,8 +57,7 @@ def prune_resident(
             log.info("loading %s", model)
         loaded = model if isinstance(model, LoadedModel) else load(model, **run.load_options())
         residency_before, world = loaded.residency, run.world
-        loaded.world = world if world.distributed else loaded.world
-        options = rank_settings(options, world)
+        options = join_run(loaded, options, world)
         if residency_before is None:
             loaded.residency = Resident(offloads(choice, run.offload_activations))
         if run.overwrite and run.out is not None and world.is_main:

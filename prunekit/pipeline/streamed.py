@@ -28,7 +28,7 @@ from prunekit.models.loading import default_device, load_config
 from prunekit.pipeline.evaluation import evaluate_from_files
 from prunekit.pipeline.export_check import check_streamed_export
 from prunekit.pipeline.mode import choose_mode, import_model_code, offloads
-from prunekit.pipeline.ranks import rank_settings, world_record
+from prunekit.pipeline.ranks import join_run, world_record
 from prunekit.pipeline.requests import EvalRequest, PruneResult, RunRequest
 from prunekit.pipeline.run_report import run_report
 from prunekit.pipeline.streamed_stages import run_streamed_method
@@ -81,9 +81,7 @@ def prune_streamed_run(
     world = run.world
     with PeakMemory(device) as peaks:  # stopped on any exit, read once the pruning is done
         loaded = load(model, residency="streamed", **load_options)
-        if world.distributed:
-            loaded.world = world
-            options = rank_settings(options, world)
+        options = join_run(loaded, options, world)
         lazy = loaded.residency.lazy
         if run.overwrite and run.out is not None and world.is_main:
             clear_run(run.out)
