@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -97,6 +97,13 @@ class World:
         for share in shares:
             merged.update(share)
         return merged
+
+    def ordered(self, values: Mapping[Any, T], keys: Iterable[Any]) -> list[T]:
+        """Every rank's ``values`` gathered, listed in the order of ``keys`` (a key no rank
+        reported is a KeyError): per-window values in window order, to be added as one process
+        adds them."""
+        gathered = self.gather(values)
+        return [gathered[key] for key in keys]
 
     def concat(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's ``tensor`` (CPU) concatenated along dim 0, in rank order (values whose

@@ -73,10 +73,9 @@ def windows_nll(
             .sum()
             .item()
         )
-    sums = world.gather(sums)
     total = 0.0
-    for start in starts:
-        total += sums[start]
+    for value in world.ordered(sums, starts):
+        total += value
     count = windows.shape[0] * (windows.shape[1] - 1 - skip)
     return total, count
 

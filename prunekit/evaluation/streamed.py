@@ -19,7 +19,6 @@ import torch
 from prunekit.data import check_seqlen, corpus_source, corpus_tokens, eval_windows
 from prunekit.engine.executor import LayerExecutor
 from prunekit.engine.residency import Streamed
-from prunekit.engine.world import World
 from prunekit.errors import SettingsError
 from prunekit.evaluation.nll import eval_logits_fn, nll_from_final_hidden
 from prunekit.evaluation.perplexity import PerplexityResult
@@ -52,12 +51,12 @@ class _NllTotal:
             )
             self.batch_sums[first] = nll.sum().item()
 
-    def finish(self, world: World, windows: torch.Tensor) -> None:
-        sums = world.gather(self.batch_sums)
+    def finish(self, executor: LayerExecutor) -> None:
+        batches = range(0, executor.num_windows, executor.batch_size)  # each batch's first window
         self.total = 0.0
-        for first in sorted(sums):
-            self.total += sums[first]
-        self.count = windows.shape[0] * (windows.shape[1] - 1 - self.skip)
+        for value in executor.world.ordered(self.batch_sums, batches):
+            self.total += value
+        self.count = executor.num_windows * (executor.windows.shape[1] - 1 - self.skip)
 
 
 def _final_batches(
@@ -156,5 +155,5 @@ def _streamed_nll_total(
         with executor.head():
             nll(_final_batches(executor, mine, hidden))
         del hidden
-    nll.finish(executor.world, windows)
+    nll.finish(executor)
     return nll, chunk

@@ -171,8 +171,7 @@ class DepthRunner(LayerExecutor):
 
     def in_window_order(self, values: dict[int, object]) -> list:
         """Every rank's per-window ``values`` gathered, as one list in window order."""
-        gathered = self.world.gather(values)
-        return [gathered[w] for w in range(self.num_windows)]
+        return self.world.ordered(values, range(self.num_windows))
 
     def reported_nll(self, active: Sequence[BlockRef], loss: float) -> float:
         """The calibration NLL of the model that runs only ``active``, given its search loss
