@@ -109,7 +109,7 @@ def prune(
 
     ``stream``: None (the default) decides from ``budget`` as the CLI does without
     ``--stream``: in memory unless the run is predicted not to fit ``budget`` in memory but
-    to fit streamed (``pipeline.mode.stream_for_budget``); a model already loaded, or no budget,
+    to fit streamed (``pipeline.mode.streams_for_budget``); a model already loaded, or no budget,
     runs in memory. report.json's ``memory.mode`` records which. False holds the whole model in
     memory. True reads ``model`` (a spec with
     safetensors shards) one decoder layer at a time and writes each finished layer straight to

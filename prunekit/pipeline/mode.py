@@ -121,38 +121,6 @@ def with_default_batch(
     return replace(choice, plan=plan_memory(config, settings))
 
 
-def stream_for_budget(
-    model: str | LoadedModel,
-    method: Method,
-    options: MethodSettings,
-    budget: MemoryBudget,
-    *,
-    dtype: str = "auto",
-    device: str | None = None,
-    offload_activations: bool | None = None,
-    nproc: int = 1,
-) -> RunChoice | None:
-    """What a run that did not say (``stream=None``, the CLI without ``--stream``) does under
-    ``budget``: the choice when the budget changed it (its ``message`` says how: streamed, or
-    the calibration states on the host), None when the run stays as it is, in memory. Without a
-    budget, and for a model already in memory, nothing is predicted: it runs in memory."""
-    if isinstance(model, LoadedModel) or not budget.given:
-        return None
-    choice = choose_mode(
-        model,
-        method,
-        options,
-        budget,
-        dtype=dtype,
-        device=device,
-        offload_activations=offload_activations,
-        nproc=nproc,
-    )
-    if choice is None or choice.message is None:
-        return None
-    return choice
-
-
 def streams_for_budget(
     model: str | LoadedModel,
     method: Method,
@@ -166,13 +134,17 @@ def streams_for_budget(
     offload_activations: bool | None = None,
     nproc: int = 1,
 ) -> RunChoice | None:
-    """``stream_for_budget`` from the caller's flat ``settings``, refusing in one line a run the
-    budget streams without ``save`` (named ``save_name``: the API's keyword or the CLI's flag),
-    since a streamed run writes the pruned model as it is made. The API and the CLI share it so
-    that they decide, and refuse, alike."""
+    """What a run that did not say (``stream=None``, the CLI without ``--stream``) does under
+    ``budget``, from the caller's flat ``settings``: the choice when the budget changed it (its
+    ``message`` says how: streamed, or the calibration states on the host), None when the run
+    stays as it is, in memory. Without a budget, and for a model already in memory, nothing is
+    predicted (nor are the settings parsed a second time): it runs in memory. A run the budget
+    streams without ``save`` (named ``save_name``: the API's keyword or the CLI's flag) is
+    refused in one line, since a streamed run writes the pruned model as it is made. The API and
+    the CLI share it so that they decide, and refuse, alike."""
     if isinstance(model, LoadedModel) or not budget.given:
-        return None  # nothing to decide: skip parsing the settings a second time
-    choice = stream_for_budget(
+        return None
+    choice = choose_mode(
         model,
         method,
         method.make_settings(settings),
@@ -182,7 +154,9 @@ def streams_for_budget(
         offload_activations=offload_activations,
         nproc=nproc,
     )
-    if choice is not None and choice.streamed and save is None:
+    if choice is None or choice.message is None:
+        return None
+    if choice.streamed and save is None:
         raise SettingsError(
             f"{choice.message} needs {save_name} (the pruned model is written as it is made)"
         )
