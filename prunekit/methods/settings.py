@@ -99,6 +99,14 @@ def _range(ok: bool, message: str) -> None:
         raise SettingsError(message)
 
 
+def _one_of(name: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """``value`` unset (the method's default) or one of ``choices``."""
+    _range(
+        value is None or value in choices,
+        f"{name} must be one of {', '.join(choices)}, got {value!r}",
+    )
+
+
 @dataclass
 class CalibrationSettings(MethodSettings):
     """The calibration windows a method measures on."""
@@ -178,10 +186,7 @@ class BlockCandidates(MethodSettings):
 
     def validate(self) -> None:
         super().validate()
-        _range(
-            self.candidates is None or self.candidates in CANDIDATE_SETS,
-            f"--candidates must be one of {', '.join(CANDIDATE_SETS)}, got {self.candidates!r}",
-        )
+        _one_of("--candidates", self.candidates, CANDIDATE_SETS)
 
 
 @dataclass
@@ -201,14 +206,8 @@ class GreedySearchSettings(MethodSettings):
 
     def validate(self) -> None:
         super().validate()
-        _range(
-            self.criterion is None or self.criterion in CRITERIA,
-            f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}",
-        )
-        _range(
-            self.windows is None or self.windows in HALVES,
-            f"windows must be one of {', '.join(HALVES)}, got {self.windows!r}",
-        )
+        _one_of("--criterion", self.criterion, CRITERIA)
+        _one_of("windows", self.windows, HALVES)
 
 
 @dataclass
