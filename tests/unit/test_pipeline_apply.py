@@ -12,18 +12,17 @@ from safetensors.torch import load_file
 
 from prunekit.methods.catalogue import get_method
 from prunekit.models.loading import count_parameters, from_model
-from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from prunekit.models.tiny import tiny_model, tiny_tokenizer
 from prunekit.pipeline.apply import NOT_SAVED, run_method, run_stage
 from prunekit.plan import PruningPlan
 from prunekit.report.run_dir import PARTIAL_PLAN_FILE
 from tests.unit.depth_helpers import one_thread  # noqa: F401
+from tests.unit.settings_helpers import text_calibration
 
 
 @pytest.fixture
 def calib(tmp_path) -> dict:
-    path = tmp_path / "calib.txt"
-    path.write_text(_SAMPLE_TEXT * 3)
-    return {"calib": str(path), "n_samples": 2, "seqlen": 24, "seed": 0}
+    return text_calibration(tmp_path)
 
 
 def _tiny():

@@ -24,10 +24,11 @@ from prunekit.methods.settings import (
 )
 from prunekit.methods.width.fasp import FaspSettings
 from prunekit.models.loading import from_model
-from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from prunekit.models.tiny import tiny_model, tiny_tokenizer
 from prunekit.pipeline.streamed import chunked_within
 from prunekit.plan import PruningPlan
 from tests.unit.depth_helpers import one_thread  # noqa: F401
+from tests.unit.settings_helpers import text_calibration
 
 DEPTH = [m.name for m in all_methods() if m.family == "depth"]
 WIDTH = [m.name for m in all_methods() if m.family == "width"]
@@ -35,9 +36,7 @@ WIDTH = [m.name for m in all_methods() if m.family == "width"]
 
 @pytest.fixture
 def calib(tmp_path) -> dict:
-    path = tmp_path / "calib.txt"
-    path.write_text(_SAMPLE_TEXT * 3)
-    return {"calib": str(path), "n_samples": 2, "seqlen": 24, "seed": 0}
+    return text_calibration(tmp_path)
 
 
 def tiny():

@@ -18,7 +18,7 @@ from prunekit.latency.structure import LayerStructure, ModelStructure
 from prunekit.methods.depth.calibration import held_out_settings_windows, settings_windows
 from prunekit.methods.settings import CalibrationSettings
 from prunekit.models.loading import from_model
-from prunekit.models.tiny import _SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from prunekit.models.tiny import tiny_model, tiny_tokenizer
 from prunekit.speedtarget.losses import calibration_loss_fn, depth_prefix_plan
 from prunekit.speedtarget.prune import SPEED_METHOD
 from prunekit.speedtarget.report import speed_target_markdown, speed_target_record
@@ -38,7 +38,7 @@ from prunekit.speedtarget.search import (
 )
 from prunekit.surgery import apply_plan
 from tests.unit.depth_helpers import one_thread  # noqa: F401
-from tests.unit.settings_helpers import settings_for
+from tests.unit.settings_helpers import settings_for, text_calibration
 
 LAYERS = 6
 # The hand-made table: microseconds per block, a fixed launch cost + a cost per channel.
@@ -78,9 +78,7 @@ def speedup(dense: ModelStructure, shape: ModelStructure) -> float:
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory) -> dict:
-    path = tmp_path_factory.mktemp("calib") / "calib.txt"
-    path.write_text(_SAMPLE_TEXT * 3)
-    return {"calib": str(path), "n_samples": 2, "seqlen": 24, "seed": 0}
+    return text_calibration(tmp_path_factory.mktemp("calib"))
 
 
 def tiny_dense():
