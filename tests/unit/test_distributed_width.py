@@ -19,15 +19,14 @@ from prunekit.models.tiny import ALL_TINY_FAMILIES, tiny_model, tiny_tokenizer
 from prunekit.pipeline.apply import run_method
 from tests.unit.distributed_helpers import run_ranks
 from tests.unit.test_width_parity import BATCH_RELATIVE, assert_close_to_scale
+from tests.unit.test_width_parity import METHODS as WIDTH_METHODS
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
 CALIBRATION = dict(ratio=0.2, n_samples=3, seqlen=24, calib="wikitext2", seed=0)
+# The width methods with data (test_width_parity.py's, magnitude aside), and more.
 METHODS = {
-    "fasp-cost": ("fasp", dict(allocation="cost")),
-    "fasp-uniform": ("fasp", dict(allocation="uniform")),
-    "wanda-sp": ("wanda-sp", {}),
-    "flap": ("flap", {}),
+    **{variant: run for variant, run in WIDTH_METHODS.items() if variant != "magnitude"},
     # One window over 2 ranks: rank 1 runs nothing and still sums and decides with rank 0.
     "fasp-one-window": ("fasp", dict(allocation="cost", n_samples=1)),
     "depth-then-width": ("blockpruner+fasp", dict(ratio=0.3)),
